@@ -1,0 +1,315 @@
+package pubsub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+// Client is a connection to one broker through its adapter. It is safe for
+// concurrent use; share one per broker per process.
+type Client struct {
+	drv    driver.Broker
+	caps   driver.Capabilities
+	logger *slog.Logger
+
+	maxBatch, maxConc int
+
+	mu       sync.Mutex
+	closed   bool
+	batchers map[string]*batcher
+	subs     map[*Subscription]struct{}
+	pending  sync.WaitGroup // in-flight Publish calls
+}
+
+// ClientOption configures a Client.
+type ClientOption func(*Client)
+
+// WithLogger sets the logger for background problems (failed ack flushes,
+// retried receive errors). The default is slog.Default().
+func WithLogger(l *slog.Logger) ClientOption {
+	return func(c *Client) {
+		if l != nil {
+			c.logger = l
+		}
+	}
+}
+
+// NewClient wraps an adapter's Broker in the portable Client. Adapters and
+// tests use it; services call Open.
+func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
+	c := &Client{
+		drv:      drv,
+		caps:     drv.Capabilities(),
+		logger:   slog.Default(),
+		maxBatch: 500,
+		maxConc:  4,
+		batchers: map[string]*batcher{},
+		subs:     map[*Subscription]struct{}{},
+	}
+	if t, ok := drv.(driver.SendTuning); ok {
+		if b, n := t.SendBatching(); b > 0 || n > 0 {
+			if b > 0 {
+				c.maxBatch = b
+			}
+			if n > 0 {
+				c.maxConc = n
+			}
+		}
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Capabilities reports what the broker honours.
+func (c *Client) Capabilities() Capabilities { return c.caps }
+
+// Capabilities describes a broker; see driver.Capabilities.
+type Capabilities = driver.Capabilities
+
+// Publish sends msgs to topic and returns after the broker accepted every
+// one of them (nil), or an error. On error some messages may have been
+// published (at-least-once: retrying the call may duplicate them; consumers
+// deduplicate by ID).
+//
+// Publish fills an empty ID with a new UUIDv7 in the caller's message, so the
+// caller can record it. Messages of one call with the same Key keep their
+// order. Concurrent calls are batched together. Publish does not keep msgs
+// after it returns.
+func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) error {
+	if err := validTopic(topic); err != nil {
+		return fmt.Errorf("pubsub: publish: %w", err)
+	}
+	if len(msgs) == 0 {
+		return nil
+	}
+	dms := make([]*driver.Message, len(msgs))
+	for i, m := range msgs {
+		if m == nil {
+			return fmt.Errorf("pubsub: publish to %q: message %d of %d is nil: %w", topic, i, len(msgs), ErrInvalid)
+		}
+		if max := c.caps.MaxMessageSize; max > 0 && len(m.Payload) > max {
+			return fmt.Errorf("pubsub: publish to %q: message %d (id %q) payload is %d bytes, over the broker's maximum of %d: %w",
+				topic, i, m.ID, len(m.Payload), max, ErrInvalid)
+		}
+		if m.ID == "" {
+			m.ID = NewID()
+		}
+		dms[i] = &driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
+	}
+	b, err := c.batcher(topic)
+	if err != nil {
+		return fmt.Errorf("pubsub: publish to %q: %w", topic, err)
+	}
+	defer c.pending.Done()
+	if err := b.send(ctx, dms); err != nil {
+		return fmt.Errorf("pubsub: publish %d message(s) to %q: %w", len(msgs), topic, err)
+	}
+	return nil
+}
+
+func (c *Client) batcher(topic string) (*batcher, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, ErrClosed
+	}
+	c.pending.Add(1)
+	b := c.batchers[topic]
+	if b == nil {
+		b = &batcher{topic: topic, drv: c.drv, maxBatch: c.maxBatch, maxConc: c.maxConc}
+		c.batchers[topic] = b
+	}
+	return b, nil
+}
+
+func validTopic(topic string) error {
+	if topic == "" {
+		return fmt.Errorf("topic is empty: %w", ErrInvalid)
+	}
+	if len(topic) > 249 {
+		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:32]+"...", len(topic), ErrInvalid)
+	}
+	for _, r := range topic {
+		if r < 0x21 || r == 0x7f {
+			return fmt.Errorf("topic %q contains a space or control character: %w", topic, ErrInvalid)
+		}
+	}
+	return nil
+}
+
+// Subscribe starts receiving from topic. With Group(name), members of one
+// group compete for messages and distinct groups each get every message;
+// without it the subscription is an anonymous group of its own.
+func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeOption) (*Subscription, error) {
+	if err := validTopic(topic); err != nil {
+		return nil, fmt.Errorf("pubsub: subscribe: %w", err)
+	}
+	so := subscribeOptions{prefetch: 64, ackFlush: time.Millisecond}
+	for _, o := range opts {
+		o(&so)
+	}
+	if so.err != nil {
+		return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, so.err)
+	}
+	if so.group != "" {
+		if err := validTopic(so.group); err != nil {
+			return nil, fmt.Errorf("pubsub: subscribe to %q: group: %w", topic, err)
+		}
+	}
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, ErrClosed)
+	}
+	c.mu.Unlock()
+	ds, err := c.drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{
+		Group: so.group, StartFromOldest: so.fromOldest, MaxBatch: so.prefetch,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: subscribe to %q (group %q): %w", topic, so.group, err)
+	}
+	s := newSubscription(c, topic, so, ds)
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		_ = s.Close()
+		return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, ErrClosed)
+	}
+	c.subs[s] = struct{}{}
+	c.mu.Unlock()
+	return s, nil
+}
+
+func (c *Client) forget(s *Subscription) {
+	c.mu.Lock()
+	delete(c.subs, s)
+	c.mu.Unlock()
+}
+
+// Close closes every open subscription (flushing their acks, giving unacked
+// deliveries back), waits for in-flight Publish calls, then closes the
+// broker connection. Later calls return ErrClosed. Close is idempotent.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	subs := make([]*Subscription, 0, len(c.subs))
+	for s := range c.subs {
+		subs = append(subs, s)
+	}
+	c.mu.Unlock()
+	var errs []error
+	for _, s := range subs {
+		if err := s.Close(); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	c.pending.Wait()
+	if err := c.drv.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("pubsub: close broker: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// Driver returns the adapter's Broker, for adapter-specific features
+// (type-assert it to the adapter's exported type).
+func (c *Client) Driver() driver.Broker { return c.drv }
+
+// batcher combines concurrent Publish calls to one topic into SendBatch
+// calls: a call is sent at once while fewer than maxConc sends are in flight,
+// otherwise it waits and goes out with the others that queued meanwhile.
+// A call's messages are never split across concurrent sends, so per-key order
+// within a call holds.
+type batcher struct {
+	topic    string
+	drv      driver.Broker
+	maxBatch int
+	maxConc  int
+
+	mu      sync.Mutex
+	active  int
+	waiting []*sendReq
+}
+
+type sendReq struct {
+	msgs []*driver.Message
+	done chan error
+}
+
+func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r := &sendReq{msgs: msgs, done: make(chan error, 1)}
+	b.mu.Lock()
+	b.waiting = append(b.waiting, r)
+	if b.active < b.maxConc {
+		b.active++
+		batch := b.take()
+		b.mu.Unlock()
+		go b.run(batch)
+	} else {
+		b.mu.Unlock()
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w (the messages may still be published)", ctx.Err())
+	}
+}
+
+// take removes whole requests from the queue up to maxBatch messages (at
+// least one request). b.mu must be held.
+func (b *batcher) take() []*sendReq {
+	n, i := 0, 0
+	for i < len(b.waiting) {
+		if i > 0 && n+len(b.waiting[i].msgs) > b.maxBatch {
+			break
+		}
+		n += len(b.waiting[i].msgs)
+		i++
+	}
+	batch := b.waiting[:i:i]
+	b.waiting = b.waiting[i:]
+	return batch
+}
+
+func (b *batcher) run(batch []*sendReq) {
+	for {
+		var msgs []*driver.Message
+		if len(batch) == 1 {
+			msgs = batch[0].msgs
+		} else {
+			for _, r := range batch {
+				msgs = append(msgs, r.msgs...)
+			}
+		}
+		// The send is not bound to any one caller's context: callers that
+		// give up stop waiting, but the batch is still sent (a broker
+		// timeout bounds it inside the adapter).
+		err := b.drv.SendBatch(context.Background(), b.topic, msgs)
+		for _, r := range batch {
+			r.done <- err
+		}
+		b.mu.Lock()
+		if len(b.waiting) == 0 {
+			b.active--
+			b.mu.Unlock()
+			return
+		}
+		batch = b.take()
+		b.mu.Unlock()
+	}
+}

@@ -1,0 +1,148 @@
+// Package driver defines the small interfaces a broker adapter implements.
+//
+// Users never call a driver directly: they hold the portable types of package
+// pubsub, which validate input, generate IDs, batch sends and acks, own the
+// closed state and wrap errors, once for every broker. An adapter only moves
+// batches of messages in and out of its broker.
+//
+// The contracts below are what package pubsub relies on; the conformance
+// suite in pubsub/pubsubtest proves an adapter keeps them.
+package driver
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors shared by the portable layer and the adapters. Package
+// pubsub re-exports them; adapters wrap them (fmt.Errorf("...: %w", ErrX)) so
+// that callers can branch with errors.Is.
+var (
+	// ErrClosed reports use of a client, subscription or delivery after Close.
+	ErrClosed = errors.New("omnibus: closed")
+	// ErrNotFound reports a topic, queue or group that does not exist and
+	// that the adapter was not allowed to create.
+	ErrNotFound = errors.New("omnibus: not found")
+	// ErrPermanent marks an error that retrying cannot fix.
+	ErrPermanent = errors.New("omnibus: permanent error")
+	// ErrInvalid reports bad input: an empty topic, a nil message, an
+	// oversized payload, an unknown URL parameter.
+	ErrInvalid = errors.New("omnibus: invalid argument")
+	// ErrUnsupported reports that an adapter cannot honour a requirement
+	// (see Capabilities and the ?require= URL parameter).
+	ErrUnsupported = errors.New("omnibus: unsupported")
+)
+
+// Message is a message as it crosses the driver boundary.
+//
+// On send, ID is never empty (the portable layer fills it) and Topic,
+// PublishedAt, Attempt and AckID are unset. On receive the adapter fills
+// every field it can; AckID is opaque to the portable layer and is handed
+// back to SendAcks or SendNacks exactly as received.
+type Message struct {
+	ID          string
+	Key         string
+	Payload     []byte
+	Metadata    map[string]string
+	Topic       string
+	PublishedAt time.Time
+	Attempt     int
+	AckID       AckID
+}
+
+// AckID identifies one delivery to its adapter.
+type AckID any
+
+// Capabilities describes what a broker really does, so that switching
+// brokers by configuration cannot silently change behaviour.
+type Capabilities struct {
+	// OrderingPerKey: messages published with the same non-empty Key are
+	// delivered to a group in publish order (first deliveries; a nacked
+	// message is redelivered after its successors on every broker).
+	OrderingPerKey bool
+	// Persistence: messages and group positions survive a subscriber
+	// restart and a broker restart.
+	Persistence bool
+	// NackDelay: the broker itself schedules redelivery after a Nack delay.
+	// When false the adapter emulates the delay in process (the message is
+	// still redelivered, but only while the subscription stays open).
+	NackDelay bool
+	// Replay: a new group can start from the oldest retained message.
+	Replay bool
+	// Groups: named consumer groups, competing within and fanning out across.
+	Groups bool
+	// AttemptCount: Message.Attempt counts redeliveries across restarts
+	// (not only within one subscription).
+	AttemptCount bool
+	// MaxMessageSize is the largest payload the broker accepts, in bytes;
+	// 0 means no known limit.
+	MaxMessageSize int
+}
+
+// SubscriptionOptions are the portable subscription settings an adapter
+// receives. Zero values mean the adapter's defaults.
+type SubscriptionOptions struct {
+	// Group is the consumer group. Empty means an anonymous group private
+	// to this subscription (every message published while it is open).
+	Group string
+	// StartFromOldest asks a new group to begin at the oldest retained
+	// message instead of the newest (only where Capabilities.Replay).
+	StartFromOldest bool
+	// MaxBatch is the most messages the portable layer will ask for in one
+	// ReceiveBatch call.
+	MaxBatch int
+}
+
+// Broker is the adapter's connection to one broker.
+type Broker interface {
+	// SendBatch publishes msgs to topic. It returns nil only when the broker
+	// has accepted every message (durably, where the broker can say so). On
+	// error some messages may have been published; the error should name
+	// the first one that failed. Messages with the same Key in one batch must
+	// keep their order. SendBatch is called concurrently.
+	SendBatch(ctx context.Context, topic string, msgs []*Message) error
+	// OpenSubscription starts receiving from topic. It is called once per
+	// portable Subscription.
+	OpenSubscription(ctx context.Context, topic string, opts SubscriptionOptions) (Subscription, error)
+	// Capabilities reports what this broker honours; it must not block.
+	Capabilities() Capabilities
+	// Close releases the connection. Subscriptions are closed first by the
+	// portable layer.
+	Close() error
+}
+
+// Subscription is one stream of deliveries for a (topic, group).
+type Subscription interface {
+	// ReceiveBatch returns between 1 and max messages. It blocks until at
+	// least one is available or ctx ends. It may return an empty batch and
+	// nil error (the portable layer calls again). It is never called
+	// concurrently with itself.
+	ReceiveBatch(ctx context.Context, max int) ([]*Message, error)
+	// SendAcks acknowledges deliveries: they must not be redelivered.
+	SendAcks(ctx context.Context, ids []AckID) error
+	// SendNacks gives deliveries back for redelivery no sooner than delay.
+	SendNacks(ctx context.Context, ids []AckID, delay time.Duration) error
+	// Close stops receiving. Deliveries not yet acked must be redelivered
+	// (to this group's other members, or after a restart): at-least-once.
+	Close() error
+}
+
+// Retryable may be implemented by an error an adapter returns from
+// ReceiveBatch to say that the portable layer should retry (with backoff)
+// instead of ending the subscription. Errors that do not implement it are
+// terminal only if they wrap ErrClosed, ErrNotFound, ErrPermanent or
+// ErrInvalid; everything else is retried.
+type Retryable interface{ Retryable() bool }
+
+// SendTuning may be implemented by a Broker to tune how the portable layer
+// batches concurrent Publish calls into SendBatch calls.
+type SendTuning interface {
+	// SendBatching returns the largest batch (in messages) and the most
+	// concurrent SendBatch calls per topic. Zero means the default.
+	SendBatching() (maxBatch, maxConcurrency int)
+}
+
+// Opener opens a Broker from a URL. Adapters register one per scheme with
+// pubsub.Register.
+type Opener func(ctx context.Context, rawURL string) (Broker, error)

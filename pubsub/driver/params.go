@@ -1,0 +1,124 @@
+package driver
+
+import (
+	"fmt"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Params reads URL query parameters for an adapter and reports any it did not
+// read, so that a typo such as ?acks=al or ?partitons=3 is an error naming the
+// parameter instead of being silently ignored.
+//
+// Call the getters for every parameter the adapter knows, then Err.
+type Params struct {
+	scheme string
+	q      url.Values
+	used   map[string]bool
+	errs   []string
+}
+
+// NewParams returns a reader over q for the adapter of scheme (used in errors).
+func NewParams(scheme string, q url.Values) *Params {
+	return &Params{scheme: scheme, q: q, used: map[string]bool{}}
+}
+
+// String returns the parameter's value, or def when it is absent.
+func (p *Params) String(name, def string) string {
+	p.used[name] = true
+	if v, ok := p.q[name]; ok && len(v) > 0 {
+		return v[len(v)-1]
+	}
+	return def
+}
+
+// Has reports whether the parameter is present.
+func (p *Params) Has(name string) bool {
+	_, ok := p.q[name]
+	return ok
+}
+
+// Int returns the parameter as an int within [min, max], or def when absent.
+func (p *Params) Int(name string, def, min, max int) int {
+	s := p.String(name, "")
+	if s == "" {
+		return def
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < min || n > max {
+		p.errs = append(p.errs, fmt.Sprintf("%s=%q: want an integer in [%d, %d]", name, s, min, max))
+		return def
+	}
+	return n
+}
+
+// Bool returns the parameter as a bool (true/false/1/0), or def when absent.
+func (p *Params) Bool(name string, def bool) bool {
+	s := p.String(name, "")
+	if s == "" {
+		return def
+	}
+	b, err := strconv.ParseBool(s)
+	if err != nil {
+		p.errs = append(p.errs, fmt.Sprintf("%s=%q: want true or false", name, s))
+		return def
+	}
+	return b
+}
+
+// Duration returns the parameter as a time.Duration ("250ms", "2s"), or def.
+func (p *Params) Duration(name string, def time.Duration) time.Duration {
+	s := p.String(name, "")
+	if s == "" {
+		return def
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		p.errs = append(p.errs, fmt.Sprintf("%s=%q: want a non-negative duration such as 250ms or 2s", name, s))
+		return def
+	}
+	return d
+}
+
+// Enum returns the parameter when it is one of allowed, or def when absent.
+func (p *Params) Enum(name, def string, allowed ...string) string {
+	s := p.String(name, "")
+	if s == "" {
+		return def
+	}
+	for _, a := range allowed {
+		if s == a {
+			return s
+		}
+	}
+	p.errs = append(p.errs, fmt.Sprintf("%s=%q: want one of %s", name, s, strings.Join(allowed, ", ")))
+	return def
+}
+
+// Err returns an error wrapping ErrInvalid that names every bad value and
+// every parameter that no getter asked for, or nil.
+func (p *Params) Err() error {
+	var unknown []string
+	for k := range p.q {
+		if !p.used[k] {
+			unknown = append(unknown, k)
+		}
+	}
+	sort.Strings(unknown)
+	errs := append([]string(nil), p.errs...)
+	if len(unknown) > 0 {
+		known := make([]string, 0, len(p.used))
+		for k := range p.used {
+			known = append(known, k)
+		}
+		sort.Strings(known)
+		errs = append(errs, fmt.Sprintf("unknown parameter(s) %s (known: %s)", strings.Join(unknown, ", "), strings.Join(known, ", ")))
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: bad URL: %s: %w", p.scheme, strings.Join(errs, "; "), ErrInvalid)
+}
