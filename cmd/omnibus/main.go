@@ -1,0 +1,38 @@
+// Command omnibus runs the omnibus demo and operates brokers from a terminal.
+//
+//	omnibus demo                 the order pipeline on the embedded mem:// broker
+//	omnibus demo --url kafka://127.0.0.1:19092
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/alecthomas/kong"
+
+	_ "github.com/omnibusmq/omnibus/adapters/all"
+)
+
+// CLI is the command tree.
+type CLI struct {
+	Demo DemoCmd `cmd:"" help:"Publish a stream of orders and consume them in two groups; print a summary."`
+}
+
+func main() {
+	var cli CLI
+	kctx := kong.Parse(&cli,
+		kong.Name("omnibus"),
+		kong.Description("One Go API for messaging over any broker."),
+		kong.UsageOnError(),
+	)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	kctx.BindTo(ctx, (*context.Context)(nil))
+	if err := kctx.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "omnibus:", err)
+		os.Exit(1)
+	}
+}
