@@ -125,13 +125,14 @@ func Redact(rawURL string) string {
 	if err != nil {
 		return "<unparseable URL>"
 	}
+	changed := false
 	if u.User != nil {
 		if _, has := u.User.Password(); has {
 			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			changed = true
 		}
 	}
 	q := u.Query()
-	changed := false
 	for k := range q {
 		lk := strings.ToLower(k)
 		if strings.Contains(lk, "password") || strings.Contains(lk, "secret") || strings.Contains(lk, "token") || lk == "sasl_pass" {
@@ -139,9 +140,10 @@ func Redact(rawURL string) string {
 			changed = true
 		}
 	}
-	if changed {
-		u.RawQuery = q.Encode()
+	if !changed {
+		return rawURL
 	}
+	u.RawQuery = q.Encode()
 	return u.String()
 }
 

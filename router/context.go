@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"time"
 
@@ -27,6 +28,8 @@ type HandlerInfo struct {
 	Client *pubsub.Client
 	// Publisher publishes output messages (Options.Publisher, default Client).
 	Publisher Publisher
+	// Logger is the router's logger.
+	Logger *slog.Logger
 
 	draining <-chan struct{}
 }

@@ -18,7 +18,11 @@ import (
 
 // CLI is the command tree.
 type CLI struct {
-	Demo DemoCmd `cmd:"" help:"Publish a stream of orders and consume them in two groups; print a summary."`
+	Demo    DemoCmd    `cmd:"" help:"Run the order pipeline demo (default: embedded mem:// broker, no servers)."`
+	Publish PublishCmd `cmd:"" help:"Publish messages (payload from an argument, @file or stdin)."`
+	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines."`
+	DLQ     DLQCmd     `cmd:"" name:"dlq" help:"List and replay poison (dead-letter) topics."`
+	Doctor  DoctorCmd  `cmd:"" help:"Connect to a broker, print its capabilities and check a round trip."`
 }
 
 func main() {

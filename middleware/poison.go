@@ -1,0 +1,121 @@
+package middleware
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/router"
+)
+
+// Metadata keys of the fault record Poison adds to a poisoned message.
+const (
+	MetaPoisonReason        = "omnibus-poison-reason"
+	MetaPoisonError         = "omnibus-poison-error"
+	MetaPoisonOriginalTopic = "omnibus-poison-original-topic"
+	MetaPoisonHandler       = "omnibus-poison-handler"
+	MetaPoisonAttempts      = "omnibus-poison-attempts"
+	MetaPoisonFirstFailedAt = "omnibus-poison-first-failed-at"
+	MetaPoisonFailedAt      = "omnibus-poison-failed-at"
+)
+
+// maxErrorLen bounds the error text in the record (brokers limit header size).
+const maxErrorLen = 16 << 10
+
+// PoisonOptions configure Poison. Zero values mean the defaults.
+type PoisonOptions struct {
+	// PublishTimeout bounds the publish to the poison topic (default 30s).
+	// It is not cut short by the router's shutdown.
+	PublishTimeout time.Duration
+}
+
+// Poison moves a message whose handler failed for good to topic, then acks
+// it. "For good" means every error that reaches Poison, except requests for
+// redelivery (router.Redeliver, e.g. from Retry in redelivery mode or a busy
+// Dedup claim) and failures while the handler's context was ending (the
+// router shutting down): those are passed on and the message is nacked. Put
+// Retry inside Poison so that only the last attempt's error reaches it.
+//
+// The poisoned message keeps the original ID, Key, Payload and Metadata
+// (except omnibus-attempt) and gets the fault record: omnibus-poison-reason
+// (permanent, panic, max-attempts, max-elapsed, not-retryable, failed),
+// -error (the error text; for a panic it includes the stack), -original-topic,
+// -handler, -attempts, -first-failed-at and -failed-at (RFC 3339, UTC).
+//
+// If the publish fails, Poison returns an error, so the router nacks the
+// message: it is never dropped.
+func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Middleware {
+	var o PoisonOptions
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	if o.PublishTimeout <= 0 {
+		o.PublishTimeout = 30 * time.Second
+	}
+	return func(next router.Handler) router.Handler {
+		return func(ctx context.Context, m *pubsub.Message) error {
+			err := next(ctx, m)
+			if err == nil || passThrough(ctx, err) {
+				return err
+			}
+			pm := PoisonRecord(m, err, router.HandlerName(ctx), time.Now())
+			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.PublishTimeout)
+			defer cancel()
+			if perr := pub.Publish(pctx, topic, pm); perr != nil {
+				return fmt.Errorf("middleware: poison: moving message %q to %q failed, nacking it: %w (handler error: %v)", m.ID, topic, perr, err)
+			}
+			logger(ctx).Warn("middleware: message moved to the poison topic",
+				"id", m.ID, "topic", m.Topic, "handler", pm.Metadata[MetaPoisonHandler], "poison_topic", topic,
+				"reason", pm.Metadata[MetaPoisonReason], "attempts", pm.Metadata[MetaPoisonAttempts])
+			return nil
+		}
+	}
+}
+
+// PoisonRecord returns the message Poison publishes for m after err: a copy
+// of m with the fault record in its metadata (see Poison).
+func PoisonRecord(m *pubsub.Message, err error, handler string, now time.Time) *pubsub.Message {
+	reason, attempts, first := ReasonFailed, max(m.Attempt, 1), now
+	var re *RetryError
+	if errors.As(err, &re) {
+		reason, attempts = re.Reason, re.Attempts
+		if !re.FirstFailedAt.IsZero() {
+			first = re.FirstFailedAt
+		}
+	} else if pubsub.IsPermanent(err) {
+		reason = ReasonPermanent
+	}
+	var pe *router.PanicError
+	if errors.As(err, &pe) {
+		reason = ReasonPanic
+	}
+	text := err.Error()
+	if len(text) > maxErrorLen {
+		text = text[:maxErrorLen] + "…(truncated)"
+	}
+	pm := &pubsub.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: make(map[string]string, len(m.Metadata)+7)}
+	for k, v := range m.Metadata {
+		pm.Metadata[k] = v
+	}
+	delete(pm.Metadata, pubsub.MetaAttempt)
+	pm.Metadata[MetaPoisonReason] = reason
+	pm.Metadata[MetaPoisonError] = text
+	pm.Metadata[MetaPoisonOriginalTopic] = m.Topic
+	pm.Metadata[MetaPoisonHandler] = handler
+	pm.Metadata[MetaPoisonAttempts] = strconv.Itoa(attempts)
+	pm.Metadata[MetaPoisonFirstFailedAt] = first.UTC().Format(time.RFC3339Nano)
+	pm.Metadata[MetaPoisonFailedAt] = now.UTC().Format(time.RFC3339Nano)
+	return pm
+}
+
+// logger returns the router's logger from ctx, or slog.Default().
+func logger(ctx context.Context) *slog.Logger {
+	if info := router.Info(ctx); info != nil && info.Logger != nil {
+		return info.Logger
+	}
+	return slog.Default()
+}

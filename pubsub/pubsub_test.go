@@ -1,0 +1,187 @@
+package pubsub_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/omnibusmq/omnibus/adapters/memory"
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+func TestOpenUnknownSchemeNamesItAndListsRegistered(t *testing.T) {
+	_, err := pubsub.Open(context.Background(), "nosuch://host")
+	if !errors.Is(err, pubsub.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	for _, want := range []string{`"nosuch"`, memory.Scheme} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %s", err, want)
+		}
+	}
+}
+
+func TestOpenRequire(t *testing.T) {
+	cases := []struct {
+		url     string
+		wantErr error
+		mention string
+	}{
+		{"mem://req1?require=ordering,groups,nackdelay", nil, ""},
+		{"mem://req2?require=persistence", pubsub.ErrUnsupported, "persistence"},
+		{"mem://req3?require=ordering,replay", pubsub.ErrUnsupported, "replay"},
+		{"mem://req4?require=teleport", pubsub.ErrInvalid, "teleport"},
+		{"mem://req5?buffr=10", pubsub.ErrInvalid, "buffr"},
+		{"mem://req6?buffer=-1", pubsub.ErrInvalid, "buffer"},
+		{"", pubsub.ErrInvalid, "scheme"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.url, func(t *testing.T) {
+			c, err := pubsub.Open(context.Background(), tc.url)
+			if tc.wantErr == nil {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				c.Close()
+				return
+			}
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("Open(%q) = %v, want %v", tc.url, err, tc.wantErr)
+			}
+			if !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("error %q does not mention %q", err, tc.mention)
+			}
+		})
+	}
+}
+
+func TestRedactHidesPasswords(t *testing.T) {
+	cases := map[string]string{
+		"amqp://guest:s3cret@localhost:5672/":         "amqp://guest:xxxxx@localhost:5672/",
+		"kafka://h:9092?sasl_password=hunter2&x=1":    "kafka://h:9092?sasl_password=xxxxx&x=1",
+		"postgres://u@h/db?sslmode=disable":           "postgres://u@h/db?sslmode=disable",
+		"kafka://h:9092?sasl_user=bob&sasl_pass=pw99": "kafka://h:9092?sasl_pass=xxxxx&sasl_user=bob",
+	}
+	for in, want := range cases {
+		if got := pubsub.Redact(in); got != want {
+			t.Errorf("Redact(%q) = %q, want %q", in, got, want)
+		}
+		for _, secret := range []string{"s3cret", "hunter2", "pw99"} {
+			if strings.Contains(pubsub.Redact(in), secret) {
+				t.Errorf("Redact(%q) leaks %q", in, secret)
+			}
+		}
+	}
+}
+
+func TestPermanentIsDetectableAndKeepsCause(t *testing.T) {
+	cause := errors.New("bad json")
+	err := fmt.Errorf("handler: %w", pubsub.Permanent(cause))
+	if !pubsub.IsPermanent(err) || !errors.Is(err, pubsub.ErrPermanent) {
+		t.Errorf("IsPermanent(%v) = false", err)
+	}
+	if !errors.Is(err, cause) {
+		t.Errorf("Permanent lost its cause")
+	}
+	if pubsub.Permanent(nil) != nil {
+		t.Errorf("Permanent(nil) != nil")
+	}
+	if pubsub.IsPermanent(cause) {
+		t.Errorf("plain error reported permanent")
+	}
+}
+
+// countingBroker wraps a memory broker and counts SendBatch calls.
+type countingBroker struct {
+	driver.Broker
+	calls chan int
+}
+
+func (b *countingBroker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
+	b.calls <- len(msgs)
+	return b.Broker.SendBatch(ctx, topic, msgs)
+}
+
+func TestConcurrentPublishesShareBatches(t *testing.T) {
+	cb := &countingBroker{Broker: memory.New(memory.Options{Buffer: 100000}), calls: make(chan int, 10000)}
+	c := pubsub.NewClient(cb)
+	defer c.Close()
+	ctx := context.Background()
+	sub, err := c.Subscribe(ctx, "t", pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	const writers, per = 50, 40
+	errs := make(chan error, writers)
+	for w := 0; w < writers; w++ {
+		go func() {
+			var err error
+			for i := 0; i < per && err == nil; i++ {
+				err = c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("x")})
+			}
+			errs <- err
+		}()
+	}
+	for w := 0; w < writers; w++ {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(cb.calls)
+	calls, msgs := 0, 0
+	for n := range cb.calls {
+		calls++
+		msgs += n
+	}
+	if msgs != writers*per {
+		t.Fatalf("sent %d messages, want %d", msgs, writers*per)
+	}
+	if calls >= msgs {
+		t.Errorf("%d Publish calls became %d SendBatch calls: no batching", msgs, calls)
+	}
+	t.Logf("%d Publish calls → %d SendBatch calls", msgs, calls)
+}
+
+func TestPublishFillsIDInCallersMessage(t *testing.T) {
+	c := memory.NewClient(memory.Options{})
+	defer c.Close()
+	m := &pubsub.Message{}
+	if err := c.Publish(context.Background(), "t", m); err != nil {
+		t.Fatal(err)
+	}
+	if m.ID == "" {
+		t.Fatal("ID not filled")
+	}
+	keep := &pubsub.Message{ID: "mine"}
+	_ = c.Publish(context.Background(), "t", keep)
+	if keep.ID != "mine" {
+		t.Errorf("ID overwritten: %q", keep.ID)
+	}
+}
+
+func TestPublishWithCancelledContextSendsNothing(t *testing.T) {
+	c := memory.NewClient(memory.Options{})
+	defer c.Close()
+	ctx := context.Background()
+	sub, _ := c.Subscribe(ctx, "t", pubsub.Group("g"))
+	defer sub.Close()
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.Publish(cctx, "t", &pubsub.Message{Payload: []byte("no")}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if err := c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("yes")}); err != nil {
+		t.Fatal(err)
+	}
+	d, err := sub.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(d.Message.Payload) != "yes" {
+		t.Errorf("got %q first, the cancelled publish was sent", d.Message.Payload)
+	}
+}

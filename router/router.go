@@ -1,0 +1,664 @@
+// Package router consumes subscriptions and runs handlers on their messages
+// with a chosen concurrency and ordering, middleware (retry, poison queue,
+// deduplication: see package middleware) and a draining shutdown.
+//
+// The promises:
+//
+//   - A message is acked only after its handler returned nil; any error (or
+//     panic) nacks it, so a message is never lost: at-least-once.
+//   - Each handler is a consumer group named by the handler's name: several
+//     processes running the same router share the work.
+//   - Concurrency modes per handler: unordered with N workers (default 1),
+//     OrderedByKey (per-key lanes), StrictOrder. The number of messages in
+//     flight is bounded: backpressure reaches the broker.
+//   - Run returns after ctx ends and every received message was acked or
+//     nacked, and the subscriptions were closed (acks flushed).
+//
+// See docs/router.md for the recommended middleware order.
+package router
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+// Handler processes one message. Returning nil acks it; returning an error
+// nacks it (after the middleware had its say). Handlers must not modify m.
+type Handler func(ctx context.Context, m *pubsub.Message) error
+
+// BatchHandler processes a batch of messages (HandleBatch). Returning nil
+// acks them all.
+type BatchHandler func(ctx context.Context, msgs []*pubsub.Message) error
+
+// Middleware wraps a Handler, like net/http middleware. Middleware given to
+// Use(a, b, c) runs as a(b(c(handler))): a is the outermost.
+type Middleware func(Handler) Handler
+
+// Options configure a Router. Zero values mean the defaults.
+type Options struct {
+	// Logger receives failures and lifecycle events. Default slog.Default().
+	Logger *slog.Logger
+	// ShutdownTimeout is how long in-flight handlers may run after Run's
+	// context ended before their contexts are cancelled and their messages
+	// nacked. Default 30s.
+	ShutdownTimeout time.Duration
+	// NackDelay is how long a failed message waits before redelivery when
+	// its error does not say (see Redeliver). Default 1s; negative means at
+	// once. During shutdown failed messages are nacked at once.
+	NackDelay time.Duration
+	// Publisher publishes handlers' output messages (Publish) and is what
+	// HandlerInfo.Publisher returns. Default: the router's client.
+	Publisher Publisher
+}
+
+// Router runs handlers on subscriptions of one client. Configure it with
+// Use, Handle and HandleBatch, then call Run once.
+type Router struct {
+	client    *pubsub.Client
+	opts      Options
+	log       *slog.Logger
+	nackDelay time.Duration
+
+	mu      sync.Mutex
+	mws     []Middleware
+	routes  []*route
+	regErr  error
+	running bool
+}
+
+// New returns a Router consuming through client.
+func New(client *pubsub.Client, opts Options) *Router {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 30 * time.Second
+	}
+	nd := opts.NackDelay
+	switch {
+	case nd == 0:
+		nd = time.Second
+	case nd < 0:
+		nd = 0
+	}
+	if opts.Publisher == nil && client != nil {
+		opts.Publisher = client
+	}
+	return &Router{client: client, opts: opts, log: opts.Logger, nackDelay: nd}
+}
+
+// Use adds middleware for every handler, including handlers registered
+// before the call. The first middleware given is the outermost.
+func (r *Router) Use(mw ...Middleware) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.mws = append(r.mws, mw...)
+}
+
+// Handle registers h for topic under name. name is the consumer group: each
+// message of topic reaches one member of the group (one handler instance
+// across all processes running it), and distinct names each get every
+// message. A registration error (bad option, empty name, duplicate
+// topic+name) is returned by Run.
+func (r *Router) Handle(topic, name string, h Handler, opts ...HandlerOption) {
+	r.add(topic, name, h, nil, opts)
+}
+
+// HandleBatch registers a batch handler for topic under name (the consumer
+// group, as for Handle). The router passes up to MaxBatch messages, waiting
+// at most MaxWait after a batch's first message; Concurrency(n) runs n
+// batches at once (default 1: batches in receive order). OrderedByKey is not
+// supported; StrictOrder is the default anyway.
+//
+// Nil acks the whole batch. On an error the router runs each message of the
+// batch alone (a batch of one) through the middleware chain, so Retry, Poison
+// and Dedup apply per message and one bad message cannot hold back the
+// others; each is then acked or nacked by its own result. The batch handler
+// must therefore tolerate seeing a message again (at-least-once). An error
+// marked with Redeliver nacks the whole batch with that delay instead.
+func (r *Router) HandleBatch(topic, name string, h BatchHandler, opts ...HandlerOption) {
+	r.add(topic, name, nil, h, opts)
+}
+
+func (r *Router) add(topic, name string, h Handler, bh BatchHandler, opts []HandlerOption) {
+	cfg, err := newHandlerConfig(bh != nil, opts)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	fail := func(err error) {
+		if r.regErr == nil {
+			r.regErr = fmt.Errorf("router: handler %q on %q: %w", name, topic, err)
+		}
+	}
+	switch {
+	case err != nil:
+		fail(err)
+		return
+	case r.running:
+		fail(errors.New("registered after Run started"))
+		return
+	case topic == "" || name == "":
+		fail(fmt.Errorf("topic and name must not be empty: %w", pubsub.ErrInvalid))
+		return
+	case h == nil && bh == nil:
+		fail(fmt.Errorf("handler is nil: %w", pubsub.ErrInvalid))
+		return
+	}
+	for _, rt := range r.routes {
+		if rt.topic == topic && rt.name == name {
+			fail(fmt.Errorf("registered twice: %w", pubsub.ErrInvalid))
+			return
+		}
+	}
+	r.routes = append(r.routes, &route{r: r, topic: topic, name: name, h: h, bh: bh, cfg: cfg})
+}
+
+// Run subscribes every handler and processes messages until ctx ends or a
+// subscription fails for good. Then it drains: it stops receiving, lets
+// in-flight handlers finish within Options.ShutdownTimeout, nacks messages
+// that were received but not started, cancels the handlers' contexts and
+// nacks their messages when the timeout passes, and closes the
+// subscriptions (flushing acks). It returns only then.
+//
+// Run returns nil after a clean shutdown caused by ctx; an error when a
+// registration was invalid, a subscription could not be opened or failed
+// (the other handlers are drained first), or handlers were still running at
+// the shutdown timeout (their messages were nacked; their goroutines may
+// still be running). Run may be called once.
+func (r *Router) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.running {
+		r.mu.Unlock()
+		return errors.New("router: Run called twice")
+	}
+	r.running = true
+	routes, mws, regErr := r.routes, append([]Middleware(nil), r.mws...), r.regErr
+	r.mu.Unlock()
+	if regErr != nil {
+		return regErr
+	}
+	if r.client == nil {
+		return fmt.Errorf("router: no client: %w", pubsub.ErrInvalid)
+	}
+	if len(routes) == 0 {
+		return fmt.Errorf("router: no handlers registered: %w", pubsub.ErrInvalid)
+	}
+
+	for i, rt := range routes {
+		sub, err := r.client.Subscribe(ctx, rt.topic, pubsub.Group(rt.name), pubsub.Prefetch(rt.prefetch()))
+		if err != nil {
+			for _, prev := range routes[:i] {
+				_ = prev.sub.Close()
+			}
+			return fmt.Errorf("router: handler %q: %w", rt.name, err)
+		}
+		rt.sub = sub
+	}
+
+	recvCtx, stopRecv := context.WithCancel(ctx)
+	defer stopRecv()
+	hctx, abort := context.WithCancel(context.WithoutCancel(ctx))
+	defer abort()
+
+	var (
+		wg      sync.WaitGroup
+		errMu   sync.Mutex
+		runErrs []error
+	)
+	failRun := func(rt *route, err error) {
+		errMu.Lock()
+		runErrs = append(runErrs, fmt.Errorf("router: handler %q on %q: %w", rt.name, rt.topic, err))
+		errMu.Unlock()
+		r.log.Error("router: subscription failed; shutting down", "topic", rt.topic, "handler", rt.name, "error", err)
+		stopRecv()
+	}
+	for _, rt := range routes {
+		rt.info = HandlerInfo{Topic: rt.topic, Name: rt.name, Client: r.client, Publisher: r.opts.Publisher, Logger: r.log, draining: recvCtx.Done()}
+		rt.ctx = context.WithValue(hctx, infoKey{}, &rt.info)
+		rt.draining = recvCtx.Done()
+		rt.fail = failRun
+		leaf := rt.h
+		if rt.bh != nil {
+			bh := rt.bh
+			leaf = func(ctx context.Context, m *pubsub.Message) error { return bh(ctx, []*pubsub.Message{m}) }
+		}
+		rt.chain = compose(leaf, append(append([]Middleware(nil), mws...), rt.cfg.mws...))
+		rt.start(recvCtx, &wg)
+		r.log.Debug("router: handler started", "topic", rt.topic, "handler", rt.name, "mode", rt.cfg.mode, "concurrency", rt.cfg.concurrency)
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+
+	<-recvCtx.Done()
+	r.log.Debug("router: draining", "timeout", r.opts.ShutdownTimeout)
+	timer := time.NewTimer(r.opts.ShutdownTimeout)
+	select {
+	case <-done:
+		timer.Stop()
+	case <-timer.C:
+		abort()
+		forced := 0
+		for _, rt := range routes {
+			forced += rt.abort()
+		}
+		r.log.Error("router: shutdown timeout: handlers still running; their messages were nacked", "timeout", r.opts.ShutdownTimeout, "nacked", forced)
+		errMu.Lock()
+		runErrs = append(runErrs, fmt.Errorf("router: shutdown: handlers still running after %v; %d message(s) nacked", r.opts.ShutdownTimeout, forced))
+		errMu.Unlock()
+	}
+	for _, rt := range routes {
+		if err := rt.sub.Close(); err != nil {
+			errMu.Lock()
+			runErrs = append(runErrs, fmt.Errorf("router: handler %q: %w", rt.name, err))
+			errMu.Unlock()
+		}
+	}
+	errMu.Lock()
+	defer errMu.Unlock()
+	return errors.Join(runErrs...)
+}
+
+func compose(h Handler, mws []Middleware) Handler {
+	for i := len(mws) - 1; i >= 0; i-- {
+		h = mws[i](h)
+	}
+	return h
+}
+
+// call runs h, turning a panic into a *PanicError: the router's last line of
+// defence (use the Recover middleware to recover inside Retry and Poison).
+func call(h Handler, ctx context.Context, m *pubsub.Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = NewPanicError(p)
+		}
+	}()
+	return h(ctx, m)
+}
+
+func callBatch(h BatchHandler, ctx context.Context, msgs []*pubsub.Message) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = NewPanicError(p)
+		}
+	}()
+	return h(ctx, msgs)
+}
+
+// route is one registered handler at run time.
+type route struct {
+	r           *Router
+	topic, name string
+	h           Handler
+	bh          BatchHandler
+	cfg         handlerConfig
+
+	sub      *pubsub.Subscription
+	info     HandlerInfo
+	ctx      context.Context // handler context: values of Run's ctx, cancelled at the shutdown timeout
+	chain    Handler
+	draining <-chan struct{}
+	fail     func(*route, error)
+
+	cur     []atomic.Pointer[pubsub.Delivery]   // per worker: the delivery in its handler
+	curB    []atomic.Pointer[[]*pubsub.Delivery] // per batch worker
+	sched   *keySched
+	batches chan []*pubsub.Delivery
+}
+
+func (rt *route) prefetch() int {
+	switch {
+	case rt.bh != nil:
+		return max(64, rt.cfg.maxBatch)
+	case rt.cfg.mode == modeUnordered:
+		return max(64, rt.cfg.concurrency)
+	}
+	return max(64, min(rt.cfg.maxInFlight, 1024))
+}
+
+func (rt *route) isDraining() bool {
+	select {
+	case <-rt.draining:
+		return true
+	default:
+		return false
+	}
+}
+
+func (rt *route) start(recvCtx context.Context, wg *sync.WaitGroup) {
+	n := rt.cfg.concurrency
+	switch {
+	case rt.bh != nil:
+		rt.curB = make([]atomic.Pointer[[]*pubsub.Delivery], n)
+		rt.batches = make(chan []*pubsub.Delivery, n)
+		wg.Add(1 + n)
+		go func() { defer wg.Done(); rt.collect(recvCtx) }()
+		for i := range n {
+			go func() { defer wg.Done(); rt.batchWorker(i) }()
+		}
+	case rt.cfg.mode == modeUnordered:
+		rt.cur = make([]atomic.Pointer[pubsub.Delivery], n)
+		wg.Add(n)
+		for i := range n {
+			go func() { defer wg.Done(); rt.worker(recvCtx, i) }()
+		}
+	default:
+		rt.cur = make([]atomic.Pointer[pubsub.Delivery], n)
+		rt.sched = newKeySched(rt.cfg.maxInFlight)
+		wg.Add(1 + n)
+		go func() { defer wg.Done(); rt.dispatch(recvCtx) }()
+		for i := range n {
+			go func() { defer wg.Done(); rt.keyWorker(i) }()
+		}
+	}
+}
+
+// abort nacks every message the handler still holds after the shutdown
+// timeout and returns how many it nacked.
+func (rt *route) abort() int {
+	n := 0
+	for i := range rt.cur {
+		if d := rt.cur[i].Load(); d != nil && d.Nack(0) == nil {
+			n++
+		}
+	}
+	for i := range rt.curB {
+		if b := rt.curB[i].Load(); b != nil {
+			for _, d := range *b {
+				if d.Nack(0) == nil {
+					n++
+				}
+			}
+		}
+	}
+	if rt.sched != nil {
+		for _, d := range rt.sched.abort() {
+			if d.Nack(0) == nil {
+				n++
+			}
+		}
+	}
+	if rt.batches != nil {
+		for {
+			select {
+			case b, ok := <-rt.batches:
+				if !ok {
+					return n
+				}
+				for _, d := range b {
+					if d.Nack(0) == nil {
+						n++
+					}
+				}
+				continue
+			default:
+			}
+			return n
+		}
+	}
+	return n
+}
+
+// receiveErr reports a Receive error unless it comes from the shutdown.
+func (rt *route) receiveErr(recvCtx context.Context, err error) {
+	if recvCtx.Err() == nil {
+		rt.fail(rt, err)
+	}
+}
+
+// settle acks d when err is nil and nacks it otherwise.
+func (rt *route) settle(d *pubsub.Delivery, err error) {
+	if err == nil {
+		if aerr := d.Ack(); aerr != nil {
+			rt.settleErr(d, aerr)
+		}
+		return
+	}
+	delay, marked := RedeliverDelay(err)
+	if !marked {
+		delay = rt.r.nackDelay
+		if rt.isDraining() {
+			delay = 0
+		}
+		if rt.ctx.Err() == nil {
+			rt.r.log.Error("router: handler failed; nacking", "topic", rt.topic, "handler", rt.name, "id", d.Message.ID, "attempt", d.Message.Attempt, "redeliver_in", delay, "error", err)
+		}
+	}
+	if nerr := d.Nack(delay); nerr != nil {
+		rt.settleErr(d, nerr)
+	}
+}
+
+func (rt *route) settleErr(d *pubsub.Delivery, err error) {
+	if errors.Is(err, pubsub.ErrAlreadyAcked) || errors.Is(err, pubsub.ErrClosed) {
+		// Nacked at the shutdown timeout, or the subscription is closed:
+		// the broker redelivers it.
+		return
+	}
+	rt.r.log.Warn("router: ack/nack failed; the message will be redelivered", "topic", rt.topic, "handler", rt.name, "id", d.Message.ID, "error", err)
+}
+
+// worker is one unordered worker: receive, handle, settle.
+func (rt *route) worker(recvCtx context.Context, i int) {
+	for recvCtx.Err() == nil {
+		d, err := rt.sub.Receive(recvCtx)
+		if err != nil {
+			rt.receiveErr(recvCtx, err)
+			return
+		}
+		rt.cur[i].Store(d)
+		rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+		rt.cur[i].Store(nil)
+	}
+}
+
+// collect gathers batches for the batch workers.
+func (rt *route) collect(recvCtx context.Context) {
+	defer close(rt.batches)
+	for recvCtx.Err() == nil {
+		d, err := rt.sub.Receive(recvCtx)
+		if err != nil {
+			rt.receiveErr(recvCtx, err)
+			return
+		}
+		batch := make([]*pubsub.Delivery, 1, rt.cfg.maxBatch)
+		batch[0] = d
+		var rerr error
+		if rt.cfg.maxBatch > 1 {
+			wctx, cancel := context.WithTimeout(recvCtx, rt.cfg.maxWait)
+			for len(batch) < rt.cfg.maxBatch {
+				d, err := rt.sub.Receive(wctx)
+				if err != nil {
+					if wctx.Err() == nil {
+						rerr = err
+					}
+					break
+				}
+				batch = append(batch, d)
+			}
+			cancel()
+		}
+		rt.batches <- batch
+		if rerr != nil {
+			rt.receiveErr(recvCtx, rerr)
+			return
+		}
+	}
+}
+
+func (rt *route) batchWorker(i int) {
+	for batch := range rt.batches {
+		if rt.isDraining() {
+			for _, d := range batch {
+				_ = d.Nack(0)
+			}
+			continue
+		}
+		rt.curB[i].Store(&batch)
+		msgs := make([]*pubsub.Message, len(batch))
+		for j, d := range batch {
+			msgs[j] = d.Message
+		}
+		err := callBatch(rt.bh, rt.ctx, msgs)
+		if _, marked := RedeliverDelay(err); err == nil || marked {
+			for _, d := range batch {
+				rt.settle(d, err)
+			}
+		} else {
+			if rt.ctx.Err() == nil {
+				rt.r.log.Warn("router: batch failed; running its messages one by one", "topic", rt.topic, "handler", rt.name, "size", len(batch), "error", err)
+			}
+			for _, d := range batch {
+				if rt.ctx.Err() != nil {
+					_ = d.Nack(0)
+					continue
+				}
+				rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+			}
+		}
+		rt.curB[i].Store(nil)
+	}
+}
+
+
+// dispatch receives for the ordered modes and queues each message behind
+// the earlier in-flight messages of its key.
+func (rt *route) dispatch(recvCtx context.Context) {
+	s := rt.sched
+	defer close(s.ready)
+	for {
+		select {
+		case s.slots <- struct{}{}:
+		case <-recvCtx.Done():
+			return
+		}
+		d, err := rt.sub.Receive(recvCtx)
+		if err != nil {
+			<-s.slots
+			rt.receiveErr(recvCtx, err)
+			return
+		}
+		switch {
+		case rt.cfg.mode == modeStrict:
+			s.add(d, true, "")
+		case d.Message.Key == "":
+			s.add(d, false, "")
+		default:
+			s.add(d, true, d.Message.Key)
+		}
+	}
+}
+
+func (rt *route) keyWorker(i int) {
+	s := rt.sched
+	for q := range s.ready {
+		for {
+			d := s.next(q)
+			if d == nil {
+				break
+			}
+			if rt.isDraining() {
+				// Not started: give it back now, after the earlier
+				// messages of its key were settled (order is kept).
+				_ = d.Nack(0)
+			} else {
+				rt.cur[i].Store(d)
+				rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+				rt.cur[i].Store(nil)
+			}
+			<-s.slots
+		}
+	}
+}
+
+// keySched holds per-key FIFO queues for the ordered modes. A queue is in
+// the map while it has messages waiting or in a handler; a worker owns it
+// from when it takes it from ready until it is empty, so one key never runs
+// on two workers at once.
+type keySched struct {
+	mu      sync.Mutex
+	queues  map[string]*keyQueue
+	ready   chan *keyQueue
+	slots   chan struct{} // in-flight bound
+	aborted bool
+}
+
+type keyQueue struct {
+	key   string
+	keyed bool
+	items []*pubsub.Delivery
+}
+
+func newKeySched(maxInFlight int) *keySched {
+	return &keySched{
+		queues: map[string]*keyQueue{},
+		// At most maxInFlight queues exist (each holds a message), so
+		// sends on ready never block.
+		ready: make(chan *keyQueue, maxInFlight),
+		slots: make(chan struct{}, maxInFlight),
+	}
+}
+
+func (s *keySched) add(d *pubsub.Delivery, keyed bool, key string) {
+	if !keyed {
+		s.ready <- &keyQueue{items: []*pubsub.Delivery{d}}
+		return
+	}
+	s.mu.Lock()
+	if q := s.queues[key]; q != nil {
+		q.items = append(q.items, d)
+		s.mu.Unlock()
+		return
+	}
+	q := &keyQueue{key: key, keyed: true, items: []*pubsub.Delivery{d}}
+	s.queues[key] = q
+	s.mu.Unlock()
+	s.ready <- q
+}
+
+// next pops q's next message, or returns nil and retires q when it is empty.
+func (s *keySched) next(q *keyQueue) *pubsub.Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(q.items) == 0 || s.aborted {
+		if q.keyed && s.queues[q.key] == q {
+			delete(s.queues, q.key)
+		}
+		return nil
+	}
+	d := q.items[0]
+	q.items[0] = nil
+	q.items = q.items[1:]
+	return d
+}
+
+// abort stops the workers and returns every message not yet started.
+func (s *keySched) abort() []*pubsub.Delivery {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.aborted = true
+	var out []*pubsub.Delivery
+	for k, q := range s.queues {
+		out = append(out, q.items...)
+		q.items = nil
+		delete(s.queues, k)
+	}
+	for {
+		select {
+		case q, ok := <-s.ready:
+			if !ok {
+				return out
+			}
+			out = append(out, q.items...)
+			q.items = nil
+		default:
+			return out
+		}
+	}
+}
