@@ -61,7 +61,7 @@ type RetryPolicy struct {
 	// per-key order is not kept across the retry. On other brokers Retry
 	// falls back to waiting in process (and logs that once).
 	Redeliver bool
-	// Logger, default slog.Default().
+	// Logger, default the router's.
 	Logger *slog.Logger
 }
 
@@ -98,9 +98,6 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 	}
 	if p.Multiplier < 1 {
 		p.Multiplier = 2
-	}
-	if p.Logger == nil {
-		p.Logger = slog.Default()
 	}
 	return p
 }
@@ -180,7 +177,7 @@ func Retry(p RetryPolicy) router.Middleware {
 						return p.redeliver(rd, m, err)
 					}
 					rd.warnOnce.Do(func() {
-						p.Logger.Warn("middleware: retry: the broker cannot redeliver with a delay and count attempts; retrying in process",
+						p.log(ctx).Warn("middleware: retry: the broker cannot redeliver with a delay and count attempts; retrying in process",
 							"handler", info.Name, "topic", info.Topic)
 					})
 				}
@@ -221,7 +218,7 @@ func (p RetryPolicy) inProcess(ctx context.Context, next router.Handler, m *pubs
 			mm.Metadata = make(map[string]string, 1)
 		}
 		mm.Metadata[pubsub.MetaAttempt] = strconv.Itoa(attempt)
-		p.Logger.Debug("middleware: retrying", "id", m.ID, "attempt", attempt, "error", err)
+		p.log(ctx).Debug("middleware: retrying", "id", m.ID, "attempt", attempt, "error", err)
 		err = next(ctx, mm)
 		if err == nil || passThrough(ctx, err) {
 			return err
@@ -274,4 +271,11 @@ func (p RetryPolicy) redeliver(s *redeliverState, m *pubsub.Message, err error) 
 		return &RetryError{Err: err, Reason: ReasonMaxElapsed, Attempts: attempt, FirstFailedAt: first}
 	}
 	return router.Redeliver(fmt.Errorf("middleware: retry: attempt %d of %d for message %q failed: %w", attempt, p.MaxAttempts, m.ID, err), wait)
+}
+
+func (p RetryPolicy) log(ctx context.Context) *slog.Logger {
+	if p.Logger != nil {
+		return p.Logger
+	}
+	return logger(ctx)
 }

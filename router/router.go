@@ -306,7 +306,7 @@ type route struct {
 	draining <-chan struct{}
 	fail     func(*route, error)
 
-	cur     []atomic.Pointer[pubsub.Delivery]   // per worker: the delivery in its handler
+	cur     []atomic.Pointer[pubsub.Delivery]    // per worker: the delivery in its handler
 	curB    []atomic.Pointer[[]*pubsub.Delivery] // per batch worker
 	sched   *keySched
 	batches chan []*pubsub.Delivery
@@ -525,7 +525,6 @@ func (rt *route) batchWorker(i int) {
 		rt.curB[i].Store(nil)
 	}
 }
-
 
 // dispatch receives for the ordered modes and queues each message behind
 // the earlier in-flight messages of its key.
