@@ -69,8 +69,9 @@ type DedupOptions struct {
 	// BusyDelay is the redelivery delay for a duplicate that found the key
 	// busy (default 1s, at most Lease).
 	BusyDelay time.Duration
-	// StoreTimeout bounds Complete and Release after the handler returned
-	// (default 10s; not cut short by the router's shutdown).
+	// StoreTimeout bounds Complete and Release when the handler's context
+	// has ended (shutdown), so that the outcome is still recorded (default
+	// 10s). Otherwise they run under the handler's context.
 	StoreTimeout time.Duration
 }
 
@@ -127,8 +128,13 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 				return fmt.Errorf("middleware: dedup: claim %q: store returned %v", key, res)
 			}
 			herr := runLeased(ctx, next, m, opts.Lease)
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), opts.StoreTimeout)
-			defer cancel()
+			sctx := ctx
+			if ctx.Err() != nil {
+				// Shutting down: still record the outcome, within bounds.
+				var cancel context.CancelFunc
+				sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), opts.StoreTimeout)
+				defer cancel()
+			}
 			if herr != nil {
 				if err := store.Release(sctx, key); err != nil {
 					logger(ctx).Error("middleware: dedup: release failed; redeliveries wait for the lease to expire",

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
@@ -19,6 +20,7 @@ type Client struct {
 	logger *slog.Logger
 
 	maxBatch, maxConc int
+	observers         []Observer
 
 	mu       sync.Mutex
 	closed   bool
@@ -90,7 +92,6 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 	if len(msgs) == 0 {
 		return nil
 	}
-	dms := make([]*driver.Message, len(msgs))
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("pubsub: publish to %q: message %d of %d is nil: %w", topic, i, len(msgs), ErrInvalid)
@@ -102,6 +103,23 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 		if m.ID == "" {
 			m.ID = NewID()
 		}
+	}
+	var dones []func(error)
+	for _, o := range c.observers {
+		if done := o.Publish(ctx, topic, msgs); done != nil {
+			dones = append(dones, done)
+		}
+	}
+	err := c.publish(ctx, topic, msgs)
+	for _, done := range dones {
+		done(err)
+	}
+	return err
+}
+
+func (c *Client) publish(ctx context.Context, topic string, msgs []*Message) error {
+	dms := make([]*driver.Message, len(msgs))
+	for i, m := range msgs {
 		dms[i] = &driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
 	}
 	b, err := c.batcher(topic)
@@ -243,6 +261,7 @@ type batcher struct {
 }
 
 type sendReq struct {
+	ctx  context.Context
 	msgs []*driver.Message
 	done chan error
 }
@@ -251,7 +270,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r := &sendReq{msgs: msgs, done: make(chan error, 1)}
+	r := &sendReq{ctx: ctx, msgs: msgs, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
 	if b.active < b.maxConc {
@@ -266,7 +285,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
-		return fmt.Errorf("%w (the messages may still be published)", ctx.Err())
+		return fmt.Errorf("%w (the messages may still be published if others in their batch wait)", ctx.Err())
 	}
 }
 
@@ -296,10 +315,24 @@ func (b *batcher) run(batch []*sendReq) {
 				msgs = append(msgs, r.msgs...)
 			}
 		}
-		// The send is not bound to any one caller's context: callers that
-		// give up stop waiting, but the batch is still sent (a broker
-		// timeout bounds it inside the adapter).
-		err := b.drv.SendBatch(context.Background(), b.topic, msgs)
+		// The send is cancelled only when every caller in the batch has
+		// given up: one impatient caller must not fail the others.
+		ctx, cancel := context.WithCancel(context.Background())
+		var left atomic.Int32
+		left.Store(int32(len(batch)))
+		stops := make([]func() bool, len(batch))
+		for i, r := range batch {
+			stops[i] = context.AfterFunc(r.ctx, func() {
+				if left.Add(-1) == 0 {
+					cancel()
+				}
+			})
+		}
+		err := b.drv.SendBatch(ctx, b.topic, msgs)
+		for _, stop := range stops {
+			stop()
+		}
+		cancel()
 		for _, r := range batch {
 			r.done <- err
 		}

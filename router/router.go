@@ -66,6 +66,8 @@ type Router struct {
 	log       *slog.Logger
 	nackDelay time.Duration
 
+	running0 chan struct{} // closed when every subscription is open
+
 	mu      sync.Mutex
 	mws     []Middleware
 	routes  []*route
@@ -91,8 +93,14 @@ func New(client *pubsub.Client, opts Options) *Router {
 	if opts.Publisher == nil && client != nil {
 		opts.Publisher = client
 	}
-	return &Router{client: client, opts: opts, log: opts.Logger, nackDelay: nd}
+	return &Router{client: client, opts: opts, log: opts.Logger, nackDelay: nd, running0: make(chan struct{})}
 }
+
+// Running returns a channel that is closed once Run has opened every
+// handler's subscription, so that messages published afterwards reach the
+// handlers' consumer groups even on brokers where a new group starts at the
+// newest message. It is never closed if Run fails before that.
+func (r *Router) Running() <-chan struct{} { return r.running0 }
 
 // Use adds middleware for every handler, including handlers registered
 // before the call. The first middleware given is the outermost.
@@ -234,6 +242,7 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
+	close(r.running0)
 
 	<-recvCtx.Done()
 	r.log.Debug("router: draining", "timeout", r.opts.ShutdownTimeout)

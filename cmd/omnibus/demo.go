@@ -19,6 +19,9 @@ type DemoCmd struct {
 	Orders int    `help:"Orders to publish." default:"20000"`
 	Topic  string `help:"Topic name." default:"orders.created"`
 	Nack   int    `help:"In the billing group, nack every Nth order once (0 = never) to show redelivery." default:"50"`
+	// Pipeline is the number of orders sent through the router pipeline
+	// with injected faults (demo_router.go).
+	Pipeline int `help:"Orders sent through the router pipeline with injected faults: transient failures, invalid orders, duplicates (0 = skip)." default:"5000"`
 }
 
 type order struct {
@@ -36,7 +39,10 @@ type groupStats struct {
 
 // Run runs the demo and fails if the numbers do not add up.
 func (d *DemoCmd) Run(ctx context.Context) error {
-	return runBasicDemo(ctx, os.Stdout, d)
+	if err := runBasicDemo(ctx, os.Stdout, d); err != nil {
+		return err
+	}
+	return runRouterDemo(ctx, os.Stdout, d)
 }
 
 func runBasicDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {

@@ -1,0 +1,288 @@
+package kafka_test
+
+// Benchmarks on the real broker, comparing in one run the raw kafka-go
+// Writer/Reader, omnibus, and watermill-kafka v3 (sarama) with the same
+// message count and size. b.N is the number of messages; each benchmark
+// reports msg/s. Run (see docs/benchmarks.md):
+//
+//	eval "$(scripts/brokers up kafka)"
+//	go test -run XXX -bench . -benchtime 100000x ./adapters/kafka/
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/IBM/sarama"
+	"github.com/ThreeDotsLabs/watermill"
+	"github.com/ThreeDotsLabs/watermill/message"
+	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+const (
+	benchPayload    = 256 // bytes per message
+	benchPublishers = 32  // concurrent publishers, one message per call
+	benchBatch      = 100 // messages per call in the batch benchmarks
+)
+
+var payload = []byte(strings.Repeat("x", benchPayload))
+
+// spread runs fn(i) for i in [0, n) on workers goroutines.
+func spread(n, workers int, fn func(i int) error) error {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	var once sync.Once
+	var first error
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := fn(i); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+func report(b *testing.B, n int, d time.Duration) {
+	b.ReportMetric(float64(n)/d.Seconds(), "msg/s")
+}
+
+func benchTopic(b *testing.B, c *pubsub.Client) string {
+	return newTopic(b, c, uniqueName(b, "bench"))
+}
+
+func rawWriter(b *testing.B, topic string) *kafkago.Writer {
+	// Tuned, not default: BatchTimeout 1s would make every partial batch
+	// wait a second. A batch closes at BatchSize messages or after 2ms.
+	w := &kafkago.Writer{
+		Addr: kafkago.TCP(strings.Split(integration.Kafka(b), ",")...), Topic: topic,
+		Balancer: &kafkago.Murmur2Balancer{}, RequiredAcks: kafkago.RequireAll,
+		BatchSize: 1000, BatchTimeout: 2 * time.Millisecond, BatchBytes: 8 << 20,
+	}
+	b.Cleanup(func() { _ = w.Close() })
+	return w
+}
+
+func watermillPublisher(b *testing.B) message.Publisher {
+	p, err := wmkafka.NewPublisher(wmkafka.PublisherConfig{
+		Brokers:   strings.Split(integration.Kafka(b), ","),
+		Marshaler: wmkafka.DefaultMarshaler{},
+	}, watermill.NopLogger{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = p.Close() })
+	return p
+}
+
+// BenchmarkPublishConcurrent: benchPublishers goroutines each publish one
+// message per call and wait for the broker's ack (acks=all).
+func BenchmarkPublishConcurrent(b *testing.B) {
+	c := openClient(b, "")
+	b.Run("raw-kafka-go", func(b *testing.B) {
+		w := rawWriter(b, benchTopic(b, c))
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		err := spread(b.N, benchPublishers, func(i int) error {
+			return w.WriteMessages(ctx, kafkago.Message{Key: []byte(fmt.Sprintf("k%d", i%64)), Value: payload})
+		})
+		report(b, b.N, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
+	b.Run("omnibus", func(b *testing.B) {
+		topic := benchTopic(b, c)
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		err := spread(b.N, benchPublishers, func(i int) error {
+			return c.Publish(ctx, topic, &pubsub.Message{Key: fmt.Sprintf("k%d", i%64), Payload: payload})
+		})
+		report(b, b.N, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
+	b.Run("watermill-kafka", func(b *testing.B) {
+		p := watermillPublisher(b)
+		topic := benchTopic(b, c)
+		b.ResetTimer()
+		start := time.Now()
+		err := spread(b.N, benchPublishers, func(i int) error {
+			return p.Publish(topic, message.NewMessage(watermill.NewUUID(), payload))
+		})
+		report(b, b.N, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
+}
+
+// BenchmarkPublishBatch: one goroutine publishes benchBatch messages per
+// call and waits for the broker's ack.
+func BenchmarkPublishBatch(b *testing.B) {
+	c := openClient(b, "")
+	b.Run("raw-kafka-go", func(b *testing.B) {
+		w := rawWriter(b, benchTopic(b, c))
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += benchBatch {
+			n := min(benchBatch, b.N-i)
+			msgs := make([]kafkago.Message, n)
+			for j := range msgs {
+				msgs[j] = kafkago.Message{Key: []byte(fmt.Sprintf("k%d", (i+j)%64)), Value: payload}
+			}
+			if err := w.WriteMessages(ctx, msgs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, b.N, time.Since(start))
+	})
+	b.Run("omnibus", func(b *testing.B) {
+		topic := benchTopic(b, c)
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += benchBatch {
+			n := min(benchBatch, b.N-i)
+			msgs := make([]*pubsub.Message, n)
+			for j := range msgs {
+				msgs[j] = &pubsub.Message{Key: fmt.Sprintf("k%d", (i+j)%64), Payload: payload}
+			}
+			if err := c.Publish(ctx, topic, msgs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, b.N, time.Since(start))
+	})
+	b.Run("watermill-kafka", func(b *testing.B) {
+		p := watermillPublisher(b)
+		topic := benchTopic(b, c)
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i += benchBatch {
+			n := min(benchBatch, b.N-i)
+			msgs := make([]*message.Message, n)
+			for j := range msgs {
+				msgs[j] = message.NewMessage(watermill.NewUUID(), payload)
+			}
+			if err := p.Publish(topic, msgs...); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, b.N, time.Since(start))
+	})
+}
+
+// fill publishes n messages of benchPayload bytes to a new topic.
+func fill(b *testing.B, c *pubsub.Client, n int) string {
+	b.Helper()
+	topic := benchTopic(b, c)
+	for i := 0; i < n; i += 1000 {
+		msgs := make([]*pubsub.Message, min(1000, n-i))
+		for j := range msgs {
+			msgs[j] = &pubsub.Message{Key: fmt.Sprintf("k%d", (i+j)%64), Payload: payload}
+		}
+		if err := c.Publish(context.Background(), topic, msgs...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return topic
+}
+
+// BenchmarkConsumeAck: a new consumer group reads b.N messages (already on
+// a 4-partition topic) from the oldest and acks (commits) each.
+func BenchmarkConsumeAck(b *testing.B) {
+	c := openClient(b, "")
+	b.Run("raw-kafka-go", func(b *testing.B) {
+		topic := fill(b, c, b.N)
+		r := kafkago.NewReader(kafkago.ReaderConfig{
+			Brokers: strings.Split(integration.Kafka(b), ","), Topic: topic, GroupID: uniqueName(b, "g"),
+			StartOffset: kafkago.FirstOffset, CommitInterval: 200 * time.Millisecond,
+			MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond, QueueCapacity: 1000,
+			HeartbeatInterval: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
+		})
+		defer r.Close()
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			m, err := r.FetchMessage(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := r.CommitMessages(ctx, m); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, b.N, time.Since(start))
+	})
+	b.Run("omnibus", func(b *testing.B) {
+		topic := fill(b, c, b.N)
+		sub, err := c.Subscribe(context.Background(), topic, pubsub.Group(uniqueName(b, "g")), pubsub.FromOldest(), pubsub.Prefetch(1000))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer sub.Close()
+		ctx := context.Background()
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			d, err := sub.Receive(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := d.Ack(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		report(b, b.N, time.Since(start))
+	})
+	b.Run("watermill-kafka", func(b *testing.B) {
+		topic := fill(b, c, b.N)
+		cfg := wmkafka.DefaultSaramaSubscriberConfig()
+		cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+		s, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
+			Brokers: strings.Split(integration.Kafka(b), ","), Unmarshaler: wmkafka.DefaultMarshaler{},
+			OverwriteSaramaConfig: cfg, ConsumerGroup: uniqueName(b, "g"),
+		}, watermill.NopLogger{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		ch, err := s.Subscribe(ctx, topic)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		start := time.Now()
+		for i := 0; i < b.N; i++ {
+			m := <-ch
+			m.Ack()
+		}
+		report(b, b.N, time.Since(start))
+	})
+}

@@ -1,0 +1,392 @@
+package kafka_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+var topicSeq atomic.Int64
+
+func uniqueName(t testing.TB, kind string) string {
+	return fmt.Sprintf("omnibus-kt-%s-%s-%d-%d", kind, strings.ReplaceAll(t.Name(), "/", "_"), time.Now().UnixNano()%1e9, topicSeq.Add(1))
+}
+
+func wait() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 60*time.Second)
+}
+
+// committed returns the group's committed offset per partition (-1: none).
+func committed(t testing.TB, topic, group string) map[int]int64 {
+	t.Helper()
+	ctx, cancel := wait()
+	defer cancel()
+	c := &kafkago.Client{Addr: kafkago.TCP(strings.Split(integration.Kafka(t), ",")...)}
+	parts := make([]int, testPartitions)
+	for i := range parts {
+		parts[i] = i
+	}
+	res, err := c.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	if err != nil {
+		t.Fatalf("offset fetch for group %s: %v", group, err)
+	}
+	if res.Error != nil {
+		t.Fatalf("offset fetch for group %s: %v", group, res.Error)
+	}
+	out := map[int]int64{}
+	for _, p := range res.Topics[topic] {
+		if p.Error != nil {
+			t.Fatalf("offset fetch for group %s partition %d: %v", group, p.Partition, p.Error)
+		}
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+// partitionOf is the partition a key lands on (murmur2, like the adapter).
+func partitionOf(key string) int {
+	return (&kafkago.Murmur2Balancer{}).Balance(kafkago.Message{Key: []byte(key)}, 0, 1, 2, 3)
+}
+
+func receive(t testing.TB, s *pubsub.Subscription) *pubsub.Delivery {
+	t.Helper()
+	ctx, cancel := wait()
+	defer cancel()
+	d, err := s.Receive(ctx)
+	if err != nil {
+		t.Fatalf("receive: %v", err)
+	}
+	return d
+}
+
+func subscribe(t testing.TB, c *pubsub.Client, topic, group string) *pubsub.Subscription {
+	t.Helper()
+	s, err := c.Subscribe(context.Background(), topic, pubsub.Group(group), pubsub.FromOldest())
+	if err != nil {
+		t.Fatalf("subscribe to %s as %s: %v", topic, group, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func publishSeq(t testing.TB, c *pubsub.Client, topic, key string, from, to int) []*pubsub.Message {
+	t.Helper()
+	var msgs []*pubsub.Message
+	for i := from; i < to; i++ {
+		msgs = append(msgs, &pubsub.Message{Key: key, Payload: []byte(strconv.Itoa(i))})
+	}
+	if err := c.Publish(context.Background(), topic, msgs...); err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	return msgs
+}
+
+func seqOf(t testing.TB, d *pubsub.Delivery) int {
+	t.Helper()
+	n, err := strconv.Atoi(string(d.Message.Payload))
+	if err != nil {
+		t.Fatalf("payload %q is not a sequence number", d.Message.Payload)
+	}
+	return n
+}
+
+// TestOutOfOrderAcksNeverCommitPastAGap pins the Kafka commit rule: the
+// committed offset of a partition only advances to one past the highest
+// contiguous acked offset. Message 3 is left unacked (or nacked for an
+// hour) while 0-2 and 4-9 are acked; after Close the group's committed
+// offset is exactly 3, and a new member resumes at 3, in order.
+func TestOutOfOrderAcksNeverCommitPastAGap(t *testing.T) {
+	for _, settle := range []string{"Unacked", "NackedWithLongDelay"} {
+		t.Run(settle, func(t *testing.T) {
+			c := openClient(t, "")
+			topic := newTopic(t, c, uniqueName(t, "gap"))
+			group := uniqueName(t, "g")
+			const key = "gap"
+			p := partitionOf(key)
+			s := subscribe(t, c, topic, group)
+			publishSeq(t, c, topic, key, 0, 10)
+			for i := 0; i < 10; i++ {
+				d := receive(t, s)
+				if got := seqOf(t, d); got != i {
+					t.Fatalf("delivery %d has sequence %d: partition order broken", i, got)
+				}
+				switch {
+				case i != 3:
+					if err := d.Ack(); err != nil {
+						t.Fatal(err)
+					}
+				case settle == "NackedWithLongDelay":
+					if err := d.Nack(time.Hour); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			if err := s.Close(); err != nil {
+				t.Fatalf("close: %v", err)
+			}
+			got := committed(t, topic, group)
+			for part := 0; part < testPartitions; part++ {
+				want := int64(0)
+				if part == p {
+					want = 3
+				}
+				if got[part] != want {
+					t.Errorf("partition %d committed offset = %d, want %d (all: %v)", part, got[part], want, got)
+				}
+			}
+			// A new member starts at the gap and sees 3..9 again, in order.
+			c2 := openClient(t, "")
+			s2 := subscribe(t, c2, topic, group)
+			for want := 3; want < 10; want++ {
+				d := receive(t, s2)
+				if got := seqOf(t, d); got != want {
+					t.Fatalf("after restart got sequence %d, want %d", got, want)
+				}
+				if err := d.Ack(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s2.Close(); err != nil {
+				t.Fatal(err)
+			}
+			if got := committed(t, topic, group)[p]; got != 10 {
+				t.Errorf("after acking everything, partition %d committed offset = %d, want 10", p, got)
+			}
+		})
+	}
+}
+
+// TestRestartedMemberResumesFromCommittedOffset pins that a group member
+// restarted after acking a prefix receives exactly the rest: nothing acked
+// comes back, nothing unacked is lost.
+func TestRestartedMemberResumesFromCommittedOffset(t *testing.T) {
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "resume"))
+	group := uniqueName(t, "g")
+	const key = "resume"
+	s := subscribe(t, c, topic, group)
+	publishSeq(t, c, topic, key, 0, 20)
+	for i := 0; i < 20; i++ {
+		d := receive(t, s)
+		if i < 12 {
+			if err := d.Ack(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := committed(t, topic, group)[partitionOf(key)]; got != 12 {
+		t.Fatalf("committed offset after acking 0..11 = %d, want 12", got)
+	}
+	c2 := openClient(t, "")
+	s2 := subscribe(t, c2, topic, group)
+	publishSeq(t, c, topic, key, 20, 21) // a sentinel after the backlog
+	for want := 12; want <= 20; want++ {
+		d := receive(t, s2)
+		if got := seqOf(t, d); got != want {
+			t.Fatalf("restarted member got sequence %d, want %d", got, want)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestTwoMembersSplitPartitionsAndReceiveEachMessageOnce pins group
+// membership on the real broker: two members of one group get disjoint
+// partitions (so disjoint keys), both get some, and together they receive
+// every message exactly once when all are acked.
+func TestTwoMembersSplitPartitionsAndReceiveEachMessageOnce(t *testing.T) {
+	c1, c2 := openClient(t, ""), openClient(t, "")
+	topic := newTopic(t, c1, uniqueName(t, "split"))
+	group := uniqueName(t, "g")
+	s1 := subscribe(t, c1, topic, group)
+	s2 := subscribe(t, c2, topic, group) // returns once the two-member generation runs
+	const n, keys = 4000, 64
+	var msgs []*pubsub.Message
+	for i := 0; i < n; i++ {
+		msgs = append(msgs, &pubsub.Message{Key: fmt.Sprintf("k%d", i%keys), Payload: []byte(strconv.Itoa(i))})
+	}
+	for i := 0; i < n; i += 500 {
+		if err := c1.Publish(context.Background(), topic, msgs[i:i+500]...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	seen := map[string]int{}
+	keysBy := []map[string]bool{{}, {}}
+	ctx, cancel := wait()
+	defer cancel()
+	var wg sync.WaitGroup
+	for i, s := range []*pubsub.Subscription{s1, s2} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				d, err := s.Receive(ctx)
+				if err != nil {
+					return
+				}
+				if err := d.Ack(); err != nil {
+					t.Errorf("ack: %v", err)
+				}
+				mu.Lock()
+				seen[d.Message.ID]++
+				keysBy[i][d.Message.Key] = true
+				if len(seen) == n {
+					cancel()
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	if len(seen) != n {
+		t.Fatalf("received %d distinct messages, want %d", len(seen), n)
+	}
+	for _, m := range msgs {
+		if seen[m.ID] != 1 {
+			t.Errorf("message %s received %d times, want exactly once", m.ID, seen[m.ID])
+		}
+	}
+	if len(keysBy[0]) == 0 || len(keysBy[1]) == 0 {
+		t.Fatalf("one member got nothing: member 1 saw %d keys, member 2 saw %d", len(keysBy[0]), len(keysBy[1]))
+	}
+	for k := range keysBy[0] {
+		if keysBy[1][k] {
+			t.Errorf("key %s reached both members: partitions were not split", k)
+		}
+	}
+}
+
+func TestMissingTopicIsNotFoundUnlessAutoCreate(t *testing.T) {
+	c := openClient(t, "")
+	topic := uniqueName(t, "missing")
+	if err := c.Publish(context.Background(), topic, &pubsub.Message{Payload: []byte("x")}); !errors.Is(err, pubsub.ErrNotFound) || !strings.Contains(err.Error(), topic) {
+		t.Errorf("publish to a missing topic: %v, want ErrNotFound naming the topic", err)
+	}
+	if _, err := c.Subscribe(context.Background(), topic, pubsub.Group("g")); !errors.Is(err, pubsub.ErrNotFound) || !strings.Contains(err.Error(), topic) {
+		t.Errorf("subscribe to a missing topic: %v, want ErrNotFound naming the topic", err)
+	}
+
+	auto := openClient(t, "auto_create=true&partitions=3&replication_factor=1")
+	s, err := auto.Subscribe(context.Background(), topic, pubsub.Group(uniqueName(t, "g")), pubsub.FromOldest())
+	if err != nil {
+		t.Fatalf("subscribe with auto_create: %v", err)
+	}
+	defer s.Close()
+	m := &pubsub.Message{Payload: []byte("created")}
+	if err := auto.Publish(context.Background(), topic, m); err != nil {
+		t.Fatalf("publish with auto_create: %v", err)
+	}
+	if d := receive(t, s); d.Message.ID != m.ID {
+		t.Errorf("got %s, want %s", d.Message.ID, m.ID)
+	}
+	ctx, cancel := wait()
+	defer cancel()
+	// A transport of its own: kafka-go's shared one answers from a cache.
+	tr := &kafkago.Transport{MetadataTopics: []string{topic}}
+	defer tr.CloseIdleConnections()
+	md, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t)), Transport: tr}).Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(md.Topics) != 1 || len(md.Topics[0].Partitions) != 3 {
+		t.Errorf("auto-created topic metadata %+v, want 3 partitions", md.Topics)
+	}
+}
+
+// TestOversizeMessageIsAnErrorNotAHang pins both limits: the adapter's own
+// (max_message_size, checked before sending) and the broker's (a topic
+// whose max.message.bytes is lower than the client believes).
+func TestOversizeMessageIsAnErrorNotAHang(t *testing.T) {
+	admin := openClient(t, "")
+	small := uniqueName(t, "small")
+	ctx, cancel := wait()
+	defer cancel()
+	res, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t))}).CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
+		Topic: small, NumPartitions: 1, ReplicationFactor: 1,
+		ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "2048"}},
+	}}})
+	if err != nil || res.Errors[small] != nil {
+		t.Fatalf("create topic: %v %v", err, res.Errors[small])
+	}
+	_ = admin
+	limited := openClient(t, "max_message_size=4096")
+	if got := limited.Capabilities().MaxMessageSize; got != 4096-1024 {
+		t.Errorf("MaxMessageSize with max_message_size=4096 = %d, want %d", got, 4096-1024)
+	}
+	cases := []struct {
+		name    string
+		c       *pubsub.Client
+		msg     *pubsub.Message
+		mention string
+	}{
+		{"PayloadOverCapability", limited, &pubsub.Message{ID: "big-payload", Payload: make([]byte, 3073)}, "3073"},
+		{"HeadersPushRecordOverLimit", limited, &pubsub.Message{ID: "big-headers", Payload: make([]byte, 3000),
+			Metadata: map[string]string{"x-pad": strings.Repeat("p", 2000)}}, "big-headers"},
+		{"BrokerTopicLimit", admin, &pubsub.Message{ID: "over-topic-limit", Payload: make([]byte, 4000)}, "partition 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			done := make(chan error, 1)
+			go func() { done <- tc.c.Publish(context.Background(), small, tc.msg) }()
+			select {
+			case err := <-done:
+				if !errors.Is(err, pubsub.ErrInvalid) {
+					t.Fatalf("publish: %v, want ErrInvalid", err)
+				}
+				if !strings.Contains(err.Error(), tc.mention) {
+					t.Errorf("error %q does not mention %q", err, tc.mention)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("publish of an oversize message still blocked after 60s")
+			}
+		})
+	}
+}
+
+// TestAnonymousSubscriptionSeesOnlyNewMessages pins the group-less mode:
+// it starts at the end of every partition when it opens.
+func TestAnonymousSubscriptionSeesOnlyNewMessages(t *testing.T) {
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "anon"))
+	old := publishSeq(t, c, topic, "", 0, 5)
+	s, err := c.Subscribe(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	fresh := publishSeq(t, c, topic, "", 5, 10)
+	oldIDs := map[string]bool{}
+	for _, m := range old {
+		oldIDs[m.ID] = true
+	}
+	want := map[string]bool{}
+	for _, m := range fresh {
+		want[m.ID] = true
+	}
+	for len(want) > 0 {
+		d := receive(t, s)
+		if oldIDs[d.Message.ID] {
+			t.Fatalf("anonymous subscription got %s, published before it opened", d.Message.ID)
+		}
+		delete(want, d.Message.ID)
+		_ = d.Ack()
+	}
+}

@@ -1,0 +1,277 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+// batchOverhead is the size of a record batch's header (magic v2).
+const batchOverhead = 61
+
+var stickyPartition atomic.Uint64
+
+// chunk is a run of consecutive records of one partition that fits in one
+// record batch.
+type chunk struct {
+	partition int
+	first     int // index in the SendBatch of the first message
+	idx       []int
+	bytes     int
+}
+
+// SendBatch implements driver.Broker. It returns after the broker
+// acknowledged every message (acks=all by default). Messages are written as
+// one produce request per partition leader and round: a partition's records
+// go out in order, each partition's next chunk only after the previous one
+// was acknowledged, so a retried chunk never overtakes nor is overtaken.
+func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
+	if err := b.enter(); err != nil {
+		return fmt.Errorf("kafka: publish to %q: %w", topic, err)
+	}
+	defer b.pending.Done()
+	ctx, cancel := context.WithTimeout(ctx, b.opts.WriteTimeout)
+	defer cancel()
+
+	now := time.Now()
+	// Headers are built once; the record values are readers, consumed by
+	// each write, so records are made afresh for every attempt (produce).
+	headers := make([][]kafkago.Header, len(msgs))
+	sizes := make([]int, len(msgs))
+	for i, m := range msgs {
+		hs := make([]kafkago.Header, 0, 1+len(m.Metadata))
+		hs = append(hs, kafkago.Header{Key: HeaderID, Value: []byte(m.ID)})
+		size := 24 + len(HeaderID) + len(m.ID) + len(m.Key) + len(m.Payload)
+		for k, v := range m.Metadata {
+			if k == HeaderID {
+				continue
+			}
+			hs = append(hs, kafkago.Header{Key: k, Value: []byte(v)})
+			size += 8 + len(k) + len(v)
+		}
+		if size+batchOverhead > b.maxRecord {
+			return fmt.Errorf("kafka: publish to %q: message %d (id %q) is %d bytes with key and headers, over the broker's limit of %d (message.max.bytes or max_message_size): %w",
+				topic, i, m.ID, size, b.maxRecord-batchOverhead, driver.ErrInvalid)
+		}
+		headers[i] = hs
+		sizes[i] = size
+	}
+
+	tm, err := b.topic(ctx, topic, false)
+	if err != nil {
+		return err
+	}
+	queues := b.partitionChunks(tm, msgs, sizes)
+
+	backoff := 20 * time.Millisecond
+	refresh := false
+	for {
+		if refresh {
+			if tm, err = b.topic(ctx, topic, true); err != nil {
+				return err
+			}
+			refresh = false
+		}
+		// One round: the head chunk of every partition still to write,
+		// grouped by leader into one request each.
+		byLeader := map[int][]*chunk{}
+		for p, q := range queues {
+			if len(q) > 0 {
+				byLeader[tm.leader[p]] = append(byLeader[tm.leader[p]], q[0])
+			}
+		}
+		if len(byLeader) == 0 {
+			return nil
+		}
+		type result struct {
+			c   *chunk
+			err error
+		}
+		var mu sync.Mutex
+		var results []result
+		var wg sync.WaitGroup
+		for _, cs := range byLeader {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs := b.produce(ctx, topic, cs, msgs, headers, now)
+				mu.Lock()
+				for i, c := range cs {
+					results = append(results, result{c, errs[i]})
+				}
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		retry := false
+		for _, r := range results {
+			if r.err == nil {
+				queues[r.c.partition] = queues[r.c.partition][1:]
+				continue
+			}
+			if retriable(r.err) && ctx.Err() == nil {
+				retry = true
+				b.log.Debug("omnibus: kafka: produce failed, retrying", "topic", topic, "partition", r.c.partition, "error", r.err)
+				continue
+			}
+			return b.sendError(topic, msgs, r.c, r.err, ctx.Err())
+		}
+		if retry {
+			refresh = true
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+			backoff = min(backoff*2, time.Second)
+		}
+	}
+}
+
+func (b *Broker) sendError(topic string, msgs []*driver.Message, c *chunk, err, ctxErr error) error {
+	var kind error
+	var kerr kafkago.Error
+	switch {
+	case errors.As(err, &kerr) && (kerr == kafkago.MessageSizeTooLarge || kerr == kafkago.RecordListTooLarge || kerr == kafkago.InvalidRecord):
+		kind = driver.ErrInvalid
+	case errors.As(err, &kerr) && kerr == kafkago.UnknownTopicOrPartition:
+		kind = driver.ErrNotFound
+	}
+	what := fmt.Sprintf("message %q", msgs[c.first].ID)
+	if len(c.idx) > 1 {
+		what = fmt.Sprintf("messages %q and %d more", msgs[c.first].ID, len(c.idx)-1)
+	}
+	if ctxErr != nil && retriable(err) {
+		err = fmt.Errorf("%w (gave up after write_timeout %v: %v)", err, b.opts.WriteTimeout, ctxErr)
+	}
+	if kind != nil {
+		return fmt.Errorf("kafka: publish to topic %q partition %d: %s: %w: %w", topic, c.partition, what, err, kind)
+	}
+	return fmt.Errorf("kafka: publish to topic %q partition %d: %s: %w", topic, c.partition, what, err)
+}
+
+// retriable reports whether a produce error may go away on retry.
+func retriable(err error) bool {
+	var kerr kafkago.Error
+	if errors.As(err, &kerr) {
+		// A topic deleted under us is final (UnknownTopicOrPartition is
+		// "temporary" to kafka-go; the metadata was just checked).
+		return kerr.Temporary() && kerr != kafkago.UnknownTopicOrPartition
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	// Network errors and "leader moved" answers from the transport.
+	return true
+}
+
+// partitionChunks assigns every message a partition (murmur2 of the key, as
+// the Java client does; unkeyed messages of one call stick to one
+// partition) and cuts each partition's records into chunks that fit a
+// record batch.
+func (b *Broker) partitionChunks(tm *topicMeta, msgs []*driver.Message, sizes []int) map[int][]*chunk {
+	parts := tm.partitions
+	sticky := parts[int(stickyPartition.Add(1)%uint64(len(parts)))]
+	bal := kafkago.Murmur2Balancer{}
+	queues := map[int][]*chunk{}
+	for i, m := range msgs {
+		p := sticky
+		if m.Key != "" {
+			p = bal.Balance(kafkago.Message{Key: []byte(m.Key)}, parts...)
+		}
+		q := queues[p]
+		var c *chunk
+		if n := len(q); n > 0 && q[n-1].bytes+sizes[i] <= b.maxRecord-batchOverhead {
+			c = q[n-1]
+		} else {
+			c = &chunk{partition: p, first: i}
+			queues[p] = append(q, c)
+		}
+		c.idx = append(c.idx, i)
+		c.bytes += sizes[i]
+	}
+	return queues
+}
+
+// produce writes one chunk per partition in one request (all partitions
+// share a leader) and returns each chunk's error.
+func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []*driver.Message, headers [][]kafkago.Header, now time.Time) []error {
+	acks := int16(-1)
+	if b.opts.Acks == AcksLeader {
+		acks = 1
+	}
+	timeout := int32(b.opts.WriteTimeout / time.Millisecond)
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = int32(max(time.Until(dl), time.Millisecond) / time.Millisecond)
+	}
+	req := &produceAPI.Request{
+		Acks:    acks,
+		Timeout: timeout,
+		Topics:  []produceAPI.RequestTopic{{Topic: topic}},
+	}
+	for _, c := range cs {
+		records := make([]kafkago.Record, len(c.idx))
+		for j, i := range c.idx {
+			r := kafkago.Record{Time: now, Headers: headers[i]}
+			if k := msgs[i].Key; k != "" {
+				r.Key = protocol.NewBytes([]byte(k))
+			}
+			if msgs[i].Payload != nil {
+				r.Value = protocol.NewBytes(msgs[i].Payload)
+			}
+			records[j] = r
+		}
+		req.Topics[0].Partitions = append(req.Topics[0].Partitions, produceAPI.RequestPartition{
+			Partition: int32(c.partition),
+			RecordSet: protocol.RecordSet{
+				Attributes: protocol.Attributes(b.codec) & 0x7,
+				Records:    protocol.NewRecordReader(records...),
+			},
+		})
+	}
+	errs := make([]error, len(cs))
+	m, err := b.transport.RoundTrip(ctx, b.client.Addr, req)
+	if err != nil {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	res, ok := m.(*produceAPI.Response)
+	if !ok {
+		for i := range errs {
+			errs[i] = fmt.Errorf("unexpected response %T to a produce request", m)
+		}
+		return errs
+	}
+	got := map[int32]*produceAPI.ResponsePartition{}
+	for ti := range res.Topics {
+		for pi := range res.Topics[ti].Partitions {
+			p := &res.Topics[ti].Partitions[pi]
+			got[p.Partition] = p
+		}
+	}
+	for i, c := range cs {
+		p := got[int32(c.partition)]
+		switch {
+		case p == nil:
+			errs[i] = fmt.Errorf("the broker's answer has no result for partition %d", c.partition)
+		case p.ErrorCode != 0:
+			errs[i] = kafkago.Error(p.ErrorCode)
+			if p.ErrorMessage != "" {
+				errs[i] = fmt.Errorf("%w: %s", errs[i], p.ErrorMessage)
+			}
+		}
+	}
+	return errs
+}

@@ -1,0 +1,415 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/jackc/pgx/v5"
+
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+// ackID identifies one claim of one row: the row's seq and the attempt the
+// claim set. A later claim of the same row has a higher attempt, so a late
+// ack or nack of an expired claim never touches the newer delivery.
+type ackID struct {
+	seq     int64
+	attempt int32
+}
+
+type held struct {
+	attempt int32
+	key     string
+}
+
+// subscription implements driver.Subscription for one (topic, group).
+type subscription struct {
+	b     *Broker
+	topic string
+	group string // the group's row name ("anon:<uuid>" when anonymous)
+	anon  bool
+	id    uuid.UUID // holder of its claims
+
+	wake chan struct{} // buffered(1): a NOTIFY, an ack of a keyed message, a nack's delay passed
+
+	mu       sync.Mutex
+	inflight map[int64]held // claims not yet acked or nacked
+	timers   map[*time.Timer]struct{}
+	closed   bool
+
+	stopHB chan struct{}
+	hbDone chan struct{}
+}
+
+func newSubscription(b *Broker, topic, group string) *subscription {
+	s := &subscription{
+		b: b, topic: topic, group: group,
+		wake:     make(chan struct{}, 1),
+		inflight: map[int64]held{},
+		timers:   map[*time.Timer]struct{}{},
+		stopHB:   make(chan struct{}),
+		hbDone:   make(chan struct{}),
+		id:       uuid.New(),
+	}
+	if group == "" {
+		s.anon = true
+		s.group = "anon:" + uuid.NewString()
+	}
+	return s
+}
+
+func micros(d time.Duration) int64 { return d.Microseconds() }
+
+// register records the group. For the first named group of a topic it also
+// adopts the backlog, under the topic's exclusive advisory lock so that no
+// publish is in between.
+func (s *subscription) register(ctx context.Context) error {
+	b := s.b
+	if s.anon {
+		batch := &pgx.Batch{}
+		// Drop anonymous groups of this topic whose process died.
+		batch.Queue(`WITH gone AS (DELETE FROM `+b.groups+` WHERE topic = $1 AND anonymous AND expires_at < now() RETURNING grp)
+DELETE FROM `+b.queue+` WHERE topic = $1 AND grp IN (SELECT grp FROM gone)`, s.topic)
+		batch.Queue(`INSERT INTO `+b.groups+` (topic, grp, anonymous, expires_at) VALUES ($1, $2, true, now() + $3::bigint * interval '1 microsecond')`,
+			s.topic, s.group, micros(s.anonTTL()))
+		if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
+			return fmt.Errorf("postgres: subscribe to %q: register anonymous group: %w", s.topic, err)
+		}
+		return nil
+	}
+	var exists bool
+	err := b.pool.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM `+b.groups+` WHERE topic = $1 AND grp = $2)`, s.topic, s.group).Scan(&exists)
+	if err != nil {
+		return fmt.Errorf("postgres: subscribe to %q: look up group %q: %w", s.topic, s.group, err)
+	}
+	if exists {
+		return nil
+	}
+	err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1, hashtext($2))`, b.lockClass, s.topic); err != nil {
+			return err
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO `+b.groups+` (topic, grp) VALUES ($1, $2) ON CONFLICT DO NOTHING`, s.topic, s.group)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		// Backlog rows exist only while the topic has no named group: this
+		// is the first one, and it takes them.
+		_, err = tx.Exec(ctx, `UPDATE `+b.queue+` SET grp = $2 WHERE topic = $1 AND grp = ''`, s.topic, s.group)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: subscribe to %q: register group %q: %w", s.topic, s.group, err)
+	}
+	return nil
+}
+
+func (s *subscription) anonTTL() time.Duration { return 3 * s.b.opts.VisibilityTimeout }
+
+func (s *subscription) start() { go s.heartbeat() }
+
+func (s *subscription) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// retryable marks transient database errors for the portable layer.
+type retryable struct{ err error }
+
+func (e retryable) Error() string   { return e.err.Error() }
+func (e retryable) Unwrap() error   { return e.err }
+func (e retryable) Retryable() bool { return true }
+
+// ReceiveBatch implements driver.Subscription: it claims up to max ready
+// rows of the group, waiting for a NOTIFY, a local wake-up or the poll
+// interval while there are none.
+func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, error) {
+	if max <= 0 {
+		max = 1
+	}
+	poll := time.NewTimer(s.b.opts.PollInterval)
+	defer poll.Stop()
+	for {
+		s.mu.Lock()
+		closed := s.closed
+		s.mu.Unlock()
+		if closed {
+			return nil, fmt.Errorf("postgres: receive from %q: %w", s.topic, driver.ErrClosed)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		msgs, err := s.claim(ctx, max)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, retryable{fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err)}
+		}
+		if len(msgs) > 0 {
+			return msgs, nil
+		}
+		select {
+		case <-s.wake:
+		case <-poll.C:
+			poll.Reset(s.b.opts.PollInterval)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// claim runs the claim statement. It is not cancelled with ctx: rows the
+// database claimed are always returned (the portable layer gives them back
+// when its context ended), never left to the visibility timeout.
+func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, error) {
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	rows, err := s.b.pool.Query(qctx, s.b.sqlClaim, s.topic, s.group, max, micros(s.b.opts.VisibilityTimeout), s.id)
+	if err != nil {
+		return nil, err
+	}
+	var out []*driver.Message
+	var seqs []int64
+	for rows.Next() {
+		var (
+			seq     int64
+			attempt int32
+			m       driver.Message
+		)
+		if err := rows.Scan(&seq, &attempt, &m.ID, &m.Key, &m.Payload, &m.Metadata, &m.PublishedAt); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		m.Topic = s.topic
+		m.Attempt = int(attempt)
+		m.AckID = ackID{seq: seq, attempt: attempt}
+		out = append(out, &m)
+		seqs = append(seqs, seq)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		if len(seqs) > 0 {
+			// Give back what was claimed before the error; if that fails
+			// too, the rows come back after the visibility timeout (nobody
+			// heartbeats them).
+			atts := make([]int32, len(out))
+			for i, m := range out {
+				atts[i] = m.AckID.(ackID).attempt
+			}
+			_, _ = s.b.pool.Exec(qctx, s.b.sqlRelease, seqs, atts)
+		}
+		return nil, err
+	}
+	s.mu.Lock()
+	for _, m := range out {
+		id := m.AckID.(ackID)
+		s.inflight[id.seq] = held{attempt: id.attempt, key: m.Key}
+	}
+	s.mu.Unlock()
+	slices.SortFunc(out, func(a, b *driver.Message) int {
+		return int(a.AckID.(ackID).seq - b.AckID.(ackID).seq)
+	})
+	return out, nil
+}
+
+func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
+	seqs := make([]int64, 0, len(ids))
+	atts := make([]int32, 0, len(ids))
+	for _, id := range ids {
+		a, ok := id.(ackID)
+		if !ok {
+			return nil, nil, fmt.Errorf("postgres: ack id %v (%T) is not from this adapter: %w", id, id, driver.ErrInvalid)
+		}
+		seqs = append(seqs, a.seq)
+		atts = append(atts, a.attempt)
+	}
+	return seqs, atts, nil
+}
+
+// drop stops holding the given claims; it reports whether any had a key.
+func (s *subscription) drop(seqs []int64, atts []int32) (keyed bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, seq := range seqs {
+		if h, ok := s.inflight[seq]; ok && h.attempt == atts[i] {
+			delete(s.inflight, seq)
+			keyed = keyed || h.key != ""
+		}
+	}
+	return keyed
+}
+
+// SendAcks implements driver.Subscription: it deletes exactly the acked
+// claims. The claims are dropped from the heartbeat even when the delete
+// fails, so the rows come back after the visibility timeout.
+func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
+	seqs, atts, err := splitIDs(ids)
+	if err != nil {
+		return err
+	}
+	keyed := s.drop(seqs, atts)
+	batch := &pgx.Batch{}
+	batch.Queue(s.b.sqlAck, seqs, atts)
+	if keyed && !s.b.opts.DisableKeyOrdering {
+		// The next message of each acked key is now claimable by any member.
+		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+	}
+	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("postgres: ack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
+	}
+	if keyed {
+		s.poke()
+	}
+	return nil
+}
+
+// SendNacks implements driver.Subscription: the rows become visible again
+// after delay (their attempt is counted on the next claim).
+func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay time.Duration) error {
+	seqs, atts, err := splitIDs(ids)
+	if err != nil {
+		return err
+	}
+	s.drop(seqs, atts)
+	batch := &pgx.Batch{}
+	batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
+	if delay <= 0 {
+		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+	}
+	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+		return fmt.Errorf("postgres: nack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
+	}
+	if delay <= 0 {
+		s.poke()
+		return nil
+	}
+	s.mu.Lock()
+	if !s.closed {
+		var tm *time.Timer
+		tm = time.AfterFunc(delay, func() {
+			s.mu.Lock()
+			delete(s.timers, tm)
+			s.mu.Unlock()
+			s.poke()
+		})
+		s.timers[tm] = struct{}{}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// heartbeat extends the visibility of every held claim (and the lease of an
+// anonymous group) every VisibilityTimeout/3 until Close.
+func (s *subscription) heartbeat() {
+	defer close(s.hbDone)
+	every := s.b.opts.VisibilityTimeout / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stopHB:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		seqs := make([]int64, 0, len(s.inflight))
+		atts := make([]int32, 0, len(s.inflight))
+		for seq, h := range s.inflight {
+			seqs = append(seqs, seq)
+			atts = append(atts, h.attempt)
+		}
+		s.mu.Unlock()
+		if len(seqs) == 0 && !s.anon {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		batch := &pgx.Batch{}
+		if len(seqs) > 0 {
+			batch.Queue(s.b.sqlExtend, seqs, atts, micros(s.b.opts.VisibilityTimeout))
+		}
+		if s.anon {
+			batch.Queue(`UPDATE `+s.b.groups+` SET expires_at = now() + $3::bigint * interval '1 microsecond' WHERE topic = $1 AND grp = $2`,
+				s.topic, s.group, micros(s.anonTTL()))
+		}
+		err := s.b.pool.SendBatch(ctx, batch).Close()
+		cancel()
+		if err != nil {
+			s.b.log.Warn("omnibus: postgres heartbeat failed; held messages may be redelivered to other members",
+				"topic", s.topic, "group", s.group, "held", len(seqs), "error", err)
+		}
+	}
+}
+
+// Close implements driver.Subscription: it stops the heartbeat and makes
+// every claim not yet acked visible again at once (acks the portable layer
+// flushed before Close are already deleted); an anonymous group is deleted
+// with its rows.
+func (s *subscription) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	for tm := range s.timers {
+		tm.Stop()
+	}
+	s.timers = nil
+	seqs := make([]int64, 0, len(s.inflight))
+	atts := make([]int32, 0, len(s.inflight))
+	for seq, h := range s.inflight {
+		seqs = append(seqs, seq)
+		atts = append(atts, h.attempt)
+	}
+	s.inflight = map[int64]held{}
+	s.mu.Unlock()
+	close(s.stopHB)
+	<-s.hbDone
+	s.b.forget(s)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	batch := &pgx.Batch{}
+	if s.anon {
+		batch.Queue(`DELETE FROM `+s.b.groups+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
+		batch.Queue(`DELETE FROM `+s.b.queue+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
+	} else if len(seqs) > 0 {
+		batch.Queue(s.b.sqlRelease, seqs, atts)
+		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+	}
+	if batch.Len() == 0 {
+		return nil
+	}
+	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+		if s.anon {
+			return fmt.Errorf("postgres: close anonymous subscription to %q: delete its group (it expires by itself): %w", s.topic, err)
+		}
+		return fmt.Errorf("postgres: close subscription to %q (group %q): release %d unacked message(s) (they are redelivered after the visibility timeout): %w",
+			s.topic, s.group, len(seqs), err)
+	}
+	return nil
+}
+
+func encodeMeta(md map[string]string) (string, error) {
+	for k, v := range md {
+		if !validText(k) {
+			return "", fmt.Errorf("metadata key %q is not valid UTF-8 or contains NUL: %w", k, driver.ErrInvalid)
+		}
+		if !validText(v) {
+			return "", fmt.Errorf("metadata[%q] = %q is not valid UTF-8 or contains NUL: %w", k, v, driver.ErrInvalid)
+		}
+	}
+	js, err := json.Marshal(md)
+	if err != nil {
+		return "", fmt.Errorf("encode metadata: %w", err)
+	}
+	return string(js), nil
+}

@@ -1,0 +1,270 @@
+package rabbitmq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+func TestParseURLSetsOptionsFromParams(t *testing.T) {
+	addr, o, err := ParseURL("amqp://u:secret@127.0.0.1:5672/vh?queue_type=classic&groups=a,%20b&unroutable=drop&publish_channels=3&confirm_window=64&publish_timeout=5s&prefetch=100&reconnect_min=50ms&reconnect_max=2s&heartbeat=3s&connection_timeout=4s&max_message_size=1000&connection_name=svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if addr != "amqp://u:secret@127.0.0.1:5672/vh" {
+		t.Errorf("addr = %q, want the URL without its query", addr)
+	}
+	want := Options{
+		QueueType: QueueClassic, Groups: []string{"a", "b"}, DropUnroutable: true,
+		PublishChannels: 3, ConfirmWindow: 64, PublishTimeout: 5 * time.Second, Prefetch: 100,
+		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 2 * time.Second, Heartbeat: 3 * time.Second,
+		ConnectionTimeout: 4 * time.Second, MaxMessageSize: 1000, ConnectionName: "svc",
+	}
+	if !reflect.DeepEqual(o, want) {
+		t.Errorf("options = %+v\nwant      %+v", o, want)
+	}
+}
+
+func TestParseURLDefaultsAreSafe(t *testing.T) {
+	_, o, err := ParseURL("amqp://127.0.0.1/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err = o.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o.QueueType != QueueQuorum || o.DropUnroutable || o.PublishChannels != 8 || o.ConfirmWindow != 512 ||
+		o.PublishTimeout != 30*time.Second || o.Prefetch != 0 || o.ReconnectMin != 100*time.Millisecond || o.ReconnectMax != 10*time.Second {
+		t.Errorf("defaults = %+v", o)
+	}
+}
+
+func TestBadURLParamsAreErrorsNamingTheParam(t *testing.T) {
+	cases := []struct{ url, mention string }{
+		{"amqp://127.0.0.1/?queue_typ=quorum", "queue_typ"},
+		{"amqp://127.0.0.1/?queue_type=stream", `queue_type="stream"`},
+		{"amqp://127.0.0.1/?unroutable=ignore", `unroutable="ignore"`},
+		{"amqp://127.0.0.1/?publish_channels=0", `publish_channels="0"`},
+		{"amqp://127.0.0.1/?confirm_window=many", `confirm_window="many"`},
+		{"amqp://127.0.0.1/?publish_timeout=soon", `publish_timeout="soon"`},
+		{"amqp://127.0.0.1/?prefetch=-1", `prefetch="-1"`},
+		{"amqp://127.0.0.1/?tls_ca=/x.pem", "amqps"},
+		{"amqps://127.0.0.1/?tls_ca=/does/not/exist.pem", "tls_ca"},
+		{"amqps://127.0.0.1/?tls_cert=/c.pem", "tls_key"},
+		{"nats://127.0.0.1/", "scheme"},
+	}
+	for _, c := range cases {
+		t.Run(c.mention, func(t *testing.T) {
+			_, _, err := ParseURL(c.url)
+			if !errors.Is(err, driver.ErrInvalid) {
+				t.Fatalf("ParseURL(%q) = %v, want ErrInvalid", c.url, err)
+			}
+			if !strings.Contains(err.Error(), c.mention) {
+				t.Errorf("error %q does not mention %q", err, c.mention)
+			}
+		})
+	}
+}
+
+func TestOptionsOutOfRangeAreErrorsNamingTheField(t *testing.T) {
+	cases := []struct {
+		o       Options
+		mention string
+	}{
+		{Options{QueueType: "stream"}, "QueueType"},
+		{Options{PublishChannels: 1000}, "PublishChannels"},
+		{Options{ConfirmWindow: -1}, "ConfirmWindow"},
+		{Options{PublishTimeout: -time.Second}, "PublishTimeout"},
+		{Options{ReconnectMin: time.Minute, ReconnectMax: time.Second}, "ReconnectMax"},
+		{Options{Groups: []string{""}}, "Groups"},
+	}
+	for _, c := range cases {
+		t.Run(c.mention, func(t *testing.T) {
+			_, err := Dial(context.Background(), "amqp://127.0.0.1:1/", c.o)
+			if !errors.Is(err, driver.ErrInvalid) || !strings.Contains(err.Error(), c.mention) {
+				t.Fatalf("Dial with %+v: %v, want ErrInvalid naming %s", c.o, err, c.mention)
+			}
+		})
+	}
+}
+
+func TestOpenErrorsNeverContainThePassword(t *testing.T) {
+	// Nothing listens on port 1: the dial fails.
+	_, err := pubsub.Open(context.Background(), "amqp://user:hunter2@127.0.0.1:1/?connection_timeout=2s")
+	if err == nil {
+		t.Fatal("Open succeeded against a closed port")
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+	_, err = pubsub.Open(context.Background(), "amqp://user:hunter2@127.0.0.1:1/?bogus=1")
+	if !errors.Is(err, pubsub.ErrInvalid) || !strings.Contains(err.Error(), "bogus") || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("unknown param: %v, want ErrInvalid naming bogus without the password", err)
+	}
+}
+
+func TestDelayBucketRoundsUpToTwoSignificantDigits(t *testing.T) {
+	cases := []struct {
+		d    time.Duration
+		want int64
+	}{
+		{time.Nanosecond, 1},
+		{time.Millisecond, 1},
+		{99 * time.Millisecond, 99},
+		{700 * time.Millisecond, 700},
+		{701 * time.Millisecond, 710},
+		{1234 * time.Millisecond, 1300},
+		{2 * time.Second, 2000},
+		{time.Hour, 3600000},
+		{time.Hour + time.Millisecond, 3700000},
+	}
+	for _, c := range cases {
+		got := delayBucket(c.d)
+		if got != c.want {
+			t.Errorf("delayBucket(%v) = %d ms, want %d", c.d, got, c.want)
+		}
+		if time.Duration(got)*time.Millisecond < c.d {
+			t.Errorf("delayBucket(%v) = %d ms is shorter than the delay", c.d, got)
+		}
+	}
+}
+
+func TestNamesFitAMQPLimits(t *testing.T) {
+	long := strings.Repeat("t", 249)
+	q := queueName(long, strings.Repeat("g", 249))
+	if len(q) > maxName {
+		t.Fatalf("queue name is %d bytes, over %d", len(q), maxName)
+	}
+	if q == queueName(long, strings.Repeat("g", 248)+"h") {
+		t.Error("two long names shortened to the same queue name")
+	}
+	if got := queueName("orders", "billing"); got != "orders.billing" {
+		t.Errorf("queueName = %q, want orders.billing", got)
+	}
+	if len(delayQueueName(q, 3600000)) > maxName {
+		t.Error("delay queue name over the limit")
+	}
+	if err := validTopic("amq.topic"); !errors.Is(err, driver.ErrInvalid) || !strings.Contains(err.Error(), "amq.topic") {
+		t.Errorf("validTopic(amq.topic) = %v, want ErrInvalid naming it", err)
+	}
+}
+
+// fakeAcker records the settle frames a consumer sends.
+type fakeAcker struct {
+	frames []string
+	closed bool
+}
+
+func (f *fakeAcker) Ack(tag uint64, multiple bool) error {
+	f.frames = append(f.frames, fmt.Sprintf("ack %d multiple=%v", tag, multiple))
+	return nil
+}
+
+func (f *fakeAcker) Nack(tag uint64, multiple, requeue bool) error {
+	f.frames = append(f.frames, fmt.Sprintf("nack %d multiple=%v requeue=%v", tag, multiple, requeue))
+	return nil
+}
+func (f *fakeAcker) IsClosed() bool { return f.closed }
+func (f *fakeAcker) Close() error   { f.closed = true; return nil }
+
+func TestAcksCoalesceOnlyOverContiguousSettledTags(t *testing.T) {
+	type step struct {
+		acks, requeue []uint64
+		want          []string
+	}
+	cases := []struct {
+		name  string
+		steps []step
+	}{
+		{"RunFromLowestIsOneMultipleAck", []step{
+			{acks: []uint64{3, 1, 2}, want: []string{"ack 3 multiple=true"}},
+		}},
+		{"AckAboveAGapGoesAloneAndAtOnce", []step{
+			{acks: []uint64{1, 3, 4}, want: []string{"ack 1 multiple=true", "ack 3 multiple=false", "ack 4 multiple=false"}},
+			// 2 fills the gap: 3 and 4 were acked already, so only 2 is outstanding.
+			{acks: []uint64{2}, want: []string{"ack 2 multiple=true"}},
+			{acks: []uint64{5, 6}, want: []string{"ack 6 multiple=true"}},
+		}},
+		{"RequeueIsSentFirstAndNeverCoveredByMultiple", []step{
+			{acks: []uint64{1, 3}, requeue: []uint64{2}, want: []string{"nack 2 multiple=false requeue=true", "ack 3 multiple=true"}},
+		}},
+		{"DuplicateAckIsNeverSentTwice", []step{
+			{acks: []uint64{1}, want: []string{"ack 1 multiple=true"}},
+			{acks: []uint64{1}, want: nil},
+			{acks: []uint64{3}, want: []string{"ack 3 multiple=false"}},
+			{acks: []uint64{3}, want: nil},
+		}},
+		{"UnackedLowestTagBlocksMultiple", []step{
+			{acks: []uint64{2, 3, 4}, want: []string{"ack 2 multiple=false", "ack 3 multiple=false", "ack 4 multiple=false"}},
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := &fakeAcker{}
+			con := &consumer{ch: f, base: 1, done: map[uint64]bool{}}
+			for i, s := range c.steps {
+				f.frames = nil
+				if err := con.settle(s.acks, s.requeue); err != nil {
+					t.Fatal(err)
+				}
+				if !reflect.DeepEqual(f.frames, s.want) {
+					t.Errorf("step %d: frames %q, want %q", i, f.frames, s.want)
+				}
+			}
+		})
+	}
+}
+
+func TestSettleOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
+	con := &consumer{ch: &fakeAcker{closed: true}, base: 1, done: map[uint64]bool{}}
+	err := con.settle([]uint64{1, 2}, nil)
+	if err == nil || !strings.Contains(err.Error(), "redelivers") {
+		t.Fatalf("settle on a closed channel: %v, want an error saying the broker redelivers", err)
+	}
+}
+
+func TestAttemptComesFromHeadersAndRedeliveryFlag(t *testing.T) {
+	cases := []struct {
+		name        string
+		headers     amqp.Table
+		redelivered bool
+		want        int
+	}{
+		{"First", nil, false, 1},
+		{"QuorumDeliveryCount", amqp.Table{"x-delivery-count": int64(2)}, true, 3},
+		{"RepublishedAttempt", amqp.Table{headerAttempt: "4"}, false, 4},
+		{"RepublishedThenRequeued", amqp.Table{headerAttempt: "4", "x-delivery-count": int64(1)}, true, 5},
+		{"ClassicRedeliveredFlag", nil, true, 2},
+	}
+	s := &subscription{topic: "t"}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			m := s.message(nil, amqp.Delivery{Headers: c.headers, Redelivered: c.redelivered})
+			if m.Attempt != c.want {
+				t.Errorf("Attempt = %d, want %d", m.Attempt, c.want)
+			}
+		})
+	}
+}
+
+func TestReceivedMetadataHasOnlyPublisherHeaders(t *testing.T) {
+	s := &subscription{topic: "t"}
+	m := s.message(nil, amqp.Delivery{MessageId: "id1", Headers: amqp.Table{
+		"x-tenant": "acme", headerKey: "k1", headerAttempt: "2", "x-delivery-count": int64(1),
+		"x-death": []any{}, "x-first-death-queue": "q", "n": int32(7),
+	}})
+	want := map[string]string{"x-tenant": "acme", "n": "7"}
+	if !reflect.DeepEqual(m.Metadata, want) || m.Key != "k1" || m.ID != "id1" || m.Topic != "t" {
+		t.Errorf("got key %q id %q topic %q metadata %v, want k1 id1 t %v", m.Key, m.ID, m.Topic, m.Metadata, want)
+	}
+}

@@ -1,0 +1,453 @@
+package outbox
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+// RelayOptions configure a Relay. The zero value is valid: every zero field
+// means the default given on it. A negative duration or size is an error
+// (pubsub.ErrInvalid) from NewRelay, except where noted.
+type RelayOptions struct {
+	// BatchSize is the most rows read, published (one client.Publish per
+	// topic) and deleted at a time. Default 1000, at most 10000.
+	BatchSize int
+	// PollInterval is how often the relay looks for rows when nothing woke
+	// it and it has no working LISTEN (SQLite, a Postgres driver without
+	// LISTEN, or while the listen connection is down and reconnecting); it
+	// is also how often a standby relay tries to take the leader lock.
+	// Default 100ms.
+	PollInterval time.Duration
+	// IdlePollInterval is the safety-net poll while LISTEN works. Default 5s.
+	IdlePollInterval time.Duration
+	// RetryMin and RetryMax bound the exponential backoff (full jitter)
+	// after a failed publish or database error. Defaults 50ms and 10s.
+	RetryMin, RetryMax time.Duration
+	// LagLogInterval is how often the leader logs the backlog (Lag) at
+	// Info. Default 1m; negative disables it.
+	LagLogInterval time.Duration
+	// Logger receives the relay's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (o RelayOptions) validate() (RelayOptions, error) {
+	bad := func(field string, v any, why string) (RelayOptions, error) {
+		return o, fmt.Errorf("outbox: RelayOptions.%s = %v: %s: %w", field, v, why, pubsub.ErrInvalid)
+	}
+	switch {
+	case o.BatchSize < 0 || o.BatchSize > 10000:
+		return bad("BatchSize", o.BatchSize, "want 0 (default 1000) to 10000")
+	case o.PollInterval < 0:
+		return bad("PollInterval", o.PollInterval, "negative")
+	case o.IdlePollInterval < 0:
+		return bad("IdlePollInterval", o.IdlePollInterval, "negative")
+	case o.RetryMin < 0:
+		return bad("RetryMin", o.RetryMin, "negative")
+	case o.RetryMax < 0:
+		return bad("RetryMax", o.RetryMax, "negative")
+	}
+	if o.BatchSize == 0 {
+		o.BatchSize = 1000
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = 100 * time.Millisecond
+	}
+	if o.IdlePollInterval == 0 {
+		o.IdlePollInterval = 5 * time.Second
+	}
+	if o.RetryMin == 0 {
+		o.RetryMin = 50 * time.Millisecond
+	}
+	if o.RetryMax == 0 {
+		o.RetryMax = 10 * time.Second
+	}
+	if o.RetryMax < o.RetryMin {
+		return bad("RetryMax", o.RetryMax, fmt.Sprintf("below RetryMin %v", o.RetryMin))
+	}
+	if o.LagLogInterval == 0 {
+		o.LagLogInterval = time.Minute
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	return o, nil
+}
+
+// Relay forwards committed outbox rows to a pubsub client.
+//
+// Promises (see the package documentation for how):
+//   - every committed row is published at least once, and deleted only
+//     after client.Publish confirmed it; a relay killed at any point loses
+//     nothing (the next leader re-sends what was not yet deleted: consumers
+//     deduplicate by Message.ID);
+//   - rows with the same topic and key are published in relay order
+//     ((txid, id) on Postgres, id on SQLite), never overtaking each other,
+//     across batches, retries and leader changes (counting first
+//     deliveries);
+//   - of all relays on one table only the leader (pg_try_advisory_lock)
+//     forwards; the others stand by and take over when its connection ends;
+//   - a failed publish or database error is logged and retried with backoff,
+//     never skipped.
+type Relay struct {
+	store  *Store
+	client *pubsub.Client
+	o      RelayOptions
+	log    *slog.Logger
+
+	wake      chan struct{}
+	listening atomic.Bool
+	running   atomic.Bool
+	leader    atomic.Bool
+	forwarded atomic.Int64
+
+	onListen func() // test hook: called each time LISTEN (re)starts
+}
+
+// NewRelay returns a relay from store's table to client. It checks opts and
+// opens nothing: Run connects.
+func NewRelay(store *Store, client *pubsub.Client, opts RelayOptions) (*Relay, error) {
+	if store == nil {
+		return nil, fmt.Errorf("outbox: NewRelay: store is nil: %w", pubsub.ErrInvalid)
+	}
+	if client == nil {
+		return nil, fmt.Errorf("outbox: NewRelay: client is nil: %w", pubsub.ErrInvalid)
+	}
+	o, err := opts.validate()
+	if err != nil {
+		return nil, err
+	}
+	return &Relay{
+		store: store, client: client, o: o,
+		log:  o.Logger.With("component", "outbox.relay", "table", store.Table()),
+		wake: make(chan struct{}, 1),
+	}, nil
+}
+
+// Forwarded returns how many rows this relay has published and deleted
+// (a row re-sent after a failure counts each time it is deleted: once).
+func (r *Relay) Forwarded() int64 { return r.forwarded.Load() }
+
+// Leader reports whether the relay currently holds the leader lock.
+func (r *Relay) Leader() bool { return r.leader.Load() }
+
+// Lag reports the store's backlog; see Store.Lag.
+func (r *Relay) Lag(ctx context.Context) (Lag, error) { return r.store.Lag(ctx) }
+
+func (r *Relay) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run forwards rows until ctx ends, then returns nil. Database and broker
+// failures are logged and retried with backoff; Run returns an error only
+// when the client is closed (wrapping pubsub.ErrClosed) or when Run is
+// already running on this Relay. A batch in flight when ctx ends is not
+// deleted and will be sent again by the next leader.
+func (r *Relay) Run(ctx context.Context) error {
+	if !r.running.CompareAndSwap(false, true) {
+		return fmt.Errorf("outbox: relay on table %s: Run is already running", r.store.Table())
+	}
+	defer r.running.Store(false)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+
+	unsub := subscribeLocal(r.store.w.d, r.store.Table(), r.wake)
+	defer unsub()
+	if listen := r.store.be.listener(); listen != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.listenLoop(ctx, listen) }()
+	}
+	if r.o.LagLogInterval > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); r.lagLoop(ctx) }()
+	}
+
+	bo := r.newBackoff()
+	for ctx.Err() == nil {
+		err := r.lead(ctx, bo)
+		if errors.Is(err, pubsub.ErrClosed) {
+			return fmt.Errorf("outbox: relay on table %s: %w", r.store.Table(), err)
+		}
+		if err != nil && ctx.Err() == nil {
+			d := bo.next()
+			r.log.Warn("outbox relay: database error, reconnecting", "error", err, "backoff", d)
+			if !sleepCtx(ctx, d) {
+				break
+			}
+		}
+	}
+	return nil
+}
+
+// lead opens a session, waits to become leader and forwards until an error
+// or ctx ends.
+func (r *Relay) lead(ctx context.Context, bo *backoff) error {
+	s, err := r.store.be.session(ctx)
+	if err != nil {
+		return fmt.Errorf("open session: %w", err)
+	}
+	defer s.close()
+	defer r.leader.Store(false)
+	standby := false
+	for {
+		ok, err := s.tryLead(ctx)
+		if err != nil {
+			return fmt.Errorf("try leader lock: %w", err)
+		}
+		if ok {
+			break
+		}
+		if !standby {
+			r.log.Info("outbox relay: another relay leads; standing by")
+			standby = true
+		}
+		if !sleepCtx(ctx, r.o.PollInterval) {
+			return nil
+		}
+	}
+	r.leader.Store(true)
+	r.log.Info("outbox relay: leading")
+	bo.reset()
+
+	// eager is a short, growing re-poll delay used while rows are expected
+	// soon: after an in-process wake-up (it comes from Publish, before the
+	// writer's commit) when there is no LISTEN, and while committed rows are
+	// held back by an older transaction that need not be an outbox writer
+	// (no NOTIFY will come for it). It stops growing at PollInterval.
+	eager, armed := time.Duration(0), false
+	for ctx.Err() == nil {
+		n, held, err := r.forwardBatch(ctx, s)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var pe *publishError
+			if !errors.As(err, &pe) {
+				return err // database: new session
+			}
+			if errors.Is(err, pubsub.ErrClosed) {
+				return err
+			}
+			d := bo.next()
+			r.log.Error("outbox relay: publish failed; rows stay in the outbox and will be retried",
+				"error", err, "backoff", d)
+			if !sleepCtx(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		bo.reset()
+		if n == r.o.BatchSize {
+			eager, armed = 0, false
+			continue // more may be ready now
+		}
+		switch {
+		case n > 0 && !held:
+			eager, armed = 0, false
+		case eager > 0 || armed || held:
+			armed = false
+			if eager = nextEager(eager, r.o.PollInterval); eager >= r.o.PollInterval && !held {
+				eager = 0
+			}
+		}
+		wait := r.o.PollInterval
+		if r.listening.Load() {
+			wait = r.o.IdlePollInterval
+		}
+		if eager > 0 {
+			wait = min(wait, eager)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-r.wake:
+			armed = !r.listening.Load()
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	return nil
+}
+
+func nextEager(cur, limit time.Duration) time.Duration {
+	if cur <= 0 {
+		return min(time.Millisecond, limit)
+	}
+	return min(cur*2, limit)
+}
+
+// publishError marks a failure of client.Publish (the session is fine).
+type publishError struct{ err error }
+
+func (e *publishError) Error() string { return e.err.Error() }
+func (e *publishError) Unwrap() error { return e.err }
+
+// forwardBatch reads one batch, publishes it (one client.Publish per topic,
+// topics in parallel), then deletes the rows of every topic the broker
+// confirmed. It returns how many rows were read.
+func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) {
+	rows, held, err := s.fetch(ctx, r.o.BatchSize)
+	if err != nil {
+		return 0, false, fmt.Errorf("fetch: %w", err)
+	}
+	if len(rows) == 0 {
+		return 0, held, nil
+	}
+	// Group by topic, keeping relay order within each topic.
+	type group struct {
+		topic string
+		msgs  []*pubsub.Message
+		ids   []int64
+		err   error
+	}
+	var groups []*group
+	byTopic := map[string]*group{}
+	for _, rw := range rows {
+		g := byTopic[rw.topic]
+		if g == nil {
+			g = &group{topic: rw.topic}
+			byTopic[rw.topic] = g
+			groups = append(groups, g)
+		}
+		g.msgs = append(g.msgs, rw.msg)
+		g.ids = append(g.ids, rw.id)
+	}
+	if len(groups) == 1 {
+		groups[0].err = r.client.Publish(ctx, groups[0].topic, groups[0].msgs...)
+	} else {
+		var wg sync.WaitGroup
+		for _, g := range groups {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g.err = r.client.Publish(ctx, g.topic, g.msgs...)
+			}()
+		}
+		wg.Wait()
+	}
+	var done []int64
+	var errs []error
+	for _, g := range groups {
+		if g.err != nil {
+			errs = append(errs, fmt.Errorf("%d row(s) (ids %d..%d) to topic %q: %w", len(g.ids), g.ids[0], g.ids[len(g.ids)-1], g.topic, g.err))
+			continue
+		}
+		done = append(done, g.ids...)
+	}
+	if len(done) > 0 {
+		if err := s.remove(ctx, done); err != nil {
+			// Published but not deleted: they will be sent again.
+			return 0, false, fmt.Errorf("delete %d published row(s) (they will be re-sent): %w", len(done), err)
+		}
+		r.forwarded.Add(int64(len(done)))
+	}
+	if len(errs) > 0 {
+		return 0, false, &publishError{errors.Join(errs...)}
+	}
+	return len(rows), held, nil
+}
+
+// listenLoop keeps a LISTEN connection up; while it is down the relay
+// polls every PollInterval.
+func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, func()) error) {
+	bo := r.newBackoff()
+	for ctx.Err() == nil {
+		err := listen(ctx, func() {
+			if !r.listening.Load() {
+				r.listening.Store(true)
+				bo.reset()
+				if r.onListen != nil {
+					r.onListen()
+				}
+			}
+			r.poke()
+		})
+		r.listening.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errNoListen) {
+			r.log.Info("outbox relay: " + err.Error())
+			return
+		}
+		d := bo.next()
+		r.log.Warn("outbox relay: listen connection failed; polling every PollInterval until it is back",
+			"error", err, "poll_interval", r.o.PollInterval, "backoff", d)
+		if !sleepCtx(ctx, d) {
+			return
+		}
+	}
+}
+
+func (r *Relay) lagLoop(ctx context.Context) {
+	t := time.NewTicker(r.o.LagLogInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !r.leader.Load() {
+			continue
+		}
+		l, err := r.store.Lag(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				r.log.Warn("outbox relay: lag query failed", "error", err)
+			}
+			continue
+		}
+		r.log.Info("outbox relay: lag", "rows", l.Rows, "oldest_age", l.Age, "forwarded", r.forwarded.Load())
+	}
+}
+
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func (r *Relay) newBackoff() *backoff { return &backoff{min: r.o.RetryMin, max: r.o.RetryMax} }
+
+func (b *backoff) reset() { b.cur = 0 }
+
+// next returns a full-jitter delay in [0, cur] and doubles cur up to max.
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(b.cur*2, b.max)
+	}
+	if b.cur <= 0 {
+		return 0
+	}
+	return time.Duration(rand.Int64N(int64(b.cur) + 1))
+}
+
+// sleepCtx waits d; false if ctx ended first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
