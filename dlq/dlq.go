@@ -16,18 +16,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/omnibusmq/omnibus/middleware"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
 // Fault-record metadata keys written by the poison middleware.
 const (
-	MetaReason        = "omnibus-poison-reason"
-	MetaError         = "omnibus-poison-error"
-	MetaOriginalTopic = "omnibus-poison-original-topic"
-	MetaHandler       = "omnibus-poison-handler"
-	MetaAttempts      = "omnibus-poison-attempts"
-	MetaFirstFailedAt = "omnibus-poison-first-failed-at"
-	MetaFailedAt      = "omnibus-poison-failed-at"
+	MetaReason        = middleware.MetaPoisonReason
+	MetaError         = middleware.MetaPoisonError
+	MetaOriginalTopic = middleware.MetaPoisonOriginalTopic
+	MetaHandler       = middleware.MetaPoisonHandler
+	MetaAttempts      = middleware.MetaPoisonAttempts
+	MetaFirstFailedAt = middleware.MetaPoisonFirstFailedAt
+	MetaFailedAt      = middleware.MetaPoisonFailedAt
 )
 
 // Record is one poison message and its fault record.

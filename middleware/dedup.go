@@ -1,7 +1,6 @@
 package middleware
 
 import (
-	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -107,13 +106,33 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 	if opts.StoreTimeout <= 0 {
 		opts.StoreTimeout = 10 * time.Second
 	}
+	// The memory store on the real clock is called directly: the claim
+	// hands back its entry, so Complete needs no lookup, and one clock
+	// reading gives both the claim's expiry and the handler's deadline.
+	mem, _ := store.(*MemoryDedupStore)
+	if mem != nil && !mem.realClock {
+		mem = nil
+	}
 	return func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			key := opts.Key(m)
 			if key == "" {
 				return next(ctx, m)
 			}
-			res, err := store.Claim(ctx, key, opts.Lease)
+			var (
+				res      ClaimResult
+				err      error
+				deadline time.Time
+				held     memClaim
+			)
+			if mem != nil {
+				res, held, deadline, err = mem.claim(ctx, key, opts.Lease)
+			} else {
+				// The handler's context ends no later than the store's
+				// claim: its deadline is taken before the claim's.
+				deadline = time.Now().Add(opts.Lease)
+				res, err = store.Claim(ctx, key, opts.Lease)
+			}
 			if err != nil {
 				return fmt.Errorf("middleware: dedup: claim %q: %w", key, err)
 			}
@@ -127,7 +146,15 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 			default:
 				return fmt.Errorf("middleware: dedup: claim %q: store returned %v", key, res)
 			}
-			herr := runLeased(ctx, next, m, opts.Lease)
+			herr := runLeased(ctx, next, m, deadline)
+			if mem != nil {
+				if herr != nil {
+					mem.release(held, key)
+				} else {
+					mem.complete(held, key)
+				}
+				return herr
+			}
 			sctx := ctx
 			if ctx.Err() != nil {
 				// Shutting down: still record the outcome, within bounds.
@@ -151,9 +178,11 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 	}
 }
 
-func runLeased(ctx context.Context, next router.Handler, m *pubsub.Message, lease time.Duration) (err error) {
-	lctx, cancel := context.WithTimeout(ctx, lease)
-	defer cancel()
+// runLeased runs next under a context that ends at deadline (the claim's
+// lease), turning a panic into a *PanicError.
+func runLeased(ctx context.Context, next router.Handler, m *pubsub.Message, deadline time.Time) (err error) {
+	lctx := newLeaseCtx(ctx, deadline)
+	defer lctx.end()
 	defer func() {
 		if p := recover(); p != nil {
 			err = router.NewPanicError(p)
@@ -178,17 +207,44 @@ type MemoryDedupOptions struct {
 // TTL and at most MaxKeys are kept. It is safe for concurrent use. It
 // protects one process only; use a shared store (Postgres, Redis) when
 // several processes consume the same group.
+//
+// One table holds every key, claimed or done (see keyTable); completed keys
+// also queue in completion order (a ring), so forgetting the oldest is a
+// pop.
 type MemoryDedupStore struct {
-	opts   MemoryDedupOptions
-	mu     sync.Mutex
-	claims map[string]time.Time // key → lease expiry
-	done   map[string]*list.Element
-	order  *list.List // of *doneKey, oldest completion first
+	opts      MemoryDedupOptions
+	base      time.Time // times are kept as durations since base
+	realClock bool      // opts.Now is time.Now: durations come from the monotonic clock alone
+
+	mu      sync.Mutex
+	keys    keyTable
+	claimed int       // entries in state claimed
+	done    int       // entries in state done
+	order   dedupRing // done entries, oldest completion first; may hold stale items
+	claims  uint64    // claims acquired, for claim tokens
 }
 
-type doneKey struct {
-	key string
-	at  time.Time
+type dedupState uint8
+
+const (
+	stateClaimed dedupState = iota + 1
+	stateDone
+)
+
+// dedupEntry is a key in the store. Its state is 0 once it left the map.
+type dedupEntry struct {
+	key   string
+	h     uint64 // key's hash in keys
+	state dedupState
+	at    time.Duration // claimed: lease expiry; done: completion time (since base)
+	token uint64        // claimed: which acquisition holds it
+	seq   uint64        // done: the ring item that represents it
+}
+
+// memClaim is a claim Dedup holds on a MemoryDedupStore entry.
+type memClaim struct {
+	e     *dedupEntry
+	token uint64
 }
 
 // NewMemoryDedupStore returns an empty store.
@@ -199,84 +255,231 @@ func NewMemoryDedupStore(opts MemoryDedupOptions) *MemoryDedupStore {
 	if opts.MaxKeys <= 0 {
 		opts.MaxKeys = 100000
 	}
-	if opts.Now == nil {
+	realClock := opts.Now == nil
+	if realClock {
 		opts.Now = time.Now
 	}
-	return &MemoryDedupStore{opts: opts, claims: map[string]time.Time{}, done: map[string]*list.Element{}, order: list.New()}
+	return &MemoryDedupStore{opts: opts, base: opts.Now(), realClock: realClock, keys: newKeyTable()}
 }
 
-// expire forgets completed keys older than the TTL. s.mu must be held.
-func (s *MemoryDedupStore) expire(now time.Time) {
-	for e := s.order.Front(); e != nil; e = s.order.Front() {
-		dk := e.Value.(*doneKey)
-		if now.Sub(dk.at) < s.opts.TTL {
+func (s *MemoryDedupStore) now() time.Duration {
+	if s.realClock {
+		return time.Since(s.base) // reads only the monotonic clock
+	}
+	return s.opts.Now().Sub(s.base)
+}
+
+// forget removes a done entry from the map. s.mu must be held.
+func (s *MemoryDedupStore) forget(e *dedupEntry) {
+	s.keys.remove(e)
+	e.state = 0
+	s.done--
+}
+
+// trim forgets completed keys older than the TTL, and the oldest beyond
+// MaxKeys. s.mu must be held.
+func (s *MemoryDedupStore) trim(now time.Duration) {
+	for {
+		it, ok := s.order.front()
+		if !ok {
 			return
 		}
-		s.order.Remove(e)
-		delete(s.done, dk.key)
+		e := it.e
+		live := e.state == stateDone && e.seq == it.seq
+		if live && s.done <= s.opts.MaxKeys && now-e.at < s.opts.TTL {
+			return
+		}
+		s.order.pop()
+		if live {
+			s.forget(e)
+		}
 	}
 }
 
 // Claim implements DedupStore.
 func (s *MemoryDedupStore) Claim(ctx context.Context, key string, lease time.Duration) (ClaimResult, error) {
+	res, _, _, err := s.claim(ctx, key, lease)
+	return res, err
+}
+
+// claim is Claim, also returning the claim held and when its lease ends.
+func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Duration) (ClaimResult, memClaim, time.Time, error) {
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return 0, memClaim{}, time.Time{}, err
 	}
-	now := s.opts.Now()
+	now := s.now()
+	h := s.keys.hash(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expire(now)
-	if _, ok := s.done[key]; ok {
-		return ClaimDone, nil
-	}
-	if until, ok := s.claims[key]; ok && now.Before(until) {
-		return ClaimBusy, nil
-	}
-	if len(s.claims) >= s.opts.MaxKeys {
-		for k, until := range s.claims {
-			if !now.Before(until) {
-				delete(s.claims, k)
-			}
+	s.trim(now)
+	e, slot := s.keys.find(key, h)
+	switch {
+	case e == nil:
+		if s.claimed >= s.opts.MaxKeys && s.sweepClaims(now) {
+			_, slot = s.keys.find(key, h)
 		}
+		e = &dedupEntry{key: key, h: h, state: stateClaimed}
+		s.keys.insert(e, slot)
+		s.claimed++
+	case e.state == stateDone:
+		return ClaimDone, memClaim{}, time.Time{}, nil
+	case now < e.at:
+		return ClaimBusy, memClaim{}, time.Time{}, nil
 	}
-	s.claims[key] = now.Add(lease)
-	return ClaimAcquired, nil
+	// A new key, or an expired claim taken over.
+	s.claims++
+	e.at, e.token = now+lease, s.claims
+	return ClaimAcquired, memClaim{e: e, token: e.token}, s.base.Add(e.at), nil
+}
+
+// sweepClaims forgets expired claims (their holders never completed or
+// released them) and reports whether there were any. s.mu must be held.
+func (s *MemoryDedupStore) sweepClaims(now time.Duration) bool {
+	var expired []*dedupEntry
+	s.keys.each(func(e *dedupEntry) {
+		if e.state == stateClaimed && now >= e.at {
+			expired = append(expired, e)
+		}
+	})
+	for _, e := range expired {
+		s.drop(e)
+	}
+	return len(expired) > 0
 }
 
 // Complete implements DedupStore.
 func (s *MemoryDedupStore) Complete(ctx context.Context, key string) error {
-	now := s.opts.Now()
+	s.complete(memClaim{}, key)
+	return nil
+}
+
+// complete marks key done; held, when it is still in the map, saves the
+// lookup.
+func (s *MemoryDedupStore) complete(held memClaim, key string) {
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.claims, key)
-	if e, ok := s.done[key]; ok {
-		e.Value.(*doneKey).at = now
-		s.order.MoveToBack(e)
-	} else {
-		s.done[key] = s.order.PushBack(&doneKey{key: key, at: now})
+	e := held.e
+	if e == nil || e.state == 0 {
+		h := s.keys.hash(key)
+		var slot int
+		if e, slot = s.keys.find(key, h); e == nil {
+			e = &dedupEntry{key: key, h: h}
+			s.keys.insert(e, slot)
+		}
 	}
-	for len(s.done) > s.opts.MaxKeys {
-		e := s.order.Front()
-		s.order.Remove(e)
-		delete(s.done, e.Value.(*doneKey).key)
+	switch e.state {
+	case 0: // new
+		s.done++
+	case stateClaimed:
+		s.claimed--
+		s.done++
 	}
-	s.expire(now)
-	return nil
+	e.state, e.at = stateDone, now
+	e.seq = s.order.push(e)
+	if s.order.len() > 2*s.done+64 {
+		s.order.compact()
+	}
+	s.trim(now)
 }
 
 // Release implements DedupStore.
 func (s *MemoryDedupStore) Release(ctx context.Context, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.claims, key)
+	if e := s.keys.get(key); e != nil && e.state == stateClaimed {
+		s.drop(e)
+	}
 	return nil
+}
+
+// release drops held's claim, unless it expired and another delivery took
+// the key over meanwhile (that one's claim stays).
+func (s *MemoryDedupStore) release(held memClaim, key string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := held.e; e.state == stateClaimed && e.token == held.token {
+		s.drop(e)
+	}
+}
+
+// drop removes a claimed entry. s.mu must be held.
+func (s *MemoryDedupStore) drop(e *dedupEntry) {
+	s.keys.remove(e)
+	e.state = 0
+	s.claimed--
 }
 
 // Len returns how many completed keys the store remembers now.
 func (s *MemoryDedupStore) Len() int {
-	now := s.opts.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.expire(now)
-	return len(s.done)
+	s.trim(now)
+	return s.done
+}
+
+// dedupRing is a FIFO of done entries. An item is stale when its entry was
+// completed again (a later item represents it) or forgotten.
+type dedupRing struct {
+	items   []ringItem // circular; len is a power of two or 0
+	head, n int
+	seq     uint64
+}
+
+type ringItem struct {
+	e   *dedupEntry
+	seq uint64
+}
+
+func (r *dedupRing) len() int { return r.n }
+
+func (r *dedupRing) push(e *dedupEntry) uint64 {
+	if r.n == len(r.items) {
+		r.grow(max(64, 2*len(r.items)))
+	}
+	r.seq++
+	r.items[(r.head+r.n)&(len(r.items)-1)] = ringItem{e: e, seq: r.seq}
+	r.n++
+	return r.seq
+}
+
+func (r *dedupRing) front() (ringItem, bool) {
+	if r.n == 0 {
+		return ringItem{}, false
+	}
+	return r.items[r.head], true
+}
+
+func (r *dedupRing) pop() {
+	r.items[r.head] = ringItem{}
+	r.head = (r.head + 1) & (len(r.items) - 1)
+	r.n--
+}
+
+// grow copies the items, oldest first, into a ring of size capacity.
+func (r *dedupRing) grow(capacity int) {
+	items := make([]ringItem, capacity)
+	for i := range r.n {
+		items[i] = r.items[(r.head+i)&(len(r.items)-1)]
+	}
+	r.items, r.head = items, 0
+}
+
+// compact drops stale items.
+func (r *dedupRing) compact() {
+	live := make([]ringItem, 0, r.n)
+	for i := range r.n {
+		it := r.items[(r.head+i)&(len(r.items)-1)]
+		if it.e.state == stateDone && it.e.seq == it.seq {
+			live = append(live, it)
+		}
+	}
+	size := 64
+	for size < len(live) {
+		size *= 2
+	}
+	r.items = make([]ringItem, size)
+	copy(r.items, live)
+	r.head, r.n = 0, len(live)
 }

@@ -40,7 +40,8 @@
 // transaction as a pgx.Tx or a *sql.Tx (the PgxTx and SQLTx interfaces).
 // One call is one INSERT statement (chunks of 500 rows through
 // database/sql); on Postgres the same statement runs
-// pg_notify('<table>', ”), which PostgreSQL delivers to listening relays
+// pg_notify with the table name as channel and an empty payload, which
+// PostgreSQL delivers to listening relays
 // only when the transaction commits. A rolled-back transaction leaves no row
 // and no notification. Empty message IDs are filled with pubsub.NewID in the
 // caller's messages.

@@ -266,6 +266,7 @@ func TestRelay_CommitOrderGapRowWaitsForTheOlderTransaction(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { _ = t1.rollback(context.Background()) }) // no-op after commit
 			first := &pubsub.Message{Key: "k", Payload: []byte("first: lower id, commits last")}
 			if err := e.store.Publish(ctx, t1.tx, "gap", first); err != nil {
 				t.Fatal(err)

@@ -27,7 +27,7 @@ func newPgQueries(t table) pgQueries {
 		// transaction still running: no row can later appear before them
 		// in (txid, id) order. See "The commit-order gap" in the package doc.
 		fetch: `SELECT id, topic, msg_id, msg_key, payload, metadata::text FROM ` + q + `
-WHERE true
+WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY txid, id LIMIT $1`,
 		held:        `SELECT EXISTS (SELECT 1 FROM ` + q + ` WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))`,
 		remove:      `DELETE FROM ` + q + ` WHERE id = ANY($1)`,

@@ -219,7 +219,6 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 	}
 	r.leader.Store(true)
 	r.log.Info("outbox relay: leading")
-	bo.reset()
 
 	// eager is a short, growing re-poll delay used while rows are expected
 	// soon: after an in-process wake-up (it comes from Publish, before the

@@ -119,8 +119,10 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 
 func (c *Client) publish(ctx context.Context, topic string, msgs []*Message) error {
 	dms := make([]*driver.Message, len(msgs))
+	arr := make([]driver.Message, len(msgs)) // one allocation for the call
 	for i, m := range msgs {
-		dms[i] = &driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
+		arr[i] = driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
+		dms[i] = &arr[i]
 	}
 	b, err := c.batcher(topic)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
@@ -177,14 +178,16 @@ func (s *Subscription) delivery(dm *driver.Message) *Delivery {
 	if topic == "" {
 		topic = s.topic
 	}
-	return &Delivery{
-		Message: &Message{
+	d := &Delivery{
+		sub:   s,
+		ackID: dm.AckID,
+		msg: Message{
 			ID: dm.ID, Key: dm.Key, Payload: dm.Payload, Metadata: dm.Metadata,
 			Topic: topic, PublishedAt: dm.PublishedAt, Attempt: attempt,
 		},
-		sub:   s,
-		ackID: dm.AckID,
 	}
+	d.Message = &d.msg // one allocation for both
+	return d
 }
 
 // Receive returns the next delivery. It blocks until one is available, ctx
@@ -228,13 +231,21 @@ func (s *Subscription) wakeAcker() {
 
 func (s *Subscription) ackLoop() {
 	defer s.ackWG.Done()
+	var spare []driver.AckID // the acks slice of the previous flush, reused
 	for {
 		<-s.ackWake
 		s.ackMu.Lock()
 		acks, nacks, done := s.acks, s.nacks, s.ackDone
-		s.acks, s.nacks = nil, map[time.Duration][]driver.AckID{}
+		s.acks = spare[:0]
+		if len(nacks) > 0 {
+			s.nacks = map[time.Duration][]driver.AckID{}
+		} else {
+			nacks = nil // s.nacks stays (empty) with enqueue
+		}
 		s.ackMu.Unlock()
 		s.flush(acks, nacks)
+		clear(acks)
+		spare = acks
 		if done {
 			return
 		}
@@ -314,18 +325,14 @@ type Delivery struct {
 
 	sub   *Subscription
 	ackID driver.AckID
-	mu    sync.Mutex
-	done  bool
+	done  atomic.Bool
+	msg   Message // what Message points to
 }
 
 func (d *Delivery) settle(nack bool, delay time.Duration) error {
-	d.mu.Lock()
-	if d.done {
-		d.mu.Unlock()
+	if !d.done.CompareAndSwap(false, true) {
 		return fmt.Errorf("pubsub: message %q: %w", d.Message.ID, ErrAlreadyAcked)
 	}
-	d.done = true
-	d.mu.Unlock()
 	return d.sub.enqueue(d.ackID, nack, delay)
 }
 

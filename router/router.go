@@ -588,10 +588,11 @@ func (rt *route) keyWorker(i int) {
 // keySched holds per-key FIFO queues for the ordered modes. A queue is in
 // the map while it has messages waiting or in a handler; a worker owns it
 // from when it takes it from ready until it is empty, so one key never runs
-// on two workers at once.
+// on two workers at once. Retired queues are kept for reuse.
 type keySched struct {
 	mu      sync.Mutex
 	queues  map[string]*keyQueue
+	free    []*keyQueue
 	ready   chan *keyQueue
 	slots   chan struct{} // in-flight bound
 	aborted bool
@@ -600,7 +601,8 @@ type keySched struct {
 type keyQueue struct {
 	key   string
 	keyed bool
-	items []*pubsub.Delivery
+	items []*pubsub.Delivery // items[head:] wait
+	head  int
 }
 
 func newKeySched(maxInFlight int) *keySched {
@@ -613,19 +615,32 @@ func newKeySched(maxInFlight int) *keySched {
 	}
 }
 
+// queue returns a fresh (or recycled) queue. s.mu must be held.
+func (s *keySched) queue(key string, keyed bool) *keyQueue {
+	if n := len(s.free); n > 0 {
+		q := s.free[n-1]
+		s.free[n-1] = nil
+		s.free = s.free[:n-1]
+		q.key, q.keyed = key, keyed
+		return q
+	}
+	return &keyQueue{key: key, keyed: keyed}
+}
+
 func (s *keySched) add(d *pubsub.Delivery, keyed bool, key string) {
-	if !keyed {
-		s.ready <- &keyQueue{items: []*pubsub.Delivery{d}}
-		return
-	}
 	s.mu.Lock()
-	if q := s.queues[key]; q != nil {
-		q.items = append(q.items, d)
-		s.mu.Unlock()
-		return
+	if keyed {
+		if q := s.queues[key]; q != nil {
+			q.items = append(q.items, d)
+			s.mu.Unlock()
+			return
+		}
 	}
-	q := &keyQueue{key: key, keyed: true, items: []*pubsub.Delivery{d}}
-	s.queues[key] = q
+	q := s.queue(key, keyed)
+	q.items = append(q.items, d)
+	if keyed {
+		s.queues[key] = q
+	}
 	s.mu.Unlock()
 	s.ready <- q
 }
@@ -634,15 +649,21 @@ func (s *keySched) add(d *pubsub.Delivery, keyed bool, key string) {
 func (s *keySched) next(q *keyQueue) *pubsub.Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(q.items) == 0 || s.aborted {
+	if q.head == len(q.items) || s.aborted {
 		if q.keyed && s.queues[q.key] == q {
 			delete(s.queues, q.key)
 		}
+		clear(q.items)
+		q.items, q.head, q.key = q.items[:0], 0, ""
+		if cap(q.items) > 64 {
+			q.items = nil
+		}
+		s.free = append(s.free, q)
 		return nil
 	}
-	d := q.items[0]
-	q.items[0] = nil
-	q.items = q.items[1:]
+	d := q.items[q.head]
+	q.items[q.head] = nil
+	q.head++
 	return d
 }
 
@@ -652,9 +673,13 @@ func (s *keySched) abort() []*pubsub.Delivery {
 	defer s.mu.Unlock()
 	s.aborted = true
 	var out []*pubsub.Delivery
+	take := func(q *keyQueue) {
+		out = append(out, q.items[q.head:]...)
+		clear(q.items)
+		q.items, q.head = q.items[:0], 0
+	}
 	for k, q := range s.queues {
-		out = append(out, q.items...)
-		q.items = nil
+		take(q)
 		delete(s.queues, k)
 	}
 	for {
@@ -663,8 +688,7 @@ func (s *keySched) abort() []*pubsub.Delivery {
 			if !ok {
 				return out
 			}
-			out = append(out, q.items...)
-			q.items = nil
+			take(q)
 		default:
 			return out
 		}

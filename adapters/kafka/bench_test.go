@@ -11,6 +11,7 @@ package kafka_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,8 +20,8 @@ import (
 
 	"github.com/IBM/sarama"
 	"github.com/ThreeDotsLabs/watermill"
-	"github.com/ThreeDotsLabs/watermill/message"
 	wmkafka "github.com/ThreeDotsLabs/watermill-kafka/v3/pkg/kafka"
+	"github.com/ThreeDotsLabs/watermill/message"
 	kafkago "github.com/segmentio/kafka-go"
 
 	"github.com/omnibusmq/omnibus/integration"
@@ -76,6 +77,9 @@ func rawWriter(b *testing.B, topic string) *kafkago.Writer {
 		Addr: kafkago.TCP(strings.Split(integration.Kafka(b), ",")...), Topic: topic,
 		Balancer: &kafkago.Murmur2Balancer{}, RequiredAcks: kafkago.RequireAll,
 		BatchSize: 1000, BatchTimeout: 2 * time.Millisecond, BatchBytes: 8 << 20,
+		// A transport of its own: kafka-go's shared default one caches
+		// metadata from before the topic was created.
+		Transport: &kafkago.Transport{},
 	}
 	b.Cleanup(func() { _ = w.Close() })
 	return w
@@ -96,7 +100,7 @@ func watermillPublisher(b *testing.B) message.Publisher {
 // BenchmarkPublishConcurrent: benchPublishers goroutines each publish one
 // message per call and wait for the broker's ack (acks=all).
 func BenchmarkPublishConcurrent(b *testing.B) {
-	c := openClient(b, "")
+	c := openClient(b, os.Getenv("OMNIBUS_BENCH_KAFKA_PARAMS"))
 	b.Run("raw-kafka-go", func(b *testing.B) {
 		w := rawWriter(b, benchTopic(b, c))
 		ctx := context.Background()

@@ -181,7 +181,7 @@ func (s *subscription) runGeneration(gctx context.Context, gen *kafkago.Generati
 		}
 	}
 	if len(unresolved) > 0 {
-		rctx, cancel := context.WithTimeout(s.ctx, s.b.opts.WriteTimeout)
+		rctx, cancel := context.WithTimeout(gctx, s.b.opts.WriteTimeout) // ends with the generation (rebalance or Close)
 		resolved, err := s.b.resolveOffsets(rctx, s.topic, unresolved, s.fromOldest)
 		cancel()
 		if err != nil {
@@ -261,8 +261,28 @@ func (s *subscription) runGeneration(gctx context.Context, gen *kafkago.Generati
 }
 
 // resolveOffsets returns the first (oldest) or last (next to be written)
-// offset of each partition.
+// offset of each partition, retrying transient errors (a partition whose
+// leader is still being elected) until ctx ends.
 func (b *Broker) resolveOffsets(ctx context.Context, topic string, parts []int, oldest bool) (map[int]int64, error) {
+	backoff := 20 * time.Millisecond
+	for {
+		offs, err := b.listOffsets(ctx, topic, parts, oldest)
+		var kerr kafkago.Error
+		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
+			return offs, err
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+func (b *Broker) listOffsets(ctx context.Context, topic string, parts []int, oldest bool) (map[int]int64, error) {
 	reqs := make([]kafkago.OffsetRequest, 0, len(parts))
 	for _, p := range parts {
 		if oldest {

@@ -209,7 +209,7 @@ type recorder struct {
 	t    *testing.T
 }
 
-func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
 func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
 	var b strings.Builder
 	rec.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
@@ -321,7 +321,7 @@ func TestBrokerRestartMidStreamDeliversEveryMessageAndReconnects(t *testing.T) {
 	// then on (with calls in flight when the connection drops, and calls
 	// blocked while the broker is down) until the restart is over or only a
 	// reserve is left, then the reserve on the new connections.
-	var publishErrs atomic.Int64
+	var publishErrs, sent atomic.Int64
 	restartDone := make(chan struct{})
 	pubDone := make(chan struct{})
 	go func() {
@@ -353,6 +353,7 @@ func TestBrokerRestartMidStreamDeliversEveryMessageAndReconnects(t *testing.T) {
 			}
 			published <- ids
 			next += batch
+			sent.Store(int64(next))
 			return true
 		}
 		for next < total-2000 {
@@ -381,7 +382,9 @@ func TestBrokerRestartMidStreamDeliversEveryMessageAndReconnects(t *testing.T) {
 	case <-time.After(2 * time.Minute):
 		t.Fatal("a tenth of the messages did not arrive within 2 minutes")
 	}
+	t.Logf("stopping the broker with %d messages published, %d received", sent.Load(), func() int { mu.Lock(); defer mu.Unlock(); return len(seen) }())
 	ctl(t, "stop_app")
+	t.Logf("broker stopped with %d messages published", sent.Load())
 	ctl(t, "start_app")
 	restarted = true
 	close(restartDone)

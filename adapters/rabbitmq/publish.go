@@ -163,11 +163,26 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 	drain := func() {
 		for {
 			select {
-			case r := <-pc.returns:
+			case r, ok := <-pc.returns:
+				if !ok { // the channel closed
+					pc.returns = nil
+					return
+				}
 				returned[r.MessageId]++
 			default:
 				return
 			}
+		}
+	}
+	// wait blocks until dc is resolved. If ctx ends first (the publish
+	// timeout), it closes the channel, which resolves every pending
+	// confirmation as not acked.
+	wait := func(dc *amqp.DeferredConfirmation) {
+		select {
+		case <-dc.Done():
+		case <-ctx.Done():
+			_ = pc.ch.Close()
+			<-dc.Done()
 		}
 	}
 	oldest := 0
@@ -176,7 +191,7 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 	for i, mi := range idx {
 		for i-oldest >= window {
 			drain()
-			<-dcs[oldest].Done()
+			wait(dcs[oldest])
 			oldest++
 		}
 		m := &msgs[mi]
@@ -190,7 +205,7 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 	}
 	for ; oldest < sent; oldest++ {
 		drain()
-		<-dcs[oldest].Done()
+		wait(dcs[oldest])
 	}
 	drain()
 	var nacked bool

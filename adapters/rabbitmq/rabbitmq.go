@@ -498,8 +498,9 @@ func (b *Broker) SendBatching() (maxBatch, maxConcurrency int) {
 // was re-established since Dial.
 func (b *Broker) Reconnects() int64 { return b.reconnects.Load() }
 
-// QueueName returns the name of the durable queue of (topic, group).
-func (b *Broker) QueueName(topic, group string) string { return queueName(topic, group) }
+// QueueName returns the name of the durable queue the adapter uses for
+// (topic, group): "<topic>.<group>", shortened with a hash past 255 bytes.
+func QueueName(topic, group string) string { return queueName(topic, group) }
 
 // Close closes both connections. Subscriptions are closed first by the
 // portable layer. Close is idempotent.

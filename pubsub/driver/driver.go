@@ -120,6 +120,8 @@ type Subscription interface {
 	// concurrently with itself.
 	ReceiveBatch(ctx context.Context, max int) ([]*Message, error)
 	// SendAcks acknowledges deliveries: they must not be redelivered.
+	// SendAcks and SendNacks must not keep ids after they return (the
+	// portable layer reuses the slice).
 	SendAcks(ctx context.Context, ids []AckID) error
 	// SendNacks gives deliveries back for redelivery no sooner than delay.
 	SendNacks(ctx context.Context, ids []AckID, delay time.Duration) error

@@ -1,0 +1,384 @@
+package rabbitmq_test
+
+// Benchmarks against a real RabbitMQ, comparing in one run the raw
+// amqp091-go client, omnibus and watermill-amqp v3 on the same messages
+// (100-byte persistent payload, a message ID and one header) and the same
+// topology (a durable fanout exchange and one durable queue of the given
+// type). Run:
+//
+//	eval "$(scripts/brokers up rabbitmq)"
+//	go test -run XXX -bench . ./adapters/rabbitmq/
+//
+// Publish: 4 goroutines share b.N messages, each with at most 512 messages
+// in flight: raw streams on its own confirm channel per goroutine with a
+// sliding window of 512 unconfirmed messages (the pipelined-confirm
+// pattern); omnibus and watermill publish calls of 512 messages that return
+// when all are confirmed (watermill with ConfirmDelivery and a channel pool
+// of 4). Consume: the queue is filled
+// first (untimed), then b.N messages are received and acked one by one,
+// with a prefetch of 256 for every library; raw acks each delivery
+// ("raw-ack-each") or every 64th with multiple=true ("raw-ack-multiple").
+// Each parent benchmark prints the ratios of the run.
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill"
+	wamqp "github.com/ThreeDotsLabs/watermill-amqp/v3/pkg/amqp"
+	"github.com/ThreeDotsLabs/watermill/message"
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/omnibusmq/omnibus/adapters/rabbitmq"
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+const (
+	benchPublishers = 4
+	benchBatch      = 512
+	benchWindow     = 512
+	benchPrefetch   = 256
+	benchGroup      = "bench"
+)
+
+var benchPayload = []byte("0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789")
+
+// rates records the last msg/s of each sub-benchmark, for the ratio lines.
+type rates struct {
+	mu sync.Mutex
+	m  map[string]float64
+}
+
+func (r *rates) set(k string, v float64) {
+	r.mu.Lock()
+	r.m[k] = v
+	r.mu.Unlock()
+}
+
+func (r *rates) logRatios(b *testing.B, what string, names ...string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	om := r.m["omnibus"]
+	for _, n := range names {
+		if v := r.m[n]; v > 0 && om > 0 {
+			fmt.Printf("ratio ")
+			fmt.Printf("%s: omnibus %.0f msg/s = %.2fx %s (%.0f msg/s)\n", what, om, om/v, n, v)
+		}
+	}
+}
+
+func benchTopic(qt, lib string) string {
+	return fmt.Sprintf("omnibus-bench-%s-%s-%d", qt, lib, time.Now().UnixNano())
+}
+
+// declare makes the exchange and the group queue the way the adapter does.
+func declare(b *testing.B, conn *amqp.Connection, topic, qt string) string {
+	b.Helper()
+	ch, err := conn.Channel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ch.Close()
+	q := rabbitmq.QueueName(topic, benchGroup)
+	if err := ch.ExchangeDeclare(topic, amqp.ExchangeFanout, true, false, false, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": qt}); err != nil {
+		b.Fatal(err)
+	}
+	if err := ch.QueueBind(q, "", topic, false, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		if ch, err := conn.Channel(); err == nil {
+			_, _ = ch.QueueDelete(q, false, false, false)
+			_ = ch.ExchangeDelete(topic, false, false)
+			_ = ch.Close()
+		}
+	})
+	return q
+}
+
+func rawPublishing(i int) amqp.Publishing {
+	return amqp.Publishing{
+		DeliveryMode: amqp.Persistent,
+		MessageId:    "bench-" + strconv.Itoa(i),
+		Headers:      amqp.Table{"x-bench": "1"},
+		Timestamp:    time.Now(),
+		Body:         benchPayload,
+	}
+}
+
+// rawPublish streams n messages on one confirm channel with a sliding window.
+func rawPublish(ctx context.Context, conn *amqp.Connection, topic string, from, n int) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	window := make([]*amqp.DeferredConfirmation, 0, n)
+	oldest := 0
+	for i := 0; i < n; i++ {
+		if i-oldest >= benchWindow {
+			if !window[oldest].Wait() {
+				return fmt.Errorf("nacked")
+			}
+			oldest++
+		}
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, topic, "", false, false, rawPublishing(from+i))
+		if err != nil {
+			return err
+		}
+		window = append(window, dc)
+	}
+	for ; oldest < len(window); oldest++ {
+		if !window[oldest].Wait() {
+			return fmt.Errorf("nacked")
+		}
+	}
+	return nil
+}
+
+// split runs fn for benchPublishers shares of n.
+func split(n int, fn func(from, count int) error) error {
+	var wg sync.WaitGroup
+	errs := make(chan error, benchPublishers)
+	per := (n + benchPublishers - 1) / benchPublishers
+	for g := 0; g < benchPublishers; g++ {
+		from := g * per
+		count := min(per, n-from)
+		if count <= 0 {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(from, count); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	return <-errs
+}
+
+func BenchmarkPublish(b *testing.B) {
+	url := integration.AMQP(b)
+	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
+		b.Run(qt, func(b *testing.B) {
+			r := &rates{m: map[string]float64{}}
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ctx := context.Background()
+
+			b.Run("raw", func(b *testing.B) {
+				topic := benchTopic(qt, "raw")
+				declare(b, conn, topic, qt)
+				b.ResetTimer()
+				start := time.Now()
+				if err := split(b.N, func(from, n int) error { return rawPublish(ctx, conn, topic, from, n) }); err != nil {
+					b.Fatal(err)
+				}
+				r.set("raw", report(b, start))
+			})
+
+			b.Run("omnibus", func(b *testing.B) {
+				topic := benchTopic(qt, "omnibus")
+				declare(b, conn, topic, qt)
+				c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				b.ResetTimer()
+				start := time.Now()
+				err = split(b.N, func(from, n int) error {
+					for i := 0; i < n; i += benchBatch {
+						msgs := make([]*pubsub.Message, min(benchBatch, n-i))
+						for j := range msgs {
+							msgs[j] = &pubsub.Message{ID: "bench-" + strconv.Itoa(from+i+j), Payload: benchPayload, Metadata: map[string]string{"x-bench": "1"}}
+						}
+						if err := c.Publish(ctx, topic, msgs...); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				r.set("omnibus", report(b, start))
+			})
+
+			b.Run("watermill", func(b *testing.B) {
+				topic := benchTopic(qt, "watermill")
+				declare(b, conn, topic, qt)
+				cfg := watermillConfig(url, qt)
+				cfg.Publish.ConfirmDelivery = true
+				cfg.Publish.ChannelPoolSize = benchPublishers
+				pub, err := wamqp.NewPublisher(cfg, watermill.NopLogger{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer pub.Close()
+				b.ResetTimer()
+				start := time.Now()
+				err = split(b.N, func(from, n int) error {
+					for i := 0; i < n; i += benchBatch {
+						msgs := make([]*message.Message, min(benchBatch, n-i))
+						for j := range msgs {
+							msgs[j] = message.NewMessage("bench-"+strconv.Itoa(from+i+j), benchPayload)
+							msgs[j].Metadata.Set("x-bench", "1")
+						}
+						if err := pub.Publish(topic, msgs...); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				r.set("watermill", report(b, start))
+			})
+			r.logRatios(b, "publish "+qt, "raw", "watermill")
+		})
+	}
+}
+
+func watermillConfig(url, qt string) wamqp.Config {
+	cfg := wamqp.NewDurablePubSubConfig(url, func(topic string) string { return rabbitmq.QueueName(topic, benchGroup) })
+	cfg.Queue.Arguments = amqp.Table{"x-queue-type": qt}
+	cfg.Consume.Qos.PrefetchCount = benchPrefetch
+	return cfg
+}
+
+func report(b *testing.B, start time.Time) float64 {
+	el := time.Since(start)
+	rate := float64(b.N) / el.Seconds()
+	b.ReportMetric(rate, "msg/s")
+	return rate
+}
+
+// fill publishes n messages to topic (untimed setup for the consume runs).
+func fill(b *testing.B, conn *amqp.Connection, topic string, n int) {
+	b.Helper()
+	if err := split(n, func(from, count int) error { return rawPublish(context.Background(), conn, topic, from, count) }); err != nil {
+		b.Fatal(err)
+	}
+}
+
+func BenchmarkConsume(b *testing.B) {
+	url := integration.AMQP(b)
+	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
+		b.Run(qt, func(b *testing.B) {
+			r := &rates{m: map[string]float64{}}
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			ctx := context.Background()
+
+			for _, every := range []int{1, 64} {
+				name := "raw-ack-each"
+				if every > 1 {
+					name = "raw-ack-multiple"
+				}
+				b.Run(name, func(b *testing.B) {
+					topic := benchTopic(qt, name)
+					q := declare(b, conn, topic, qt)
+					fill(b, conn, topic, b.N)
+					ch, err := conn.Channel()
+					if err != nil {
+						b.Fatal(err)
+					}
+					defer ch.Close()
+					if err := ch.Qos(benchPrefetch, 0, false); err != nil {
+						b.Fatal(err)
+					}
+					b.ResetTimer()
+					start := time.Now()
+					dl, err := ch.Consume(q, "", false, false, false, false, nil)
+					if err != nil {
+						b.Fatal(err)
+					}
+					for i := 1; i <= b.N; i++ {
+						d := <-dl
+						if i%every == 0 || i == b.N {
+							if err := d.Ack(every > 1); err != nil {
+								b.Fatal(err)
+							}
+						}
+					}
+					r.set(name, report(b, start))
+				})
+			}
+
+			b.Run("omnibus", func(b *testing.B) {
+				topic := benchTopic(qt, "omnibus")
+				declare(b, conn, topic, qt)
+				fill(b, conn, topic, b.N)
+				c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				b.ResetTimer()
+				start := time.Now()
+				s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchPrefetch))
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; i < b.N; i++ {
+					d, err := s.Receive(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := d.Ack(); err != nil {
+						b.Fatal(err)
+					}
+				}
+				r.set("omnibus", report(b, start))
+				_ = s.Close()
+			})
+
+			b.Run("watermill", func(b *testing.B) {
+				topic := benchTopic(qt, "watermill")
+				declare(b, conn, topic, qt)
+				fill(b, conn, topic, b.N)
+				sub, err := wamqp.NewSubscriber(watermillConfig(url, qt), watermill.NopLogger{})
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer sub.Close()
+				sctx, cancel := context.WithCancel(ctx)
+				defer cancel()
+				b.ResetTimer()
+				start := time.Now()
+				msgs, err := sub.Subscribe(sctx, topic)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := 0; i < b.N; i++ {
+					m := <-msgs
+					m.Ack()
+				}
+				r.set("watermill", report(b, start))
+			})
+			r.logRatios(b, "consume+ack "+qt, "raw-ack-each", "raw-ack-multiple", "watermill")
+		})
+	}
+}
