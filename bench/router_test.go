@@ -41,7 +41,7 @@ var benchPayload = make([]byte, 64)
 
 const (
 	benchPublishBatch = 100
-	benchRound        = 20000
+	benchRound        = 5000
 )
 
 type variant struct {

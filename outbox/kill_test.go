@@ -31,8 +31,10 @@ const (
 	childEnv      = "OMNIBUS_OUTBOX_TEST_CHILD" // kill point: before-publish, half-published, published-not-deleted
 	childTable    = "OMNIBUS_OUTBOX_TEST_TABLE"
 	childSink     = "OMNIBUS_OUTBOX_TEST_SINK"
-	childKillCall = 3 // the SendBatch call at which the child stops: in the second batch
+	childKillCall = 3 // the SendBatch call at which the child stops (the second batch, as a rule)
 	killSignal    = "KILL-ME-NOW"
+	// killedCallPrefix starts the line listing the killed call's message IDs.
+	killedCallPrefix = "KILLED-CALL "
 )
 
 func TestMain(m *testing.M) {
@@ -61,6 +63,11 @@ func runChildRelay(point string) int {
 		if call != childKillCall {
 			return len(msgs), false
 		}
+		ids := make([]string, len(msgs))
+		for i, m := range msgs {
+			ids[i] = m.ID
+		}
+		fmt.Println(killedCallPrefix + strings.Join(ids, ","))
 		switch point {
 		case "before-publish":
 			return 0, true
@@ -282,9 +289,14 @@ func killAndRestart(t *testing.T, point string) killed {
 		t.Fatal(err)
 	}
 	signalled := make(chan bool, 1)
+	var killedIDs []string
 	go func() {
 		sc := bufio.NewScanner(stdout)
+		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
+			if after, ok := strings.CutPrefix(sc.Text(), killedCallPrefix); ok {
+				killedIDs = strings.Split(after, ",")
+			}
 			if sc.Text() == killSignal {
 				signalled <- true
 				_, _ = io.Copy(io.Discard, stdout)
@@ -311,10 +323,16 @@ func killAndRestart(t *testing.T, point string) killed {
 		t.Fatalf("child did not die of SIGKILL: %v", err)
 	}
 	before := len(sinkRows(t, pool, sinkTable))
-	// SendBatch calls 1 and 2 were the first batch (deleted); call 3 is in
-	// the second batch, which stays whole in the outbox.
-	if left := e.rows(t); left != total-100 {
-		t.Fatalf("after the kill %d rows are left in the outbox, want %d (the killed batch is kept)", left, total-100)
+	// The killed call's rows were never confirmed: all still in the outbox.
+	var kept int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM `+e.store.w.t.quoted()+` WHERE msg_id = ANY($1)`, killedIDs).Scan(&kept); err != nil {
+		t.Fatal(err)
+	}
+	if len(killedIDs) == 0 || kept != len(killedIDs) {
+		t.Fatalf("after the kill %d of the killed call's %d rows are in the outbox; want all (deleted only after the broker confirmed)", kept, len(killedIDs))
+	}
+	if left := e.rows(t); left == 0 || left > total-len(killedIDs) {
+		t.Fatalf("after the kill %d rows are left in the outbox; want between %d and %d", left, len(killedIDs), total)
 	}
 
 	// Restart: a new relay delivers the rest.

@@ -411,13 +411,12 @@ func TestRelay_TwoRelaysAtOnceDeliverEverythingInOrder(t *testing.T) {
 	written := make(chan map[string]bool, 1)
 	go func() { written <- writeRows(t, e, "orders", 4, total, 50, 10) }()
 	got.waitDistinct(t, 2000)
-	first, second := a, b
-	if b.Leader() {
-		first, second = b, a
-		stopB()
-	} else {
-		stopA()
+	// Stop the relay that led so far (only a leader forwards).
+	first, second, stopFirst := a, b, stopA
+	if b.Forwarded() > a.Forwarded() {
+		first, second, stopFirst = b, a, stopB
 	}
+	stopFirst()
 	if first.Forwarded() == 0 {
 		t.Fatalf("the stopped relay forwarded nothing: it was not the leader")
 	}

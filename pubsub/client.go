@@ -191,7 +191,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 	}
 	c.mu.Unlock()
 	ds, err := c.drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{
-		Group: so.group, StartFromOldest: so.fromOldest, MaxBatch: so.prefetch,
+		Group: so.group, StartFromOldest: so.fromOldest && c.caps.Replay, MaxBatch: so.prefetch,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("pubsub: subscribe to %q (group %q): %w", topic, so.group, err)

@@ -37,7 +37,10 @@ func Group(name string) SubscribeOption {
 }
 
 // FromOldest asks a group that has no position yet to start at the oldest
-// retained message (Capabilities.Replay) instead of the newest.
+// retained message instead of the newest. It matters only where
+// Capabilities.Replay is true (Kafka); elsewhere a new group starts with what
+// its broker kept for it (see each adapter) and the option has no effect, so
+// portable code can always pass it.
 func FromOldest() SubscribeOption { return func(o *subscribeOptions) { o.fromOldest = true } }
 
 // Prefetch sets how many messages the subscription fetches ahead of Receive
@@ -53,41 +56,61 @@ func Prefetch(n int) SubscribeOption {
 
 // Subscription is a stream of deliveries from one (topic, group). Receive,
 // Ack and Nack are safe for concurrent use.
+//
+// A background fetch loop calls the driver's ReceiveBatch and appends whole
+// batches to a buffer that Receive takes from under a mutex: a delivery costs
+// no goroutine hand-off of its own, only a batch does.
 type Subscription struct {
 	c     *Client
 	topic string
 	group string
 	ds    driver.Subscription
 
-	ch     chan *Delivery
-	stop   context.CancelFunc
-	loopWG sync.WaitGroup
-	errMu  sync.Mutex
-	err    error // terminal receive error
+	stop      context.CancelFunc
+	loopWG    sync.WaitGroup
+	fetchDone chan struct{} // closed when the fetch loop has ended
+	errMu     sync.Mutex
+	err       error // terminal receive error
+
+	bufMu    sync.Mutex
+	buf      []*Delivery // fetched, not yet received; buf[head:] are live
+	head     int
+	prefetch int
+	waiters  int           // Receive calls waiting for avail
+	full     bool          // the fetch loop waits for room
+	avail    chan struct{} // cap 1: buf has deliveries (a hint; re-check)
+	room     chan struct{} // cap 1: buf dropped below prefetch
 
 	closeOnce sync.Once
 	closing   chan struct{}
 	closeErr  error
 
-	ackMu    sync.Mutex
-	acks     []driver.AckID
-	nacks    map[time.Duration][]driver.AckID
-	ackDone  bool
-	ackWake  chan struct{}
-	ackWG    sync.WaitGroup
-	ackFlush time.Duration
+	// ackMu guards acks, nacks and ackDone; inline acks (driver.InlineAcker)
+	// hold it for reading so that none is sent after Close began.
+	ackMu   sync.RWMutex
+	acks    []driver.AckID
+	nacks   map[time.Duration][]driver.AckID
+	ackDone bool
+	ackWake chan struct{}
+	ackWG   sync.WaitGroup
+	inline  driver.InlineAcker // nil unless the driver takes acks inline
 }
 
 func newSubscription(c *Client, topic string, so subscribeOptions, ds driver.Subscription) *Subscription {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Subscription{
 		c: c, topic: topic, group: so.group, ds: ds,
-		ch:       make(chan *Delivery, so.prefetch),
-		stop:     cancel,
-		closing:  make(chan struct{}),
-		nacks:    map[time.Duration][]driver.AckID{},
-		ackWake:  make(chan struct{}, 1),
-		ackFlush: so.ackFlush,
+		stop:      cancel,
+		fetchDone: make(chan struct{}),
+		prefetch:  so.prefetch,
+		avail:     make(chan struct{}, 1),
+		room:      make(chan struct{}, 1),
+		closing:   make(chan struct{}),
+		nacks:     map[time.Duration][]driver.AckID{},
+		ackWake:   make(chan struct{}, 1),
+	}
+	if ia, ok := ds.(driver.InlineAcker); ok {
+		s.inline = ia
 	}
 	s.loopWG.Add(1)
 	go s.fetchLoop(ctx, so.prefetch)
@@ -110,9 +133,12 @@ func terminal(err error) bool {
 	return errors.Is(err, ErrClosed) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrPermanent) || errors.Is(err, ErrInvalid)
 }
 
+// fetchLoop fills the buffer: it asks the driver for up to max messages
+// whenever fewer than prefetch (= max) are buffered, so at most 2×prefetch
+// deliveries wait at any time.
 func (s *Subscription) fetchLoop(ctx context.Context, max int) {
 	defer s.loopWG.Done()
-	defer close(s.ch)
+	defer close(s.fetchDone)
 	backoff := 10 * time.Millisecond
 	for {
 		msgs, err := s.ds.ReceiveBatch(ctx, max)
@@ -139,15 +165,36 @@ func (s *Subscription) fetchLoop(ctx context.Context, max int) {
 			continue
 		}
 		backoff = 10 * time.Millisecond
-		for i, dm := range msgs {
-			d := s.delivery(dm)
-			select {
-			case s.ch <- d:
-			case <-ctx.Done():
-				s.giveBack(msgs[i:])
-				return
-			}
+		if len(msgs) == 0 {
+			continue
 		}
+		ds := make([]Delivery, len(msgs)) // one allocation per batch
+		s.bufMu.Lock()
+		for i, dm := range msgs {
+			s.buf = append(s.buf, s.delivery(&ds[i], dm))
+		}
+		if s.waiters > 0 {
+			s.signal(s.avail)
+		}
+		for len(s.buf)-s.head >= s.prefetch {
+			s.full = true
+			s.bufMu.Unlock()
+			select {
+			case <-s.room:
+			case <-ctx.Done():
+				return // Close gives the buffered deliveries back
+			}
+			s.bufMu.Lock()
+		}
+		s.full = false
+		s.bufMu.Unlock()
+	}
+}
+
+func (s *Subscription) signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
 	}
 }
 
@@ -164,7 +211,7 @@ func (s *Subscription) giveBack(msgs []*driver.Message) {
 	s.wakeAcker()
 }
 
-func (s *Subscription) delivery(dm *driver.Message) *Delivery {
+func (s *Subscription) delivery(d *Delivery, dm *driver.Message) *Delivery {
 	attempt := dm.Attempt
 	if attempt <= 0 {
 		attempt = 1
@@ -178,15 +225,38 @@ func (s *Subscription) delivery(dm *driver.Message) *Delivery {
 	if topic == "" {
 		topic = s.topic
 	}
-	d := &Delivery{
-		sub:   s,
-		ackID: dm.AckID,
-		msg: Message{
-			ID: dm.ID, Key: dm.Key, Payload: dm.Payload, Metadata: dm.Metadata,
-			Topic: topic, PublishedAt: dm.PublishedAt, Attempt: attempt,
-		},
+	d.sub = s
+	d.ackID = dm.AckID
+	d.msg = Message{
+		ID: dm.ID, Key: dm.Key, Payload: dm.Payload, Metadata: dm.Metadata,
+		Topic: topic, PublishedAt: dm.PublishedAt, Attempt: attempt,
 	}
 	d.Message = &d.msg // one allocation for both
+	return d
+}
+
+// take removes the oldest buffered delivery, or returns nil. bufMu is held.
+func (s *Subscription) take() *Delivery {
+	if s.head == len(s.buf) {
+		return nil
+	}
+	d := s.buf[s.head]
+	s.buf[s.head] = nil
+	s.head++
+	if s.head == len(s.buf) {
+		s.buf, s.head = s.buf[:0], 0
+	} else if s.head >= 1024 && s.head >= len(s.buf)/2 {
+		n := copy(s.buf, s.buf[s.head:])
+		clear(s.buf[n:])
+		s.buf, s.head = s.buf[:n], 0
+	}
+	if s.full && len(s.buf)-s.head < s.prefetch {
+		s.full = false
+		s.signal(s.room)
+	}
+	if s.waiters > 0 && s.head < len(s.buf) {
+		s.signal(s.avail) // pass the turn on to the next waiting Receive
+	}
 	return d
 }
 
@@ -195,21 +265,60 @@ func (s *Subscription) delivery(dm *driver.Message) *Delivery {
 // good (an error wrapping the cause). Transient broker errors are retried
 // inside, with backoff, and logged.
 func (s *Subscription) Receive(ctx context.Context) (*Delivery, error) {
-	select {
-	case <-s.closing:
-		return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
-	default:
-	}
-	select {
-	case d, ok := <-s.ch:
-		if !ok {
-			return nil, s.termErr()
+	waiting := false
+	defer func() {
+		if waiting {
+			s.bufMu.Lock()
+			s.waiters--
+			s.bufMu.Unlock()
 		}
-		return d, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.closing:
-		return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
+	}()
+	for {
+		select {
+		case <-s.closing:
+			return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
+		default:
+		}
+		s.bufMu.Lock()
+		if d := s.take(); d != nil {
+			if waiting {
+				s.waiters--
+				waiting = false
+			}
+			s.bufMu.Unlock()
+			return d, nil
+		}
+		if !waiting {
+			s.waiters++
+			waiting = true
+		}
+		s.bufMu.Unlock()
+		select {
+		case <-s.avail:
+		case <-s.fetchDone:
+			s.bufMu.Lock()
+			d := s.take()
+			if d != nil {
+				if waiting {
+					s.waiters--
+					waiting = false
+				}
+			}
+			s.bufMu.Unlock()
+			if d != nil {
+				return d, nil
+			}
+			select {
+			case <-s.closing:
+				return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
+			default:
+			}
+			return nil, s.termErr()
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.closing:
+			return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
+		}
 	}
 }
 
@@ -222,12 +331,7 @@ func (s *Subscription) termErr() error {
 	return fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
 }
 
-func (s *Subscription) wakeAcker() {
-	select {
-	case s.ackWake <- struct{}{}:
-	default:
-	}
-}
+func (s *Subscription) wakeAcker() { s.signal(s.ackWake) }
 
 func (s *Subscription) ackLoop() {
 	defer s.ackWG.Done()
@@ -275,6 +379,17 @@ func (s *Subscription) flush(acks []driver.AckID, nacks map[time.Duration][]driv
 }
 
 func (s *Subscription) enqueue(id driver.AckID, nack bool, delay time.Duration) error {
+	if !nack && s.inline != nil {
+		s.ackMu.RLock()
+		defer s.ackMu.RUnlock()
+		if s.ackDone {
+			return fmt.Errorf("pubsub: ack on %q: subscription closed, the message will be redelivered: %w", s.topic, ErrClosed)
+		}
+		if err := s.inline.AckInline(id); err != nil {
+			s.c.logger.Error("omnibus: ack failed; the message will be redelivered", "topic", s.topic, "group", s.group, "error", err)
+		}
+		return nil
+	}
 	s.ackMu.Lock()
 	if s.ackDone {
 		s.ackMu.Unlock()
@@ -298,12 +413,14 @@ func (s *Subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.stop()
-		// Drain what the fetch loop had buffered so it can exit.
+		s.loopWG.Wait()
+		// Give back what the fetch loop had buffered and nobody received.
+		s.bufMu.Lock()
 		var left []*driver.Message
-		for d := range s.ch {
+		for d := s.take(); d != nil; d = s.take() {
 			left = append(left, &driver.Message{AckID: d.ackID})
 		}
-		s.loopWG.Wait()
+		s.bufMu.Unlock()
 		s.giveBack(left)
 		s.ackMu.Lock()
 		s.ackDone = true

@@ -1,9 +1,13 @@
 // Package all imports every omnibus adapter so that pubsub.Open knows every
-// URL scheme. Import it for its side effect:
+// URL scheme: mem://, kafka://, amqp:// and amqps://, postgres:// and
+// postgresql://. Import it for its side effect:
 //
 //	import _ "github.com/omnibusmq/omnibus/adapters/all"
 package all
 
 import (
-	_ "github.com/omnibusmq/omnibus/adapters/memory"
+	_ "github.com/omnibusmq/omnibus/adapters/kafka"    // kafka://
+	_ "github.com/omnibusmq/omnibus/adapters/memory"   // mem://
+	_ "github.com/omnibusmq/omnibus/adapters/postgres" // postgres://, postgresql://
+	_ "github.com/omnibusmq/omnibus/adapters/rabbitmq" // amqp://, amqps://
 )

@@ -130,6 +130,19 @@ type Subscription interface {
 	Close() error
 }
 
+// InlineAcker may be implemented by a Subscription whose acks are cheap,
+// local bookkeeping (Kafka: marking an offset that a background loop commits
+// later). The portable layer then calls AckInline from Delivery.Ack, on the
+// caller's goroutine, instead of batching the ack through its background
+// ack goroutine into SendAcks; nacks still go through SendNacks. AckInline
+// must be safe for concurrent use, must not block on the network, and must
+// not keep id's slice (there is none); it is never called once Close has
+// begun. An error is logged; the message is then redelivered as after any
+// failed ack.
+type InlineAcker interface {
+	AckInline(id AckID) error
+}
+
 // Retryable may be implemented by an error an adapter returns from
 // ReceiveBatch to say that the portable layer should retry (with backoff)
 // instead of ending the subscription. Errors that do not implement it are
