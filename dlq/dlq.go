@@ -83,7 +83,9 @@ func (f Filter) Match(r Record) bool {
 
 // Options configure Scan and Replay.
 type Options struct {
-	// Group reads the poison topic; default "omnibus-dlq".
+	// Group reads the poison topic; default middleware.PoisonReaderGroup
+	// ("omnibus-dlq"), the group the poison middleware creates before it
+	// first publishes.
 	Group string
 	// Idle ends the scan when no message arrived for this long; default 2s.
 	Idle time.Duration
@@ -102,7 +104,7 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.Group == "" {
-		o.Group = "omnibus-dlq"
+		o.Group = middleware.PoisonReaderGroup
 	}
 	if o.Idle <= 0 {
 		o.Idle = 2 * time.Second

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -31,6 +32,49 @@ type PoisonOptions struct {
 	// PublishTimeout bounds the publish to the poison topic (default 30s).
 	// It is not cut short by the router's shutdown.
 	PublishTimeout time.Duration
+	// ReaderGroup is the consumer group the DLQ tools (`omnibus dlq`,
+	// package dlq) read the poison topic with. Before its first publish,
+	// Poison makes sure the group exists on the poison topic (it subscribes
+	// and closes, when the publisher is a *pubsub.Client), so that brokers
+	// whose groups only receive what is published after they exist
+	// (RabbitMQ, Postgres, memory) keep every poisoned message for the
+	// tools. Default PoisonReaderGroup; "-" skips this.
+	ReaderGroup string
+}
+
+// PoisonReaderGroup is the default PoisonOptions.ReaderGroup, and the group
+// package dlq reads with.
+const PoisonReaderGroup = "omnibus-dlq"
+
+// ensureGroup subscribes once (successfully) to the poison topic with the
+// reader group, so the group exists before anything is poisoned.
+type ensureGroup struct {
+	mu   sync.Mutex
+	done bool
+}
+
+func (e *ensureGroup) run(ctx context.Context, pub router.Publisher, topic, group string) {
+	if group == "-" {
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.done {
+		return
+	}
+	c, ok := pub.(*pubsub.Client)
+	if !ok {
+		e.done = true
+		return
+	}
+	s, err := c.Subscribe(ctx, topic, pubsub.Group(group))
+	if err != nil {
+		logger(ctx).Warn("middleware: poison: could not create the DLQ reader group; poisoned messages are still published",
+			"poison_topic", topic, "group", group, "error", err)
+		return
+	}
+	_ = s.Close()
+	e.done = true
 }
 
 // Poison moves a message whose handler failed for good to topic, then acks
@@ -56,6 +100,10 @@ func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Mi
 	if o.PublishTimeout <= 0 {
 		o.PublishTimeout = 30 * time.Second
 	}
+	if o.ReaderGroup == "" {
+		o.ReaderGroup = PoisonReaderGroup
+	}
+	ensure := &ensureGroup{}
 	return func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			err := next(ctx, m)
@@ -65,6 +113,7 @@ func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Mi
 			pm := PoisonRecord(m, err, router.HandlerName(ctx), time.Now())
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.PublishTimeout)
 			defer cancel()
+			ensure.run(pctx, pub, topic, o.ReaderGroup)
 			if perr := pub.Publish(pctx, topic, pm); perr != nil {
 				return fmt.Errorf("middleware: poison: moving message %q to %q failed, nacking it: %w (handler error: %v)", m.ID, topic, perr, err)
 			}

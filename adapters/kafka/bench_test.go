@@ -216,7 +216,11 @@ func fill(b *testing.B, c *pubsub.Client, n int) string {
 }
 
 // BenchmarkConsumeAck: a new consumer group reads b.N messages (already on
-// a 4-partition topic) from the oldest and acks (commits) each.
+// a 4-partition topic) from the oldest and acks (commits) each. The clock
+// starts once the first message was received and acked, so that joining the
+// group (synchronous in omnibus's Subscribe, in the background for the raw
+// Reader and for watermill) counts for nobody, and the rate is of the b.N-1
+// messages after it.
 func BenchmarkConsumeAck(b *testing.B) {
 	c := openClient(b, "")
 	b.Run("raw-kafka-go", func(b *testing.B) {
@@ -229,8 +233,7 @@ func BenchmarkConsumeAck(b *testing.B) {
 		})
 		defer r.Close()
 		ctx := context.Background()
-		b.ResetTimer()
-		start := time.Now()
+		var start time.Time
 		for i := 0; i < b.N; i++ {
 			m, err := r.FetchMessage(ctx)
 			if err != nil {
@@ -239,8 +242,12 @@ func BenchmarkConsumeAck(b *testing.B) {
 			if err := r.CommitMessages(ctx, m); err != nil {
 				b.Fatal(err)
 			}
+			if i == 0 {
+				b.ResetTimer()
+				start = time.Now()
+			}
 		}
-		report(b, b.N, time.Since(start))
+		report(b, b.N-1, time.Since(start))
 	})
 	b.Run("omnibus", func(b *testing.B) {
 		topic := fill(b, c, b.N)
@@ -250,8 +257,7 @@ func BenchmarkConsumeAck(b *testing.B) {
 		}
 		defer sub.Close()
 		ctx := context.Background()
-		b.ResetTimer()
-		start := time.Now()
+		var start time.Time
 		for i := 0; i < b.N; i++ {
 			d, err := sub.Receive(ctx)
 			if err != nil {
@@ -260,8 +266,12 @@ func BenchmarkConsumeAck(b *testing.B) {
 			if err := d.Ack(); err != nil {
 				b.Fatal(err)
 			}
+			if i == 0 {
+				b.ResetTimer()
+				start = time.Now()
+			}
 		}
-		report(b, b.N, time.Since(start))
+		report(b, b.N-1, time.Since(start))
 	})
 	b.Run("watermill-kafka", func(b *testing.B) {
 		topic := fill(b, c, b.N)
@@ -281,12 +291,15 @@ func BenchmarkConsumeAck(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		b.ResetTimer()
-		start := time.Now()
+		var start time.Time
 		for i := 0; i < b.N; i++ {
 			m := <-ch
 			m.Ack()
+			if i == 0 {
+				b.ResetTimer()
+				start = time.Now()
+			}
 		}
-		report(b, b.N, time.Since(start))
+		report(b, b.N-1, time.Since(start))
 	})
 }

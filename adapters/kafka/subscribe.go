@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"sync"
 	"time"
@@ -21,12 +22,19 @@ type subscription struct {
 	group      string
 	fromOldest bool
 
-	out chan *driver.Message // first deliveries, in partition order
-
-	// Nacked messages waiting for redelivery (timers push here).
-	redoMu   sync.Mutex
+	// The fetchers of the partitions append decoded messages to q (each
+	// partition's in order) and ReceiveBatch takes them in slices: a message
+	// costs no goroutine hand-off of its own. Nacked messages wait in redo
+	// (timers push there) and go out first.
+	qMu      sync.Mutex
+	q        []*driver.Message // q[qHead:] are live
+	qHead    int
+	qCap     int // fetchers wait while q holds this many
 	redo     []*driver.Message
-	redoWake chan struct{}
+	qWaiting bool          // ReceiveBatch waits on qWake
+	qWake    chan struct{} // cap 1
+	roomWait bool          // some fetcher waits on room
+	room     chan struct{} // closed (and replaced) when q drops below qCap
 
 	ctx    context.Context // ends at Close
 	cancel context.CancelFunc
@@ -73,13 +81,13 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err != nil {
 		return nil, err
 	}
-	buf := max(opts.MaxBatch, 64)
 	sctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
 		b: b, topic: topic, group: opts.Group,
 		fromOldest: opts.StartFromOldest || b.opts.StartFromOldest,
-		out:        make(chan *driver.Message, buf),
-		redoWake:   make(chan struct{}, 1),
+		qCap:       max(2*opts.MaxBatch, 1024),
+		qWake:      make(chan struct{}, 1),
+		room:       make(chan struct{}),
 		ctx:        sctx, cancel: cancel,
 		ready: make(chan struct{}),
 	}
@@ -258,6 +266,38 @@ func (s *subscription) runGeneration(gctx context.Context, gen *kafkago.Generati
 		p.mu.Unlock()
 	}
 	commit() // acks that raced the revocation above
+	s.dropRevoked()
+}
+
+// dropRevoked removes from the queue the messages of partitions that left
+// this member: their next owner delivers them again from the committed
+// offset, so delivering them here too would only duplicate them.
+func (s *subscription) dropRevoked() {
+	s.qMu.Lock()
+	defer s.qMu.Unlock()
+	live := s.q[:s.qHead]
+	for _, m := range s.q[s.qHead:] {
+		if !m.AckID.(*ackToken).p.isRevoked() {
+			live = append(live, m)
+		}
+	}
+	clear(s.q[len(live):])
+	s.q = live
+	redo := s.redo[:0]
+	for _, m := range s.redo {
+		if !m.AckID.(*ackToken).p.isRevoked() {
+			redo = append(redo, m)
+		}
+	}
+	clear(s.redo[len(redo):])
+	s.redo = redo
+	s.roomLocked()
+}
+
+func (p *partition) isRevoked() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.revoked
 }
 
 // resolveOffsets returns the first (oldest) or last (next to be written)
@@ -332,61 +372,239 @@ func (s *subscription) startDirect(ctx context.Context, tm *topicMeta) error {
 	return nil
 }
 
-// fetch reads one partition from its tracker's start until ctx ends and
-// hands each message, in order, to ReceiveBatch.
+// Fetch settings: a fetch waits at most fetchMaxWait for data; reading one
+// fetch response (and waiting for room in the queue between its chunks) may
+// take fetchReadTimeout before the connection is dropped and redialled.
+const (
+	fetchMaxWait     = 250 * time.Millisecond
+	fetchReadTimeout = 10 * time.Second
+	fetchChunk       = 256 // messages handed to the queue at a time
+)
+
+// fetch reads one partition from its tracker's start until ctx ends, on a
+// connection of its own to the partition's leader (long polls never delay
+// produce requests), and appends its messages, in order, to the queue in
+// chunks as they are decoded.
 func (s *subscription) fetch(ctx context.Context, p *partition) {
-	start := p.tracker.committable()
-	r := kafkago.NewReader(kafkago.ReaderConfig{
-		Brokers:         s.b.opts.Brokers,
-		Topic:           s.topic,
-		Partition:       p.id,
-		Dialer:          s.b.dialer,
-		QueueCapacity:   1000,
-		MinBytes:        1,
-		MaxBytes:        max(s.b.opts.FetchMaxBytes, s.b.maxRecord+1024),
-		MaxWait:         250 * time.Millisecond,
-		ReadLagInterval: -1,
-		ReadBackoffMin:  50 * time.Millisecond,
-		ReadBackoffMax:  time.Second,
-		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
-			s.b.log.Debug("omnibus: kafka: reader: "+fmt.Sprintf(f, a...), "topic", s.topic, "partition", p.id)
-		}),
-	})
-	defer r.Close()
-	if err := r.SetOffset(start); err != nil {
-		s.b.log.Error("omnibus: kafka: cannot position reader", "topic", s.topic, "partition", p.id, "offset", start, "error", err)
-		return
+	p.mu.Lock()
+	offset := p.tracker.committable()
+	p.mu.Unlock()
+	maxBytes := max(s.b.opts.FetchMaxBytes, s.b.maxRecord+1024)
+
+	// Closing the connection when ctx ends unblocks a fetch at once.
+	var connMu sync.Mutex
+	var conn *kafkago.Conn
+	setConn := func(c *kafkago.Conn) {
+		connMu.Lock()
+		if conn != nil {
+			_ = conn.Close()
+		}
+		conn = c
+		connMu.Unlock()
 	}
-	for {
-		m, err := r.FetchMessage(ctx)
+	stop := context.AfterFunc(ctx, func() { setConn(nil) })
+	defer stop()
+	defer setConn(nil)
+
+	fails := 0
+	pause := func(err error) bool {
+		if ctx.Err() != nil {
+			return false
+		}
+		fails++
+		d := min(50*time.Millisecond<<min(fails-1, 5), time.Second)
+		s.b.log.Debug("omnibus: kafka: fetch failed, retrying", "topic", s.topic, "partition", p.id, "offset", offset, "backoff", d, "error", err)
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-ctx.Done():
+			return false
+		case <-t.C:
+			return true
+		}
+	}
+	for ctx.Err() == nil {
+		c, start, err := s.dialPartition(ctx, p.id, offset)
 		if err != nil {
-			if ctx.Err() != nil {
+			if !pause(err) {
 				return
-			}
-			s.b.log.Warn("omnibus: kafka: fetch failed, retrying", "topic", s.topic, "partition", p.id, "error", err)
-			t := time.NewTimer(200 * time.Millisecond)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return
-			case <-t.C:
 			}
 			continue
 		}
-		dm := toDriver(&m)
-		tok := &ackToken{p: p, offset: m.Offset, msg: dm, attempt: 1}
-		dm.AckID = tok
-		p.mu.Lock()
-		fresh := p.tracker.delivered(m.Offset)
-		p.mu.Unlock()
-		if !fresh {
-			continue // already delivered in this assignment
-		}
-		select {
-		case s.out <- dm:
-		case <-ctx.Done():
+		setConn(c)
+		if ctx.Err() != nil {
 			return
 		}
+		offset = start
+		for {
+			if !s.waitRoom(ctx) {
+				return
+			}
+			var n int
+			n, offset, err = s.readBatch(ctx, c, p, offset, maxBytes)
+			if n > 0 {
+				fails = 0
+			}
+			if err == nil || errors.Is(err, io.EOF) {
+				continue
+			}
+			if errors.Is(err, kafkago.RequestTimedOut) {
+				continue
+			}
+			if errors.Is(err, kafkago.OffsetOutOfRange) {
+				first, last, oerr := s.offsetsOf(c)
+				switch {
+				case oerr != nil:
+					err = oerr
+				case offset < first:
+					s.b.log.Warn("omnibus: kafka: committed offset is before the oldest retained message; skipping the deleted ones", "topic", s.topic, "partition", p.id, "from", offset, "to", first)
+					offset = first
+					continue
+				case offset < last:
+					continue
+				}
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			setConn(nil)
+			if !pause(err) {
+				return
+			}
+			break
+		}
+	}
+}
+
+// dialPartition connects to the leader of partition id and positions the
+// connection at offset (moved up to the oldest retained offset if the log no
+// longer has it).
+func (s *subscription) dialPartition(ctx context.Context, id int, offset int64) (*kafkago.Conn, int64, error) {
+	var err error
+	for _, addr := range s.b.opts.Brokers {
+		var c *kafkago.Conn
+		c, err = s.b.dialer.DialLeader(ctx, "tcp", addr, s.topic, id)
+		if err != nil {
+			continue
+		}
+		first, _, oerr := s.offsetsOf(c)
+		if oerr != nil {
+			_ = c.Close()
+			return nil, 0, oerr
+		}
+		if offset < first {
+			s.b.log.Warn("omnibus: kafka: committed offset is before the oldest retained message; skipping the deleted ones", "topic", s.topic, "partition", id, "from", offset, "to", first)
+			offset = first
+		}
+		if _, err := c.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
+			_ = c.Close()
+			return nil, 0, err
+		}
+		return c, offset, nil
+	}
+	return nil, 0, fmt.Errorf("kafka: connect to the leader of %q partition %d: %w", s.topic, id, err)
+}
+
+func (s *subscription) offsetsOf(c *kafkago.Conn) (first, last int64, err error) {
+	_ = c.SetDeadline(time.Now().Add(s.b.opts.DialTimeout))
+	defer func() { _ = c.SetDeadline(time.Time{}) }()
+	return c.ReadOffsets()
+}
+
+// readBatch makes one fetch request and queues the messages of its answer.
+// It returns how many it read, the next offset to fetch and the error that
+// ended the batch (io.EOF when it was read to the end).
+func (s *subscription) readBatch(ctx context.Context, c *kafkago.Conn, p *partition, offset int64, maxBytes int) (int, int64, error) {
+	_ = c.SetReadDeadline(time.Now().Add(fetchMaxWait + fetchReadTimeout))
+	batch := c.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: maxBytes, MaxWait: fetchMaxWait})
+	defer batch.Close()
+	n := 0
+	chunk := make([]*driver.Message, 0, fetchChunk)
+	for {
+		m, err := batch.ReadMessage()
+		if err != nil {
+			if len(chunk) > 0 {
+				s.push(p, chunk)
+			}
+			return n, offset, err
+		}
+		n++
+		offset = m.Offset + 1
+		dm := toDriver(&m)
+		dm.AckID = &ackToken{p: p, offset: m.Offset, msg: dm, attempt: 1}
+		chunk = append(chunk, dm)
+		if len(chunk) == fetchChunk {
+			s.push(p, chunk)
+			chunk = make([]*driver.Message, 0, fetchChunk)
+			if !s.waitRoom(ctx) {
+				return n, offset, ctx.Err()
+			}
+			_ = c.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+		}
+	}
+}
+
+// push appends one partition's messages, in order, to the queue; offsets
+// already delivered in this assignment are skipped, and nothing is queued
+// once the partition was revoked.
+func (s *subscription) push(p *partition, msgs []*driver.Message) {
+	p.mu.Lock()
+	if p.revoked {
+		p.mu.Unlock()
+		return
+	}
+	fresh := msgs[:0]
+	for _, m := range msgs {
+		if p.tracker.delivered(m.AckID.(*ackToken).offset) {
+			fresh = append(fresh, m)
+		}
+	}
+	p.mu.Unlock()
+	if len(fresh) == 0 {
+		return
+	}
+	s.qMu.Lock()
+	s.q = append(s.q, fresh...)
+	s.wakeLocked()
+	s.qMu.Unlock()
+}
+
+// waitRoom blocks while the queue is full; false when ctx ended.
+func (s *subscription) waitRoom(ctx context.Context) bool {
+	s.qMu.Lock()
+	for len(s.q)-s.qHead >= s.qCap {
+		s.roomWait = true
+		room := s.room
+		s.qMu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return false
+		}
+		s.qMu.Lock()
+	}
+	s.qMu.Unlock()
+	return ctx.Err() == nil
+}
+
+// wakeLocked wakes a waiting ReceiveBatch. qMu is held.
+func (s *subscription) wakeLocked() {
+	if s.qWaiting {
+		s.qWaiting = false
+		select {
+		case s.qWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// roomLocked wakes the fetchers waiting for room if there is some. qMu is
+// held.
+func (s *subscription) roomLocked() {
+	if s.roomWait && len(s.q)-s.qHead < s.qCap {
+		s.roomWait = false
+		close(s.room)
+		s.room = make(chan struct{})
 	}
 }
 
@@ -415,55 +633,70 @@ func toDriver(m *kafkago.Message) *driver.Message {
 // ReceiveBatch implements driver.Subscription: redeliveries first, then
 // new messages, up to max, blocking until at least one.
 func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, error) {
-	var batch []*driver.Message
-	take := func() {
-		s.redoMu.Lock()
-		n := min(len(s.redo), max-len(batch))
-		batch = append(batch, s.redo[:n]...)
-		s.redo = s.redo[n:]
-		s.redoMu.Unlock()
-		for len(batch) < max {
-			select {
-			case m := <-s.out:
-				batch = append(batch, m)
-				continue
-			default:
+	for {
+		s.qMu.Lock()
+		n := min(len(s.redo)+len(s.q)-s.qHead, max)
+		if n > 0 {
+			batch := make([]*driver.Message, 0, n)
+			r := min(len(s.redo), n)
+			batch = append(batch, s.redo[:r]...)
+			clear(s.redo[:r])
+			s.redo = s.redo[r:]
+			if len(s.redo) == 0 {
+				s.redo = nil
 			}
-			break
+			k := n - r
+			batch = append(batch, s.q[s.qHead:s.qHead+k]...)
+			clear(s.q[s.qHead : s.qHead+k])
+			s.qHead += k
+			if s.qHead == len(s.q) {
+				s.q, s.qHead = s.q[:0], 0
+			} else if s.qHead >= len(s.q)/2 {
+				m := copy(s.q, s.q[s.qHead:])
+				clear(s.q[m:])
+				s.q, s.qHead = s.q[:m], 0
+			}
+			s.roomLocked()
+			s.qMu.Unlock()
+			return batch, nil
+		}
+		s.qWaiting = true
+		s.qMu.Unlock()
+		select {
+		case <-s.qWake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-s.ctx.Done():
+			return nil, fmt.Errorf("kafka: receive from %q: %w", s.topic, driver.ErrClosed)
 		}
 	}
-	take()
-	if len(batch) > 0 {
-		return batch, nil
-	}
-	select {
-	case m := <-s.out:
-		batch = append(batch, m)
-	case <-s.redoWake:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	case <-s.ctx.Done():
-		return nil, fmt.Errorf("kafka: receive from %q: %w", s.topic, driver.ErrClosed)
-	}
-	take()
-	return batch, nil
 }
 
 // SendAcks implements driver.Subscription: each ack lets its partition's
 // commit advance past it once every earlier delivery was acked too.
 func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	for _, id := range ids {
-		t, ok := id.(*ackToken)
-		if !ok {
-			return fmt.Errorf("kafka: ack: foreign ack ID %T: %w", id, driver.ErrInvalid)
+		if err := s.AckInline(id); err != nil {
+			return err
 		}
-		p := t.p
-		p.mu.Lock()
-		if !p.revoked {
-			p.tracker.ack(t.offset)
-		}
-		p.mu.Unlock()
 	}
+	return nil
+}
+
+// AckInline implements driver.InlineAcker: an ack only marks the offset in
+// its partition's tracker (the commit loop sends it later), so the portable
+// layer calls it directly from Delivery.Ack.
+func (s *subscription) AckInline(id driver.AckID) error {
+	t, ok := id.(*ackToken)
+	if !ok {
+		return fmt.Errorf("kafka: ack: foreign ack ID %T: %w", id, driver.ErrInvalid)
+	}
+	p := t.p
+	p.mu.Lock()
+	if !p.revoked {
+		p.tracker.ack(t.offset)
+	}
+	p.mu.Unlock()
 	return nil
 }
 
@@ -498,13 +731,10 @@ func (s *subscription) redeliver(t *ackToken) {
 	cp := *t.msg
 	cp.Attempt = nt.attempt
 	cp.AckID = nt
-	s.redoMu.Lock()
+	s.qMu.Lock()
 	s.redo = append(s.redo, &cp)
-	s.redoMu.Unlock()
-	select {
-	case s.redoWake <- struct{}{}:
-	default:
-	}
+	s.wakeLocked()
+	s.qMu.Unlock()
 }
 
 // Close implements driver.Subscription: it stops fetching, commits every

@@ -23,6 +23,7 @@ type CLI struct {
 	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines."`
 	DLQ     DLQCmd     `cmd:"" name:"dlq" help:"List and replay poison (dead-letter) topics."`
 	Doctor  DoctorCmd  `cmd:"" help:"Connect to a broker, print its capabilities and check a round trip."`
+	Relay   RelayCmd   `cmd:"" help:"Run the outbox relay (sidecar): forward committed outbox rows to a broker."`
 	Bench   BenchCmd   `cmd:"" help:"Measure publish/consume throughput and latency; write a markdown table and an SVG chart."`
 }
 

@@ -397,18 +397,23 @@ func (r *DLQReplayCmd) Run(ctx context.Context) error {
 	defer c.Close()
 	opts := r.options()
 	opts.To, opts.DryRun = r.To, r.DryRun
-	bar := progressbar.NewOptions(-1, progressbar.OptionSetWriter(os.Stderr), progressbar.OptionSetDescription("replaying"),
-		progressbar.OptionShowCount(), progressbar.OptionClearOnFinish())
+	// The total is unknown until the topic is drained: a counter, not a bar.
+	n := 0
 	opts.OnRecord = func(rec dlq.Record, to string) {
-		_ = bar.Add(1)
+		n++
+		if !r.DryRun && n%100 == 0 {
+			fmt.Fprintf(os.Stderr, "\rreplayed %d", n)
+		}
 		if r.DryRun {
 			fmt.Printf("would replay %s (handler %s, %s) to %s\n", rec.Message.ID, rec.Handler, oneLine(rec.Reason, 60), to)
 		}
 	}
 	res, err := dlq.Replay(ctx, c, r.Topic, opts)
-	_ = bar.Finish()
+	if n >= 100 {
+		fmt.Fprintln(os.Stderr)
+	}
 	verb := "replayed"
-	n := res.Replayed
+	n = res.Replayed
 	if r.DryRun {
 		verb, n = "would replay", res.Matched
 	}
