@@ -25,7 +25,7 @@ type BenchCmd struct {
 	Batch      int    `default:"100" help:"Messages per Publish call."`
 	Publishers int    `default:"4" help:"Concurrent publishers."`
 	Compare    bool   `help:"Also run the same load straight on the adapter's driver (no portable layer) and report the ratio."`
-	Out        string `default:"bench-out" help:"Directory for bench.md and bench.svg."`
+	Out        string `default:"bench-out" help:"Directory for bench.md, bench.svg and bench.png."`
 }
 
 type benchResult struct {
@@ -80,13 +80,27 @@ func (b *BenchCmd) Run(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(b.Out, "bench.md"), []byte(md.String()), 0o644); err != nil {
 		return err
 	}
+	title := "omnibus bench " + pubsub.Redact(b.URL)
 	f, err := os.Create(filepath.Join(b.Out, "bench.svg"))
 	if err != nil {
 		return err
 	}
-	defer f.Close()
-	writeChart(f, "omnibus bench "+pubsub.Redact(b.URL), results)
-	fmt.Fprintf(os.Stderr, "wrote %s and %s\n", filepath.Join(b.Out, "bench.md"), filepath.Join(b.Out, "bench.svg"))
+	writeChart(f, title, results)
+	if err := f.Close(); err != nil {
+		return err
+	}
+	pf, err := os.Create(filepath.Join(b.Out, "bench.png"))
+	if err != nil {
+		return err
+	}
+	if err := writePNGChart(pf, title, results); err != nil {
+		pf.Close()
+		return err
+	}
+	if err := pf.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s, %s and %s\n", filepath.Join(b.Out, "bench.md"), filepath.Join(b.Out, "bench.svg"), filepath.Join(b.Out, "bench.png"))
 	return nil
 }
 
@@ -227,6 +241,7 @@ func writeChart(w io.Writer, title string, rs []benchResult) {
 	for _, r := range rs {
 		maxRate = max(maxRate, r.pubRate, r.consRate)
 	}
+	maxRate *= 1.15 // headroom for the value labels
 	plotH := float64(height - bottom - top)
 	groupW := float64(width-left-20) / float64(len(rs))
 	fmt.Fprintf(w, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`+"\n", width, height)

@@ -24,7 +24,7 @@ type CLI struct {
 	DLQ     DLQCmd     `cmd:"" name:"dlq" help:"List and replay poison (dead-letter) topics."`
 	Doctor  DoctorCmd  `cmd:"" help:"Connect to a broker, print its capabilities and check a round trip."`
 	Relay   RelayCmd   `cmd:"" help:"Run the outbox relay (sidecar): forward committed outbox rows to a broker."`
-	Bench   BenchCmd   `cmd:"" help:"Measure publish/consume throughput and latency; write a markdown table and an SVG chart."`
+	Bench   BenchCmd   `cmd:"" help:"Measure publish/consume throughput and latency; write a markdown table and SVG/PNG charts."`
 }
 
 func main() {
