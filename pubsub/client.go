@@ -20,6 +20,7 @@ type Client struct {
 	logger *slog.Logger
 
 	maxBatch, maxConc int
+	groupSends        bool
 	observers         []Observer
 
 	mu       sync.Mutex
@@ -63,6 +64,9 @@ func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
 				c.maxConc = n
 			}
 		}
+	}
+	if g, ok := drv.(driver.SendGrouping); ok {
+		c.groupSends = g.GroupSends()
 	}
 	for _, o := range opts {
 		o(c)
@@ -144,7 +148,7 @@ func (c *Client) batcher(topic string) (*batcher, error) {
 	c.pending.Add(1)
 	b := c.batchers[topic]
 	if b == nil {
-		b = &batcher{topic: topic, drv: c.drv, maxBatch: c.maxBatch, maxConc: c.maxConc}
+		b = &batcher{topic: topic, drv: c.drv, maxBatch: c.maxBatch, maxConc: c.maxConc, group: c.groupSends}
 		c.batchers[topic] = b
 	}
 	return b, nil
@@ -249,6 +253,9 @@ func (c *Client) Driver() driver.Broker { return c.drv }
 // batcher combines concurrent Publish calls to one topic into SendBatch
 // calls: a call is sent at once while fewer than maxConc sends are in flight,
 // otherwise it waits and goes out with the others that queued meanwhile.
+// With group (driver.SendGrouping) a call is sent at once only when no send
+// is in flight; otherwise it waits for the next send, and a further
+// concurrent send starts only once a full batch (maxBatch messages) waits.
 // A call's messages are never split across concurrent sends, so per-key order
 // within a call holds.
 type batcher struct {
@@ -256,10 +263,21 @@ type batcher struct {
 	drv      driver.Broker
 	maxBatch int
 	maxConc  int
+	group    bool
 
-	mu      sync.Mutex
-	active  int
-	waiting []*sendReq
+	mu       sync.Mutex
+	active   int
+	waiting  []*sendReq
+	waitingN int // messages in waiting
+}
+
+// startable reports whether another concurrent send should start now. b.mu
+// must be held.
+func (b *batcher) startable() bool {
+	if len(b.waiting) == 0 || b.active >= b.maxConc {
+		return false
+	}
+	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
 }
 
 type sendReq struct {
@@ -275,7 +293,8 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	r := &sendReq{ctx: ctx, msgs: msgs, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
-	if b.active < b.maxConc {
+	b.waitingN += len(msgs)
+	if b.startable() {
 		b.active++
 		batch := b.take()
 		b.mu.Unlock()
@@ -304,6 +323,7 @@ func (b *batcher) take() []*sendReq {
 	}
 	batch := b.waiting[:i:i]
 	b.waiting = b.waiting[i:]
+	b.waitingN -= n
 	return batch
 }
 
@@ -345,6 +365,11 @@ func (b *batcher) run(batch []*sendReq) {
 			return
 		}
 		batch = b.take()
+		// With grouping, a full batch still waiting gets a send of its own.
+		for b.startable() {
+			b.active++
+			go b.run(b.take())
+		}
 		b.mu.Unlock()
 	}
 }

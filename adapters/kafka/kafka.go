@@ -386,8 +386,8 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 	return New(ctx, o)
 }
 
-// Broker is a connection to a Kafka cluster; it implements driver.Broker
-// and driver.SendTuning. Get it from a pubsub.Client with
+// Broker is a connection to a Kafka cluster; it implements driver.Broker,
+// driver.SendTuning and driver.SendGrouping. Get it from a pubsub.Client with
 // c.Driver().(*kafka.Broker) for Kafka-specific features such as
 // CreateTopic.
 type Broker struct {
@@ -506,6 +506,13 @@ func (b *Broker) Capabilities() driver.Capabilities {
 // SendBatching implements driver.SendTuning: up to MaxBatch messages per
 // SendBatch and MaxInFlight concurrent SendBatch calls per topic.
 func (b *Broker) SendBatching() (int, int) { return b.opts.MaxBatch, b.opts.MaxInFlight }
+
+// GroupSends implements driver.SendGrouping: every SendBatch is a produce
+// request (a syscall and a round of broker work each), so concurrent Publish
+// calls wait for the send in flight and go out together when it returns
+// (group commit); a further concurrent send, up to MaxInFlight, starts only
+// while a full batch (MaxBatch) waits. A lone call is still sent at once.
+func (b *Broker) GroupSends() bool { return true }
 
 // Options returns the validated options, defaults filled in. The SASL
 // mechanism and TLS configuration are returned as given.

@@ -22,6 +22,9 @@ type DemoCmd struct {
 	// Pipeline is the number of orders sent through the router pipeline
 	// with injected faults (demo_router.go).
 	Pipeline int `help:"Orders sent through the router pipeline with injected faults: transient failures, invalid orders, duplicates (0 = skip)." default:"5000"`
+	// Outbox writes the pipeline's orders through the transactional outbox
+	// on SQLite (demo_outbox.go) instead of publishing them directly.
+	Outbox bool `help:"Write the pipeline's orders through a transactional outbox on in-memory SQLite, relayed to the broker." default:"true" negatable:""`
 }
 
 type order struct {

@@ -146,8 +146,12 @@ func runRouterDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 			dups++
 		}
 	}
-	fmt.Fprintf(out, "\nrouter pipeline on %s: %d orders (%d published twice) through Poison → Retry → Dedup → Recover, 16 key lanes\n",
-		pubsub.Redact(d.URL), n, dups)
+	via := "published directly"
+	if d.Outbox {
+		via = "written through a SQLite outbox and relayed"
+	}
+	fmt.Fprintf(out, "\nrouter pipeline on %s: %d orders (%d published twice), %s, through Poison → Retry → Dedup → Recover, 16 key lanes\n",
+		pubsub.Redact(d.URL), n, dups, via)
 
 	st := &pipelineStats{n: n, processed: make([]atomic.Int32, n), poisoned: map[int][]string{}}
 	store := &countingStore{DedupStore: middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{TTL: time.Hour})}
@@ -248,13 +252,24 @@ func runRouterDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 
 	start := time.Now()
 	pubErr := make(chan error, 1)
-	go func() { pubErr <- publishOrders(runCtx, client, topic, n, st) }()
+	var ob *outboxStage
+	if d.Outbox {
+		if ob, err = newOutboxStage(ctx, client); err != nil {
+			return err
+		}
+		defer ob.close()
+		ob.run(runCtx)
+		go func() { pubErr <- ob.writeOrders(runCtx, topic, n, st) }()
+	} else {
+		go func() { pubErr <- publishOrders(runCtx, client, topic, n, st) }()
+	}
 
 	wantPoisoned := want[faultInvalid] + want[faultCorrupt] + want[faultPanic]
 	wantProcessed := int64(n - wantPoisoned)
 	complete := func() bool {
 		return st.processedTotal() >= wantProcessed && st.poisonedTotal() >= wantPoisoned &&
-			store.done.Load() >= int64(dups) && st.invoices.Load() >= wantProcessed
+			store.done.Load() >= int64(dups) && st.invoices.Load() >= wantProcessed &&
+			(ob == nil || ob.drained())
 	}
 	progress := func() {
 		fmt.Fprintf(out, "\r  published %5d   processed %5d   failed attempts %5d   poisoned %4d   deduplicated %4d   invoices %5d",
@@ -289,7 +304,15 @@ wait:
 	stopReaders()
 	readers.Wait()
 
+	if ob != nil {
+		if err := ob.wait(); err != nil {
+			runErr = errors.Join(runErr, fmt.Errorf("demo: relay: %w", err))
+		}
+	}
 	tableErr := pipelineTable(out, st, want, dups, store)
+	if ob != nil {
+		tableErr = errors.Join(tableErr, ob.report(ctx, out))
+	}
 	fmt.Fprintf(out, "\n%d orders in %v (%.0f orders/s); %d handler runs, %d failed and were retried or poisoned, %d concurrent duplicates sent back\n",
 		n, elapsed.Round(time.Millisecond), float64(n)/elapsed.Seconds(), st.attempts.Load(), st.failures.Load(), store.busy.Load())
 	return errors.Join(runErr, tableErr)

@@ -135,9 +135,8 @@ type Subscription interface {
 // later). The portable layer then calls AckInline from Delivery.Ack, on the
 // caller's goroutine, instead of batching the ack through its background
 // ack goroutine into SendAcks; nacks still go through SendNacks. AckInline
-// must be safe for concurrent use, must not block on the network, and must
-// not keep id's slice (there is none); it is never called once Close has
-// begun. An error is logged; the message is then redelivered as after any
+// must be safe for concurrent use and must not block on the network; it is
+// never called once Close has begun. An error is logged; the message is then redelivered as after any
 // failed ack.
 type InlineAcker interface {
 	AckInline(id AckID) error
@@ -156,6 +155,18 @@ type SendTuning interface {
 	// SendBatching returns the largest batch (in messages) and the most
 	// concurrent SendBatch calls per topic. Zero means the default.
 	SendBatching() (maxBatch, maxConcurrency int)
+}
+
+// SendGrouping may be implemented by a Broker whose SendBatch has a high
+// fixed cost per call (a network request and the broker's work on it), so
+// that fewer, larger batches beat more concurrent ones: the portable layer
+// then sends a Publish call at once only when no SendBatch is in flight for
+// its topic; otherwise the call waits and goes out with every call that
+// queued meanwhile when the send in flight returns (group commit), and a
+// further concurrent SendBatch (up to SendTuning's maxConcurrency) starts
+// only while a full batch waits.
+type SendGrouping interface {
+	GroupSends() bool
 }
 
 // Opener opens a Broker from a URL. Adapters register one per scheme with
