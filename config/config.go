@@ -2,16 +2,14 @@
 // its configuration file, so that moving a service from RabbitMQ to Kafka is a
 // one-line change.
 //
-// Sources, in the order Load consults them:
+// Sources, in the order Load consults them: OMNIBUS_URL, when set (the whole
+// broker URL); then a YAML or JSON file (by extension), when a path is given:
 //
-//  1. OMNIBUS_URL, when set (the whole broker URL).
-//  2. A YAML or JSON file (by extension), when a path is given:
-//
-//     # omnibus.yaml
-//     url: amqp://app:${RABBIT_PASSWORD}@rabbit:5672/orders
-//     require: [ordering, persistence]
-//     params:
-//     prefetch: "200"
+//	# omnibus.yaml
+//	url: amqp://app:${RABBIT_PASSWORD}@rabbit:5672/orders
+//	require: [ordering, persistence]
+//	params:
+//	  prefetch: "200"
 //
 // Secrets stay out of files and URLs: ${NAME} anywhere in the URL or in a
 // param value is replaced by the environment variable NAME (an unset variable
