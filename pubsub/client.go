@@ -1,6 +1,8 @@
 package pubsub
 
 import (
+	"os"
+	"strconv"
 	"context"
 	"errors"
 	"fmt"
@@ -277,8 +279,10 @@ func (b *batcher) startable() bool {
 	if len(b.waiting) == 0 || b.active >= b.maxConc {
 		return false
 	}
-	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
+	return b.active == 0 || !b.group || b.waitingN >= min(b.maxBatch, tmpThreshold)
 }
+
+var tmpThreshold = func() int { n, _ := strconv.Atoi(os.Getenv("TMP_THRESH")); if n == 0 { n = 1 << 30 }; return n }()
 
 type sendReq struct {
 	ctx  context.Context
