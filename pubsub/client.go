@@ -1,12 +1,11 @@
 package pubsub
 
 import (
-	"os"
-	"strconv"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -279,10 +278,8 @@ func (b *batcher) startable() bool {
 	if len(b.waiting) == 0 || b.active >= b.maxConc {
 		return false
 	}
-	return b.active == 0 || !b.group || b.waitingN >= min(b.maxBatch, tmpThreshold)
+	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
 }
-
-var tmpThreshold = func() int { n, _ := strconv.Atoi(os.Getenv("TMP_THRESH")); if n == 0 { n = 1 << 30 }; return n }()
 
 type sendReq struct {
 	ctx  context.Context
@@ -361,6 +358,12 @@ func (b *batcher) run(batch []*sendReq) {
 		cancel()
 		for _, r := range batch {
 			r.done <- err
+		}
+		if b.group {
+			// Let the callers just released queue their next calls before
+			// the next batch is cut, so that it is not a lone straggler
+			// followed by everyone else (batch size only, not correctness).
+			runtime.Gosched()
 		}
 		b.mu.Lock()
 		if len(b.waiting) == 0 {

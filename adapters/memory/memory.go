@@ -130,7 +130,6 @@ type broker struct {
 	refs   int
 	closed bool
 	topics map[string]*topic
-	seq    uint64 // delivery tokens
 	pubSeq uint64 // publish order
 	anon   uint64
 	timers map[*time.Timer]struct{}
@@ -324,7 +323,7 @@ func (c *Conn) OpenSubscription(ctx context.Context, topicName string, opts driv
 		t.groups[name] = g
 	}
 	g.members++
-	return &sub{c: c, t: t, g: g, topic: topicName, inflight: map[uint64]*entry{}}, nil
+	return &sub{c: c, t: t, g: g, topic: topicName, inflight: map[*entry]struct{}{}}, nil
 }
 
 // Close implements driver.Broker. The shared broker is released when its
@@ -372,7 +371,7 @@ type sub struct {
 	t        *topic
 	g        *group
 	topic    string
-	inflight map[uint64]*entry // guarded by broker mu
+	inflight map[*entry]struct{} // guarded by broker mu; the entry is its own ack ID
 	closed   bool
 }
 
@@ -389,12 +388,11 @@ func (s *sub) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, err
 		if n := min(max, len(g.ready)); n > 0 {
 			out := make([]*driver.Message, n)
 			for i, e := range g.ready[:n] {
-				b.seq++
 				e.attempt++
-				s.inflight[b.seq] = e
+				s.inflight[e] = struct{}{}
 				m := *e.msg
 				m.Attempt = e.attempt
-				m.AckID = b.seq
+				m.AckID = e // a pointer: no allocation to box it
 				if e.msg.Metadata != nil {
 					m.Metadata = make(map[string]string, len(e.msg.Metadata))
 					for k, v := range e.msg.Metadata {
@@ -424,9 +422,9 @@ func (s *sub) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, id := range ids {
-		tok, _ := id.(uint64)
-		if _, ok := s.inflight[tok]; ok {
-			delete(s.inflight, tok)
+		e, _ := id.(*entry)
+		if _, ok := s.inflight[e]; ok {
+			delete(s.inflight, e)
 			s.g.unacked--
 		}
 	}
@@ -441,9 +439,9 @@ func (s *sub) SendNacks(ctx context.Context, ids []driver.AckID, delay time.Dura
 	defer b.mu.Unlock()
 	var back []*entry
 	for _, id := range ids {
-		tok, _ := id.(uint64)
-		if e, ok := s.inflight[tok]; ok {
-			delete(s.inflight, tok)
+		e, _ := id.(*entry)
+		if _, ok := s.inflight[e]; ok {
+			delete(s.inflight, e)
 			back = append(back, e)
 		}
 	}
@@ -483,7 +481,7 @@ func (s *sub) Close() error {
 	}
 	s.closed = true
 	back := make([]*entry, 0, len(s.inflight))
-	for _, e := range s.inflight {
+	for e := range s.inflight {
 		back = append(back, e)
 	}
 	// Keep publish order among what goes back.

@@ -125,7 +125,6 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	start := time.Now()
-	var pubDone time.Duration
 	var wg sync.WaitGroup
 	errc := make(chan error, b.Publishers+1)
 	calls := (b.Messages + b.Batch - 1) / b.Batch
@@ -147,7 +146,8 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 			}
 		}()
 	}
-	go func() { wg.Wait(); pubDone = time.Since(start) }()
+	pubDoneCh := make(chan time.Duration, 1)
+	go func() { wg.Wait(); pubDoneCh <- time.Since(start) }()
 	lats := make([]time.Duration, 0, b.Messages)
 	for len(lats) < b.Messages {
 		l, err := recv(ctx)
@@ -163,7 +163,7 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 		_ = bar.Add(len(l))
 	}
 	consDone := time.Since(start)
-	wg.Wait()
+	pubDone := <-pubDoneCh
 	_ = bar.Finish()
 	slices.Sort(lats)
 	q := func(f float64) time.Duration {
