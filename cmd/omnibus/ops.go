@@ -253,7 +253,9 @@ func (dc *DoctorCmd) Run(ctx context.Context) error {
 		return nil
 	}
 	problems := 0
-	topic := "omnibus.doctor." + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16]
+	// One fixed topic and group, so repeated checks leave nothing behind
+	// but that topic.
+	const topic = "omnibus.doctor"
 	start := time.Now()
 	sub, err := c.Subscribe(octx, topic, pubsub.Group("omnibus-doctor"), pubsub.FromOldest())
 	if err != nil {
@@ -265,7 +267,7 @@ func (dc *DoctorCmd) Run(ctx context.Context) error {
 		if err := c.Publish(octx, topic, m); err != nil {
 			fmt.Printf("\n  publish to %s: FAILED: %v\n", topic, err)
 			problems++
-		} else if d, err := sub.Receive(octx); err != nil {
+		} else if d, err := receiveID(octx, sub, m.ID); err != nil {
 			fmt.Printf("\n  receive from %s: FAILED: %v\n", topic, err)
 			problems++
 		} else {
@@ -284,6 +286,17 @@ func (dc *DoctorCmd) Run(ctx context.Context) error {
 	}
 	fmt.Println("\n  no problems found")
 	return nil
+}
+
+// receiveID acks and skips leftovers of earlier checks until id arrives.
+func receiveID(ctx context.Context, sub *pubsub.Subscription, id string) (*pubsub.Delivery, error) {
+	for {
+		d, err := sub.Receive(ctx)
+		if err != nil || d.Message.ID == id {
+			return d, err
+		}
+		_ = d.Ack()
+	}
 }
 
 func printCapabilities(w io.Writer, caps pubsub.Capabilities) {
