@@ -225,7 +225,11 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 	// writer's commit) when there is no LISTEN, and while committed rows are
 	// held back by an older transaction that need not be an outbox writer
 	// (no NOTIFY will come for it). It stops growing at PollInterval.
-	eager, armed := time.Duration(0), false
+	//
+	// It starts armed: a Publish in this process may have sent its wake-up
+	// before this relay subscribed to them, and committed after the first
+	// read below.
+	eager, armed := time.Duration(0), true
 	for ctx.Err() == nil {
 		n, held, err := r.forwardBatch(ctx, s)
 		if err != nil {

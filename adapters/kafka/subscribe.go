@@ -530,8 +530,11 @@ func (s *subscription) readBatch(ctx context.Context, c *kafkago.Conn, p *partit
 		}
 		n++
 		offset = m.Offset + 1
-		dm := toDriver(&m)
-		dm.AckID = &ackToken{p: p, offset: m.Offset, msg: dm, attempt: 1}
+		rec := &record{tok: ackToken{p: p, offset: m.Offset, attempt: 1}} // one allocation for both
+		dm := &rec.msg
+		fillDriver(dm, &m)
+		rec.tok.msg = dm
+		dm.AckID = &rec.tok
 		chunk = append(chunk, dm)
 		if len(chunk) == fetchChunk {
 			s.push(p, chunk)
@@ -608,8 +611,14 @@ func (s *subscription) roomLocked() {
 	}
 }
 
-func toDriver(m *kafkago.Message) *driver.Message {
-	dm := &driver.Message{Payload: m.Value, Topic: m.Topic, PublishedAt: m.Time, Attempt: 1}
+// record is a fetched message and its first delivery's ack token.
+type record struct {
+	msg driver.Message
+	tok ackToken
+}
+
+func fillDriver(dm *driver.Message, m *kafkago.Message) {
+	*dm = driver.Message{Payload: m.Value, Topic: m.Topic, PublishedAt: m.Time, Attempt: 1}
 	if len(m.Key) > 0 {
 		dm.Key = string(m.Key)
 	}
@@ -627,7 +636,6 @@ func toDriver(m *kafkago.Message) *driver.Message {
 		// Written by a non-omnibus producer: the position is a stable ID.
 		dm.ID = m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
 	}
-	return dm
 }
 
 // ReceiveBatch implements driver.Subscription: redeliveries first, then

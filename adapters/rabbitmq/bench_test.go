@@ -187,7 +187,7 @@ func BenchmarkPublish(b *testing.B) {
 				topic := benchTopic(qt, "raw")
 				declare(b, conn, topic, qt)
 				b.ResetTimer()
-				start := time.Now()
+				start := begin()
 				if err := split(b.N, func(from, n int) error { return rawPublish(ctx, conn, topic, from, n) }); err != nil {
 					b.Fatal(err)
 				}
@@ -203,7 +203,7 @@ func BenchmarkPublish(b *testing.B) {
 				}
 				defer c.Close()
 				b.ResetTimer()
-				start := time.Now()
+				start := begin()
 				err = split(b.N, func(from, n int) error {
 					for i := 0; i < n; i += benchBatch {
 						msgs := make([]*pubsub.Message, min(benchBatch, n-i))
@@ -234,7 +234,7 @@ func BenchmarkPublish(b *testing.B) {
 				}
 				defer pub.Close()
 				b.ResetTimer()
-				start := time.Now()
+				start := begin()
 				err = split(b.N, func(from, n int) error {
 					for i := 0; i < n; i += benchBatch {
 						msgs := make([]*message.Message, min(benchBatch, n-i))
@@ -265,10 +265,24 @@ func watermillConfig(url, qt string) wamqp.Config {
 	return cfg
 }
 
-func report(b *testing.B, start time.Time) float64 {
-	el := time.Since(start)
+// mark is when a timed section began: wall clock and this process's CPU.
+type mark struct {
+	t   time.Time
+	cpu time.Duration
+}
+
+func begin() mark { return mark{time.Now(), processCPU()} }
+
+// report records msg/s and the client's CPU time per message (user+sys of
+// the whole test process, so every goroutine of the library is counted;
+// the broker's CPU is not).
+func report(b *testing.B, start mark) float64 {
+	el := time.Since(start.t)
 	rate := float64(b.N) / el.Seconds()
 	b.ReportMetric(rate, "msg/s")
+	if cpu := processCPU(); cpu > 0 {
+		b.ReportMetric(float64((cpu-start.cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
+	}
 	return rate
 }
 
@@ -310,7 +324,7 @@ func BenchmarkConsume(b *testing.B) {
 						b.Fatal(err)
 					}
 					b.ResetTimer()
-					start := time.Now()
+					start := begin()
 					dl, err := ch.Consume(q, "", false, false, false, false, nil)
 					if err != nil {
 						b.Fatal(err)
@@ -337,7 +351,7 @@ func BenchmarkConsume(b *testing.B) {
 				}
 				defer c.Close()
 				b.ResetTimer()
-				start := time.Now()
+				start := begin()
 				s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchPrefetch))
 				if err != nil {
 					b.Fatal(err)
@@ -352,6 +366,7 @@ func BenchmarkConsume(b *testing.B) {
 					}
 				}
 				r.set("omnibus", report(b, start))
+				fmt.Printf("DBG ack frames per msg: %.3f (N=%d)\n", float64(rabbitmq.AckFramesDbg())/float64(b.N), b.N)
 				_ = s.Close()
 			})
 
@@ -367,7 +382,7 @@ func BenchmarkConsume(b *testing.B) {
 				sctx, cancel := context.WithCancel(ctx)
 				defer cancel()
 				b.ResetTimer()
-				start := time.Now()
+				start := begin()
 				msgs, err := sub.Subscribe(sctx, topic)
 				if err != nil {
 					b.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -31,13 +32,95 @@ type subscription struct {
 // consumer is one channel consuming the subscription's queue. Delivery tags
 // are per channel, so acks for a consumer whose channel died are void (the
 // broker redelivers those messages).
+//
+// Acks are recorded by AckInline (on the caller's goroutine, no network) and
+// sent by the consumer's flusher goroutine: a run of acked tags starting at
+// the lowest unsettled one goes out as one basic.ack multiple=true, an ack
+// above a gap as a basic.ack of its own. The flusher sends once every
+// "every" acks are pending, as soon as every delivery handed out is settled,
+// and otherwise at most ackDelay after the first pending ack, so an ack is
+// never held back for long and never waits behind a slow delivery.
 type consumer struct {
 	ch         acker
 	deliveries <-chan amqp.Delivery
+	every      int // send pending acks once this many are recorded
 
-	mu   sync.Mutex
-	base uint64          // every delivery tag below base is settled
-	done map[uint64]bool // tags >= base already settled one by one
+	// sendMu serialises settle frames from snapshot to send, so that a
+	// requeue (sent at once) and a coalesced ack never pass each other.
+	sendMu sync.Mutex
+
+	mu      sync.Mutex
+	base    uint64          // every delivery tag below base is settled
+	done    map[uint64]bool // tags >= base already settled: true while the ack is not yet sent
+	multi   uint64          // acked tag below base to send with multiple=true (0: none)
+	singles []uint64        // acked tags above a gap, not yet sent (may be covered by multi since)
+	unsent  int             // acks recorded and not yet sent
+	armed   bool            // the flusher was told about the pending acks
+
+	kick    chan struct{} // send now
+	arm     chan struct{} // send within ackDelay
+	quit    chan struct{} // closed by stop
+	stopped chan struct{} // closed when the flusher has sent its last frames
+	once    sync.Once
+}
+
+// ackDelay bounds how long a recorded ack waits for others to share its
+// frame. Pending acks go out at once when every delivery handed out is
+// settled, so a slow stream pays no delay.
+const ackDelay = time.Millisecond
+
+func newConsumer(ch acker, dl <-chan amqp.Delivery, qos int) *consumer {
+	return &consumer{
+		ch: ch, deliveries: dl, every: max(1, qos/4), base: 1, done: map[uint64]bool{},
+		kick: make(chan struct{}, 1), arm: make(chan struct{}, 1),
+		quit: make(chan struct{}), stopped: make(chan struct{}),
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// run is the flusher: it sends pending acks when AckInline asks, and the
+// last ones when the consumer stops.
+func (c *consumer) run() {
+	defer close(c.stopped)
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	for {
+		select {
+		case <-c.kick:
+		case <-c.arm:
+			t.Reset(ackDelay)
+			select {
+			case <-c.kick:
+			case <-t.C:
+			case <-c.quit:
+			}
+			t.Stop()
+		case <-c.quit:
+		}
+		// A failed send means the channel is gone: the broker redelivers
+		// those messages, and the next consumer starts afresh.
+		_ = c.flush()
+		select {
+		case <-c.quit:
+			return
+		default:
+		}
+	}
+}
+
+// stop ends the flusher after it sent the pending acks, and waits for it
+// when it was started.
+func (c *consumer) stop(started bool) {
+	c.once.Do(func() { close(c.quit) })
+	if started {
+		<-c.stopped
+	}
 }
 
 // acker is the part of *amqp.Channel that settles deliveries.
@@ -124,7 +207,8 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	if err != nil {
 		return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", s.queue, err))
 	}
-	s.cur = &consumer{ch: ch, deliveries: dl, base: 1, done: map[uint64]bool{}}
+	s.cur = newConsumer(ch, dl, s.qos)
+	go s.cur.run()
 	return s.cur, nil
 }
 
@@ -135,6 +219,7 @@ func (s *subscription) lost(c *consumer) {
 		s.cur = nil
 	}
 	s.mu.Unlock()
+	c.stop(false) // the channel is gone: nothing left to send
 	_ = c.ch.Close()
 }
 
@@ -204,8 +289,15 @@ func headerInt(v any) (int, bool) {
 	return 0, false
 }
 
+// inbound is a received message and its ack token, allocated together.
+type inbound struct {
+	m driver.Message
+	t ackToken
+}
+
 func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
-	m := &driver.Message{ID: d.MessageId, Payload: d.Body, Topic: s.topic}
+	in := &inbound{m: driver.Message{ID: d.MessageId, Payload: d.Body, Topic: s.topic}}
+	m := &in.m
 	if !d.Timestamp.IsZero() {
 		m.PublishedAt = d.Timestamp
 	}
@@ -239,7 +331,8 @@ func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
 		attempt++
 	}
 	m.Attempt = attempt
-	m.AckID = &ackToken{c: c, tag: d.DeliveryTag, d: d, attempt: attempt}
+	in.t = ackToken{c: c, tag: d.DeliveryTag, d: d, attempt: attempt}
+	m.AckID = &in.t
 	return m
 }
 
@@ -370,63 +463,107 @@ func errChannelGone(n int) error {
 	return fmt.Errorf("the channel of these %d deliveries was closed; the broker redelivers them", n)
 }
 
-// settle acks (and requeues) delivery tags of this channel. A run of
-// settled tags starting at the lowest unsettled one is acked with a single
-// basic.ack multiple=true; other acks go out one by one at once, so that no
-// ack waits behind a delivery still being handled.
-func (c *consumer) settle(acks, requeue []uint64) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// AckInline implements driver.InlineAcker: it records the ack and leaves
+// the frame to the consumer's flusher (see consumer). It never blocks on the
+// network.
+func (s *subscription) AckInline(id driver.AckID) error {
+	t, ok := id.(*ackToken)
+	if !ok {
+		return fmt.Errorf("rabbitmq: ack id %T is not from this adapter: %w", id, driver.ErrInvalid)
+	}
+	if err := t.c.ackInline(t.tag); err != nil {
+		return fmt.Errorf("rabbitmq: ack delivery from %q: %w", s.queue, err)
+	}
+	return nil
+}
+
+func (c *consumer) ackInline(tag uint64) error {
 	if c.ch.IsClosed() {
-		return errChannelGone(len(acks) + len(requeue))
+		return errChannelGone(1)
 	}
-	type st struct {
-		tag uint64
-		ack bool
+	c.mu.Lock()
+	if !c.mark(tag, true) {
+		c.mu.Unlock()
+		return nil
 	}
-	all := make([]st, 0, len(acks)+len(requeue))
-	for _, t := range acks {
-		all = append(all, st{t, true})
+	n, first := c.unsent, !c.armed
+	c.armed = true
+	c.mu.Unlock()
+	switch {
+	case n >= c.every:
+		signal(c.kick)
+	case first:
+		signal(c.arm)
 	}
+	return nil
+}
+
+// mark records tag as settled: acked (to be sent) or requeued (sent by the
+// caller). It reports false for a tag already settled. c.mu is held.
+func (c *consumer) mark(tag uint64, ack bool) bool {
+	switch {
+	case tag < c.base:
+		return false
+	case tag == c.base:
+		if ack {
+			c.multi = tag
+		}
+		c.base++
+		for {
+			pending, ok := c.done[c.base]
+			if !ok {
+				break
+			}
+			if pending {
+				// Its ack is not sent yet: the multiple ack covers it.
+				c.multi = c.base
+			}
+			delete(c.done, c.base)
+			c.base++
+		}
+	default:
+		if _, dup := c.done[tag]; dup {
+			return false
+		}
+		c.done[tag] = ack
+		if ack {
+			c.singles = append(c.singles, tag)
+		}
+	}
+	if ack {
+		c.unsent++
+	}
+	return true
+}
+
+// take returns the pending acks as frames: the tag to ack with multiple
+// (0 for none) and the single tags, in order. c.mu is held.
+func (c *consumer) take(singles []uint64) (uint64, []uint64) {
+	multi := c.multi
+	for _, t := range c.singles {
+		// A single still in done is above base, not covered by multi;
+		// one that left done was passed by base and is covered by multi.
+		if c.done[t] {
+			c.done[t] = false
+			singles = append(singles, t)
+		}
+	}
+	slices.Sort(singles)
+	c.multi, c.singles, c.unsent, c.armed = 0, c.singles[:0], 0, false
+	return multi, singles
+}
+
+// send writes the settle frames: requeues first, so that no multiple ack
+// can cover them, then the coalesced acks. c.sendMu is held.
+func (c *consumer) send(requeue []uint64, multi uint64, singles []uint64) error {
 	for _, t := range requeue {
-		// Requeues go first: a later multiple ack must not cover them.
 		if err := c.ch.Nack(t, false, true); err != nil {
 			return fmt.Errorf("basic.nack: %w", err)
 		}
-		all = append(all, st{t, false})
 	}
-	slices.SortFunc(all, func(a, b st) int {
-		switch {
-		case a.tag < b.tag:
-			return -1
-		case a.tag > b.tag:
-			return 1
-		}
-		return 0
-	})
-	var multi uint64
-	var singles []uint64
-	for _, x := range all {
-		switch {
-		case x.tag < c.base || c.done[x.tag]:
-			// Already settled: a duplicate; never ack a tag twice.
-		case x.tag == c.base:
-			if x.ack {
-				multi = x.tag
-			}
-			c.base++
-			for c.done[c.base] {
-				delete(c.done, c.base)
-				c.base++
-			}
-		default:
-			c.done[x.tag] = true
-			if x.ack {
-				singles = append(singles, x.tag)
-			}
-		}
-	}
+	ackFramesDbg.Add(int64(len(singles)))
 	if multi > 0 {
+		ackFramesDbg.Add(1)
 		if err := c.ch.Ack(multi, true); err != nil {
 			return fmt.Errorf("basic.ack multiple up to %d: %w", multi, err)
 		}
@@ -437,6 +574,48 @@ func (c *consumer) settle(acks, requeue []uint64) error {
 		}
 	}
 	return nil
+}
+
+// flush sends the pending acks.
+func (c *consumer) flush() error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	c.mu.Lock()
+	multi, singles := c.take(nil)
+	c.mu.Unlock()
+	if multi == 0 && len(singles) == 0 {
+		return nil
+	}
+	if c.ch.IsClosed() {
+		return errChannelGone(len(singles) + 1)
+	}
+	return c.send(nil, multi, singles)
+}
+
+// settle acks and requeues delivery tags of this channel at once (with any
+// acks pending from AckInline). A run of settled tags starting at the lowest
+// unsettled one is acked with a single basic.ack multiple=true; other acks
+// go out one by one, so that no ack waits behind a delivery still being
+// handled.
+func (c *consumer) settle(acks, requeue []uint64) error {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if c.ch.IsClosed() {
+		return errChannelGone(len(acks) + len(requeue))
+	}
+	c.mu.Lock()
+	var nacks []uint64
+	for _, t := range requeue {
+		if c.mark(t, false) {
+			nacks = append(nacks, t)
+		}
+	}
+	for _, t := range acks {
+		c.mark(t, true)
+	}
+	multi, singles := c.take(nil)
+	c.mu.Unlock()
+	return c.send(nacks, multi, singles)
 }
 
 // Close cancels the consumer by closing its channel: the broker requeues
@@ -452,6 +631,7 @@ func (s *subscription) Close() error {
 	s.cur = nil
 	s.mu.Unlock()
 	if c != nil {
+		c.stop(true) // send the acks still pending, then give the rest back
 		_ = c.ch.Close()
 	}
 	if s.anon && !s.b.closed.Load() {
@@ -465,3 +645,5 @@ func (s *subscription) Close() error {
 	}
 	return nil
 }
+
+var ackFramesDbg atomic.Int64 // DBG

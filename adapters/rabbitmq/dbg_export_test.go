@@ -1,0 +1,3 @@
+package rabbitmq
+
+func AckFramesDbg() int64 { return ackFramesDbg.Swap(0) }
