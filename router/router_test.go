@@ -17,6 +17,7 @@ import (
 	"github.com/omnibusmq/omnibus/middleware"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/router"
+	"github.com/omnibusmq/omnibus/router/routertest"
 )
 
 // failAfter is the failure timeout of every wait in these tests; it never
@@ -30,35 +31,15 @@ func newClient(t testing.TB) *pubsub.Client {
 	return c
 }
 
-// start runs r in the background; stop cancels it and returns Run's error.
+// start runs r until the test ends (routertest.Run); stop returns Run's error.
 func start(t testing.TB, r *router.Router) (stop func() error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- r.Run(ctx) }()
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() {
-			cancel()
-			select {
-			case err = <-errc:
-			case <-time.After(failAfter):
-				err = errors.New("Run did not return")
-				t.Error(err)
-			}
-		})
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
-	return stop
+	return routertest.Run(t, r)
 }
 
 func publish(t testing.TB, c *pubsub.Client, topic string, msgs ...*pubsub.Message) {
 	t.Helper()
-	if err := c.Publish(context.Background(), topic, msgs...); err != nil {
-		t.Fatalf("publish: %v", err)
-	}
+	routertest.Publish(t, c, topic, msgs...)
 }
 
 func wait(t testing.TB, ch <-chan struct{}, what string) {

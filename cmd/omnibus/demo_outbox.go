@@ -3,13 +3,11 @@ package main
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strconv"
 	"sync/atomic"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -102,23 +100,11 @@ func (o *outboxStage) tx(ctx context.Context, topic string, from, to int, st *pi
 	defer tx.Rollback()
 	var msgs []*pubsub.Message
 	for id := from; id < to; id++ {
-		f := faultOf(id)
-		ord := order{ID: id, Customer: "c" + strconv.Itoa(id%97), Amount: float64(id%1000) + 0.99}
-		if f == faultInvalid {
-			ord.Amount = -ord.Amount
-		}
+		ord, ms := demoOrder(id)
 		if _, err := tx.ExecContext(ctx, `INSERT INTO orders (id, customer, amount) VALUES (?, ?, ?)`, ord.ID, ord.Customer, ord.Amount); err != nil {
 			return fmt.Errorf("demo: insert order %d: %w", id, err)
 		}
-		body, _ := json.Marshal(ord)
-		if f == faultCorrupt {
-			body = body[:len(body)/2]
-		}
-		m := &pubsub.Message{ID: orderMsgID(id), Key: ord.Customer, Payload: body}
-		msgs = append(msgs, m)
-		if f == faultDuplicate {
-			msgs = append(msgs, &pubsub.Message{ID: m.ID, Key: m.Key, Payload: body})
-		}
+		msgs = append(msgs, ms...)
 	}
 	if err := o.store.Publish(ctx, tx, topic, msgs...); err != nil {
 		return err

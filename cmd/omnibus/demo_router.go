@@ -318,6 +318,27 @@ wait:
 	return errors.Join(runErr, tableErr)
 }
 
+// demoOrder returns order id with its injected fault applied, and the
+// messages that announce it: a corrupt payload for faultCorrupt, and the
+// same message twice (a producer retry: same ID, same payload) for
+// faultDuplicate.
+func demoOrder(id int) (order, []*pubsub.Message) {
+	f := faultOf(id)
+	o := order{ID: id, Customer: "c" + strconv.Itoa(id%97), Amount: float64(id%1000) + 0.99}
+	if f == faultInvalid {
+		o.Amount = -o.Amount
+	}
+	body, _ := json.Marshal(o)
+	if f == faultCorrupt {
+		body = body[:len(body)/2]
+	}
+	m := &pubsub.Message{ID: orderMsgID(id), Key: o.Customer, Payload: body}
+	if f == faultDuplicate {
+		return o, []*pubsub.Message{m, {ID: m.ID, Key: m.Key, Payload: body}}
+	}
+	return o, []*pubsub.Message{m}
+}
+
 func publishOrders(ctx context.Context, c *pubsub.Client, topic string, n int, st *pipelineStats) error {
 	const batch = 100
 	msgs := make([]*pubsub.Message, 0, batch+10)
@@ -332,21 +353,8 @@ func publishOrders(ctx context.Context, c *pubsub.Client, topic string, n int, s
 		return nil
 	}
 	for id := 0; id < n; id++ {
-		f := faultOf(id)
-		o := order{ID: id, Customer: "c" + strconv.Itoa(id%97), Amount: float64(id%1000) + 0.99}
-		if f == faultInvalid {
-			o.Amount = -o.Amount
-		}
-		body, _ := json.Marshal(o)
-		if f == faultCorrupt {
-			body = body[:len(body)/2]
-		}
-		m := &pubsub.Message{ID: orderMsgID(id), Key: o.Customer, Payload: body}
-		msgs = append(msgs, m)
-		if f == faultDuplicate {
-			// The same order again (a producer retry): same ID, same payload.
-			msgs = append(msgs, &pubsub.Message{ID: m.ID, Key: m.Key, Payload: body})
-		}
+		_, ms := demoOrder(id)
+		msgs = append(msgs, ms...)
 		st.published.Add(1)
 		if len(msgs) >= batch {
 			if err := flush(); err != nil {

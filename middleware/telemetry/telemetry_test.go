@@ -17,6 +17,7 @@ import (
 	"github.com/omnibusmq/omnibus/middleware/telemetry"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/router"
+	"github.com/omnibusmq/omnibus/router/routertest"
 )
 
 func setup(t *testing.T) (*telemetry.Telemetry, *tracetest.InMemoryExporter, *sdkmetric.ManualReader, *sdktrace.TracerProvider) {
@@ -31,25 +32,6 @@ func setup(t *testing.T) (*telemetry.Telemetry, *tracetest.InMemoryExporter, *sd
 	return tel, exp, reader, tp
 }
 
-func runRouter(t *testing.T, r *router.Router) (stop func()) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	select {
-	case <-r.Running():
-	case err := <-done:
-		t.Fatalf("router stopped: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("router did not start")
-	}
-	return func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("router: %v", err)
-		}
-	}
-}
-
 func TestTraceStartedBeforePublishContinuesInHandlerSpan(t *testing.T) {
 	tel, exp, _, tp := setup(t)
 	client := pubsub.NewClient(memory.New(memory.Options{}), pubsub.WithObserver(tel.Observer()))
@@ -61,8 +43,7 @@ func TestTraceStartedBeforePublishContinuesInHandlerSpan(t *testing.T) {
 		handled <- trace.SpanContextFromContext(ctx)
 		return nil
 	})
-	stop := runRouter(t, r)
-	defer func() { stop() }()
+	stop := routertest.Start(t, r)
 
 	ctx, root := tp.Tracer("test").Start(context.Background(), "http POST /orders")
 	if err := client.Publish(ctx, "orders", &pubsub.Message{Payload: []byte("{}")}); err != nil {
@@ -78,8 +59,7 @@ func TestTraceStartedBeforePublishContinuesInHandlerSpan(t *testing.T) {
 	if got.TraceID() != root.SpanContext().TraceID() {
 		t.Fatalf("handler span trace %s, want the publisher's trace %s", got.TraceID(), root.SpanContext().TraceID())
 	}
-	stop()
-	stop = func() {}
+	_ = stop()
 	spans := map[string]tracetest.SpanStub{}
 	for _, s := range exp.GetSpans() {
 		spans[s.Name] = s
@@ -129,8 +109,7 @@ func TestMetricsCountProcessedRetriedPoisoned(t *testing.T) {
 		}
 		return nil
 	}, router.Concurrency(1))
-	stop := runRouter(t, r)
-	defer func() { stop() }()
+	stop := routertest.Start(t, r)
 	ctx := context.Background()
 	if err := client.Publish(ctx, "orders", &pubsub.Message{ID: "ok"}, &pubsub.Message{ID: "flaky"}, &pubsub.Message{ID: "bad"}); err != nil {
 		t.Fatal(err)
@@ -142,8 +121,7 @@ func TestMetricsCountProcessedRetriedPoisoned(t *testing.T) {
 			t.Fatal("handler runs missing")
 		}
 	}
-	stop()
-	stop = func() {}
+	_ = stop()
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(ctx, &rm); err != nil {
 		t.Fatal(err)
