@@ -23,6 +23,7 @@ package rabbitmq_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -197,7 +198,7 @@ func BenchmarkPublish(b *testing.B) {
 			b.Run("omnibus", func(b *testing.B) {
 				topic := benchTopic(qt, "omnibus")
 				declare(b, conn, topic, qt)
-				c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
+				c, err := pubsub.Open(ctx, url+"?queue_type="+qt+os.Getenv("DBG_PARAMS"))
 				if err != nil {
 					b.Fatal(err)
 				}

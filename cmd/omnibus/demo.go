@@ -108,9 +108,9 @@ func runBasicDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 	go func() { wg.Wait(); close(done) }()
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
-	progress := func() {
-		fmt.Fprintf(out, "\r  published %6d   billing %6d   shipping %6d", published.Load(), groups[0].acked.Load(), groups[1].acked.Load())
-	}
+	live := newLiveLine(out)
+	const line = "  published %6d   billing %6d   shipping %6d"
+	progress := func() { live.update(line, published.Load(), groups[0].acked.Load(), groups[1].acked.Load()) }
 loop:
 	for {
 		select {
@@ -120,8 +120,7 @@ loop:
 			progress()
 		}
 	}
-	progress()
-	fmt.Fprintln(out)
+	live.done(line, published.Load(), groups[0].acked.Load(), groups[1].acked.Load())
 	close(errs)
 	for err := range errs {
 		if err != nil {

@@ -271,10 +271,12 @@ func runRouterDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 			store.done.Load() >= int64(dups) && st.invoices.Load() >= wantProcessed &&
 			(ob == nil || ob.drained())
 	}
-	progress := func() {
-		fmt.Fprintf(out, "\r  published %5d   processed %5d   failed attempts %5d   poisoned %4d   deduplicated %4d   invoices %5d",
-			st.published.Load(), st.processedTotal(), st.failures.Load(), st.poisonedTotal(), store.done.Load(), st.invoices.Load())
+	live := newLiveLine(out)
+	const line = "  published %5d   processed %5d   failed attempts %5d   poisoned %4d   deduplicated %4d   invoices %5d"
+	values := func() []any {
+		return []any{st.published.Load(), st.processedTotal(), st.failures.Load(), st.poisonedTotal(), store.done.Load(), st.invoices.Load()}
 	}
+	progress := func() { live.update(line, values()...) }
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	var runErr error
@@ -294,8 +296,7 @@ wait:
 			break wait
 		}
 	}
-	progress()
-	fmt.Fprintln(out)
+	live.done(line, values()...)
 	elapsed := time.Since(start)
 	cancel()
 	if err := <-routerErr; err != nil {

@@ -1,15 +1,23 @@
 // Command kafkaready waits until a Kafka cluster answers a metadata request
 // with at least one broker and a controller, the readiness check of
-// scripts/brokers.d/kafka.sh (an open port alone is not ready).
+// scripts/brokers.d/kafka.sh (an open port alone is not ready). Besides the
+// plaintext listener it can check a SASL listener (once per mechanism) and a
+// TLS listener, so a broker whose security listeners are misconfigured is
+// not reported ready.
 //
-//	kafkaready -brokers 127.0.0.1:19092 -timeout 60s
+//	kafkaready -brokers 127.0.0.1:19092 -timeout 60s \
+//	  -sasl-brokers 127.0.0.1:19094 -sasl plain,scram-sha-256 -sasl-user omnibus \
+//	  -tls-brokers 127.0.0.1:19095 -tls-ca ca.pem -tls-cert client-cert.pem -tls-key client-key.pem
 //
-// It exits 0 when ready and 1 (with the last error on stderr) when the
-// timeout passes first.
+// The SASL password is read from $KAFKAREADY_SASL_PASSWORD (not argv). It
+// exits 0 when every listener is ready and 1 (with the last error on stderr)
+// when the timeout passes first.
 package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -18,22 +26,105 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 )
 
+// target is one listener to probe, described for error messages.
+type target struct {
+	desc   string
+	client *kafka.Client
+}
+
 func main() {
-	brokers := flag.String("brokers", "127.0.0.1:19092", "comma-separated bootstrap brokers")
-	timeout := flag.Duration("timeout", 60*time.Second, "give up after this long")
+	brokers := flag.String("brokers", "127.0.0.1:19092", "comma-separated bootstrap brokers (plaintext)")
+	timeout := flag.Duration("timeout", 60*time.Second, "give up after this long (for all listeners together)")
+	saslBrokers := flag.String("sasl-brokers", "", "SASL_PLAINTEXT bootstrap brokers to check too")
+	saslMechs := flag.String("sasl", "plain", "comma-separated SASL mechanisms to check: plain, scram-sha-256, scram-sha-512")
+	saslUser := flag.String("sasl-user", "", "SASL user (password: $KAFKAREADY_SASL_PASSWORD)")
+	tlsBrokers := flag.String("tls-brokers", "", "SSL bootstrap brokers to check too")
+	tlsCA := flag.String("tls-ca", "", "PEM CA file for -tls-brokers")
+	tlsCert := flag.String("tls-cert", "", "PEM client certificate for -tls-brokers")
+	tlsKey := flag.String("tls-key", "", "PEM client key for -tls-brokers")
 	flag.Parse()
+
+	targets := []target{{"plaintext " + *brokers, newClient(*brokers, nil, nil)}}
+	if *saslBrokers != "" {
+		for _, name := range strings.Split(*saslMechs, ",") {
+			m, err := mechanism(name, *saslUser, os.Getenv("KAFKAREADY_SASL_PASSWORD"))
+			if err != nil {
+				fatal(err)
+			}
+			targets = append(targets, target{fmt.Sprintf("sasl %s as %q on %s", name, *saslUser, *saslBrokers), newClient(*saslBrokers, nil, m)})
+		}
+	}
+	if *tlsBrokers != "" {
+		cfg, err := tlsConfig(*tlsCA, *tlsCert, *tlsKey)
+		if err != nil {
+			fatal(err)
+		}
+		targets = append(targets, target{"tls " + *tlsBrokers, newClient(*tlsBrokers, cfg, nil)})
+	}
+
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
-	if err := wait(ctx, strings.Split(*brokers, ",")); err != nil {
-		fmt.Fprintf(os.Stderr, "kafkaready: %s not ready after %v: %v\n", *brokers, *timeout, err)
-		os.Exit(1)
+	for _, tg := range targets {
+		if err := wait(ctx, tg.client); err != nil {
+			fmt.Fprintf(os.Stderr, "kafkaready: %s not ready after %v: %v\n", tg.desc, *timeout, err)
+			os.Exit(1)
+		}
 	}
 }
 
-func wait(ctx context.Context, addrs []string) error {
-	client := &kafka.Client{Addr: kafka.TCP(addrs...), Timeout: 2 * time.Second}
+func fatal(err error) {
+	fmt.Fprintf(os.Stderr, "kafkaready: %v\n", err)
+	os.Exit(2)
+}
+
+func newClient(brokers string, cfg *tls.Config, m sasl.Mechanism) *kafka.Client {
+	return &kafka.Client{
+		Addr:      kafka.TCP(strings.Split(brokers, ",")...),
+		Timeout:   2 * time.Second,
+		Transport: &kafka.Transport{DialTimeout: 2 * time.Second, TLS: cfg, SASL: m},
+	}
+}
+
+func mechanism(name, user, password string) (sasl.Mechanism, error) {
+	switch name {
+	case "plain":
+		return plain.Mechanism{Username: user, Password: password}, nil
+	case "scram-sha-256":
+		return scram.Mechanism(scram.SHA256, user, password)
+	case "scram-sha-512":
+		return scram.Mechanism(scram.SHA512, user, password)
+	}
+	return nil, fmt.Errorf("unknown SASL mechanism %q", name)
+}
+
+func tlsConfig(ca, cert, key string) (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificate", ca)
+		}
+	}
+	if cert != "" {
+		c, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Certificates = []tls.Certificate{c}
+	}
+	return cfg, nil
+}
+
+func wait(ctx context.Context, client *kafka.Client) error {
 	var last error
 	for {
 		last = probe(ctx, client)
