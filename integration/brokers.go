@@ -26,6 +26,17 @@ const (
 	EnvKafka    = "OMNIBUS_KAFKA_BROKERS" // host:port[,host:port]
 	EnvAMQP     = "OMNIBUS_AMQP_URL"      // amqp://user:pass@host:port/vhost
 	EnvPostgres = "OMNIBUS_POSTGRES_URL"  // postgres://user@host:port/db
+
+	// The Kafka broker of scripts/brokers also has a SASL_PLAINTEXT listener
+	// (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one throwaway user) and an
+	// SSL listener that requires a client certificate signed by its CA.
+	EnvKafkaSASL         = "OMNIBUS_KAFKA_SASL_BROKERS"  // host:port of the SASL_PLAINTEXT listener
+	EnvKafkaSASLUser     = "OMNIBUS_KAFKA_SASL_USER"     // its user, for every mechanism
+	EnvKafkaSASLPassword = "OMNIBUS_KAFKA_SASL_PASSWORD" // that user's password
+	EnvKafkaTLS          = "OMNIBUS_KAFKA_TLS_BROKERS"   // host:port of the SSL listener
+	EnvKafkaTLSCA        = "OMNIBUS_KAFKA_TLS_CA"        // PEM CA that signed the server and client certificates
+	EnvKafkaTLSCert      = "OMNIBUS_KAFKA_TLS_CERT"      // PEM client certificate
+	EnvKafkaTLSKey       = "OMNIBUS_KAFKA_TLS_KEY"       // PEM client key
 )
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.
@@ -41,6 +52,54 @@ func Kafka(t testing.TB) string {
 		}
 		return strings.Join(b, ","), nil
 	})
+}
+
+// KafkaSASL returns the SASL_PLAINTEXT listener of the test Kafka broker and
+// the user and password it accepts with PLAIN, SCRAM-SHA-256 and
+// SCRAM-SHA-512. Only `scripts/brokers up kafka` (or the variables set by
+// hand) provides one: there is no container fallback.
+func KafkaSASL(t testing.TB) (brokers, user, password string) {
+	t.Helper()
+	v := fromEnv(t, "kafka SASL listener", "kafka", EnvKafkaSASL, EnvKafkaSASLUser, EnvKafkaSASLPassword)
+	return v[0], v[1], v[2]
+}
+
+// KafkaTLS returns the SSL listener of the test Kafka broker, the CA file
+// that signed its certificate, and a client certificate and key it accepts
+// (the listener requires one). Only `scripts/brokers up kafka` (or the
+// variables set by hand) provides one: there is no container fallback.
+func KafkaTLS(t testing.TB) (brokers, caFile, certFile, keyFile string) {
+	t.Helper()
+	v := fromEnv(t, "kafka TLS listener", "kafka", EnvKafkaTLS, EnvKafkaTLSCA, EnvKafkaTLSCert, EnvKafkaTLSKey)
+	return v[0], v[1], v[2], v[3]
+}
+
+// fromEnv returns the values of envs, all of which must be set; otherwise
+// it skips the test loudly (fails it under CI=true).
+func fromEnv(t testing.TB, what, broker string, envs ...string) []string {
+	t.Helper()
+	var vals, unset []string
+	for _, e := range envs {
+		v := os.Getenv(e)
+		if v == "" {
+			unset = append(unset, e)
+		}
+		vals = append(vals, v)
+	}
+	if len(unset) > 0 {
+		missing(t, fmt.Sprintf("no %s: set %s, or run `eval \"$(scripts/brokers up %s)\"` first (no container fallback for this one)",
+			what, strings.Join(unset, ", "), broker))
+	}
+	return vals
+}
+
+// missing fails the test under CI=true and skips it loudly otherwise.
+func missing(t testing.TB, msg string) {
+	t.Helper()
+	if InCI() {
+		t.Fatalf("CI=true and %s", msg)
+	}
+	t.Skip("SKIPPED, " + msg)
 }
 
 // AMQP returns an amqp:// URL of a RabbitMQ broker.
@@ -90,10 +149,7 @@ func find(t testing.TB, name, env string, start func(context.Context) (string, e
 	}
 	msg := fmt.Sprintf("no %s broker: set %s, or run `eval \"$(scripts/brokers up %s)\"` first (no Docker engine for testcontainers-go: %v)",
 		name, env, name, err)
-	if InCI() {
-		t.Fatalf("CI=true and %s", msg)
-	}
-	t.Skip("SKIPPED, " + msg)
+	missing(t, msg)
 	return ""
 }
 

@@ -59,7 +59,10 @@ func Prefetch(n int) SubscribeOption {
 //
 // A background fetch loop calls the driver's ReceiveBatch and appends whole
 // batches to a buffer that Receive takes from under a mutex: a delivery costs
-// no goroutine hand-off of its own, only a batch does.
+// no goroutine hand-off of its own, only a batch does. A driver whose
+// messages are already pushed into the process (driver.DirectReceiver) gets
+// no fetch loop: Receive calls ReceiveBatch itself when the buffer is empty,
+// one caller at a time, which saves the hand-off per batch.
 type Subscription struct {
 	c     *Client
 	topic string
@@ -78,8 +81,17 @@ type Subscription struct {
 	prefetch int
 	waiters  int           // Receive calls waiting for avail
 	full     bool          // the fetch loop waits for room
-	avail    chan struct{} // cap 1: buf has deliveries (a hint; re-check)
+	avail    chan struct{} // cap 1: buf has deliveries, or the fetching turn is free (a hint; re-check)
 	room     chan struct{} // cap 1: buf dropped below prefetch
+
+	// Direct mode (driver.DirectReceiver): no fetch loop; the Receive call
+	// holding the fetching turn calls ReceiveBatch itself.
+	direct    bool
+	life      context.Context // ends when Close begins
+	fetching  bool            // a Receive call holds the turn (bufMu)
+	fetchWait chan struct{}   // closed when that turn ends, for Close (bufMu)
+	ended     bool            // a terminal receive error ended the stream (bufMu)
+	backoff   time.Duration   // after a transient error (held by the turn)
 
 	closeOnce sync.Once
 	closing   chan struct{}
@@ -112,8 +124,12 @@ func newSubscription(c *Client, topic string, so subscribeOptions, ds driver.Sub
 	if ia, ok := ds.(driver.InlineAcker); ok {
 		s.inline = ia
 	}
-	s.loopWG.Add(1)
-	go s.fetchLoop(ctx, so.prefetch)
+	if dr, ok := ds.(driver.DirectReceiver); ok && dr.DirectReceive() {
+		s.direct, s.life = true, ctx
+	} else {
+		s.loopWG.Add(1)
+		go s.fetchLoop(ctx, so.prefetch)
+	}
 	s.ackWG.Add(1)
 	go s.ackLoop()
 	return s
@@ -288,6 +304,19 @@ func (s *Subscription) Receive(ctx context.Context) (*Delivery, error) {
 			s.bufMu.Unlock()
 			return d, nil
 		}
+		if s.direct && !s.fetching && !s.ended && s.life.Err() == nil && ctx.Err() == nil {
+			// Take the fetching turn (fetchDirect gives it back).
+			s.fetching = true
+			if waiting {
+				s.waiters--
+				waiting = false
+			}
+			s.bufMu.Unlock()
+			if d, err := s.fetchDirect(ctx); d != nil || err != nil {
+				return d, err
+			}
+			continue
+		}
 		if !waiting {
 			s.waiters++
 			waiting = true
@@ -320,6 +349,75 @@ func (s *Subscription) Receive(ctx context.Context) (*Delivery, error) {
 			return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
 		}
 	}
+}
+
+// fetchDirect runs one ReceiveBatch on the caller's goroutine (direct
+// mode), buffers what it returns and takes the oldest delivery. The caller
+// holds the fetching turn; fetchDirect gives it back. It returns nil and
+// nil when the caller should look again (an empty batch, a retried error).
+func (s *Subscription) fetchDirect(ctx context.Context) (*Delivery, error) {
+	if s.backoff > 0 {
+		t := time.NewTimer(time.Duration(rand.Int64N(int64(s.backoff))) + s.backoff/2)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		case <-s.life.Done():
+		}
+		t.Stop()
+	}
+	rctx := s.life
+	if ctx.Done() != nil {
+		c, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(s.life, cancel)
+		defer func() {
+			stop()
+			cancel()
+		}()
+		rctx = c
+	}
+	var msgs []*driver.Message
+	err := rctx.Err()
+	if err == nil {
+		msgs, err = s.ds.ReceiveBatch(rctx, s.prefetch)
+	}
+	var ds []Delivery
+	if len(msgs) > 0 {
+		ds = make([]Delivery, len(msgs)) // one allocation per batch
+	}
+	s.bufMu.Lock()
+	defer s.bufMu.Unlock()
+	s.fetching = false
+	if s.fetchWait != nil {
+		close(s.fetchWait)
+		s.fetchWait = nil
+	}
+	for i, dm := range msgs {
+		s.buf = append(s.buf, s.delivery(&ds[i], dm))
+	}
+	if s.waiters > 0 {
+		// Pass the buffer or the fetching turn on to a waiting Receive.
+		s.signal(s.avail)
+	}
+	switch {
+	case s.life.Err() != nil:
+		// Close began: it gives back what was buffered.
+		return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
+	case err != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil && terminal(err):
+		s.errMu.Lock()
+		s.err = fmt.Errorf("pubsub: receive from %q (group %q): %w", s.topic, s.group, err)
+		s.errMu.Unlock()
+		s.ended = true
+		close(s.fetchDone) // Receive returns what is buffered, then the error
+		return nil, nil
+	case err != nil:
+		s.backoff = min(max(2*s.backoff, 10*time.Millisecond), 5*time.Second)
+		s.c.logger.Warn("omnibus: receive failed, retrying", "topic", s.topic, "group", s.group, "error", err, "backoff", s.backoff)
+		return nil, nil
+	}
+	s.backoff = 0
+	return s.take(), nil
 }
 
 func (s *Subscription) termErr() error {
@@ -414,6 +512,20 @@ func (s *Subscription) Close() error {
 		close(s.closing)
 		s.stop()
 		s.loopWG.Wait()
+		if s.direct {
+			// Wait for a Receive call inside ReceiveBatch (it returns
+			// promptly now that s.life ended) to buffer what it got.
+			s.bufMu.Lock()
+			var w chan struct{}
+			if s.fetching {
+				s.fetchWait = make(chan struct{})
+				w = s.fetchWait
+			}
+			s.bufMu.Unlock()
+			if w != nil {
+				<-w
+			}
+		}
 		// Give back what the fetch loop had buffered and nobody received.
 		s.bufMu.Lock()
 		var left []*driver.Message

@@ -81,6 +81,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
@@ -442,7 +443,7 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	md, err := b.client.Metadata(octx, &kafkago.MetadataRequest{Topics: []string{}})
 	if err != nil {
 		tr.CloseIdleConnections()
-		return nil, fmt.Errorf("kafka: connect to %s: %w", strings.Join(o.Brokers, ","), err)
+		return nil, connectError(o, err)
 	}
 	b.maxRecord = o.MaxMessageSize
 	if b.maxRecord == 0 {
@@ -453,6 +454,38 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 		}
 	}
 	return b, nil
+}
+
+// connectError describes a failed first contact with the cluster: the
+// brokers, the security in use (the SASL mechanism by name, TLS), and, when
+// the broker refused the credentials or the TLS handshake failed
+// verification, ErrPermanent: retrying with the same options cannot help.
+// Credentials never appear in it (kafka-go's errors carry none either).
+func connectError(o Options, err error) error {
+	var sec []string
+	if o.SASL != nil {
+		sec = append(sec, "sasl="+strings.ToLower(o.SASL.Name()))
+	}
+	if o.TLS != nil {
+		sec = append(sec, "tls")
+	}
+	how := ""
+	if len(sec) > 0 {
+		how = " (" + strings.Join(sec, ", ") + ")"
+	}
+	var verify *tls.CertificateVerificationError
+	var op *net.OpError
+	switch {
+	case errors.Is(err, kafkago.SASLAuthenticationFailed), errors.Is(err, kafkago.UnsupportedSASLMechanism), errors.Is(err, kafkago.IllegalSASLState):
+		return fmt.Errorf("kafka: connect to %s%s: the broker refused the credentials: %w: %w", strings.Join(o.Brokers, ","), how, err, driver.ErrPermanent)
+	case errors.As(err, &verify):
+		return fmt.Errorf("kafka: connect to %s%s: the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", strings.Join(o.Brokers, ","), how, err, driver.ErrPermanent)
+	case o.TLS != nil && errors.As(err, &op) && op.Op == "remote error":
+		// A TLS alert from the broker, typically a missing or untrusted
+		// client certificate.
+		return fmt.Errorf("kafka: connect to %s%s: the broker refused the TLS handshake (does it require a client certificate? tls_cert, tls_key): %w", strings.Join(o.Brokers, ","), how, err)
+	}
+	return fmt.Errorf("kafka: connect to %s%s: %w", strings.Join(o.Brokers, ","), how, err)
 }
 
 // brokerMaxMessageBytes reads message.max.bytes from one broker.

@@ -184,7 +184,7 @@ func BenchmarkPublish(b *testing.B) {
 			defer conn.Close()
 			ctx := context.Background()
 
-			b.Run("raw", func(b *testing.B) {
+			runRaw := func(b *testing.B) {
 				topic := benchTopic(qt, "raw")
 				declare(b, conn, topic, qt)
 				b.ResetTimer()
@@ -193,9 +193,9 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 				r.set("raw", report(b, start))
-			})
+			}
 
-			b.Run("omnibus", func(b *testing.B) {
+			runOmnibus := func(b *testing.B) {
 				topic := benchTopic(qt, "omnibus")
 				declare(b, conn, topic, qt)
 				c, err := pubsub.Open(ctx, url+"?queue_type="+qt+os.Getenv("DBG_PARAMS"))
@@ -221,7 +221,7 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 				r.set("omnibus", report(b, start))
-			})
+			}
 
 			b.Run("watermill", func(b *testing.B) {
 				topic := benchTopic(qt, "watermill")
@@ -254,6 +254,13 @@ func BenchmarkPublish(b *testing.B) {
 				}
 				r.set("watermill", report(b, start))
 			})
+			if os.Getenv("DBG_ORDER") != "" {
+				b.Run("omnibus", runOmnibus)
+				b.Run("raw", runRaw)
+			} else {
+				b.Run("raw", runRaw)
+				b.Run("omnibus", runOmnibus)
+			}
 			r.logRatios(b, "publish "+qt, "raw", "watermill")
 		})
 	}

@@ -142,6 +142,19 @@ type InlineAcker interface {
 	AckInline(id AckID) error
 }
 
+// DirectReceiver may be implemented by a Subscription whose ReceiveBatch
+// only takes messages the broker already pushed into the process (bounded
+// by a broker-side prefetch, as with AMQP basic.qos), so that a fetch-ahead
+// goroutine in the portable layer would add nothing but a goroutine
+// hand-off per batch. When DirectReceive reports true, the portable layer
+// runs no fetch loop: Receive calls ReceiveBatch itself, on the caller's
+// goroutine, one caller at a time, with a context that ends when the
+// caller's does or when Close begins. ReceiveBatch must then return
+// promptly when its context ends.
+type DirectReceiver interface {
+	DirectReceive() bool
+}
+
 // Retryable may be implemented by an error an adapter returns from
 // ReceiveBatch to say that the portable layer should retry (with backoff)
 // instead of ending the subscription. Errors that do not implement it are
