@@ -47,10 +47,17 @@
 // # Subscribing
 //
 // A subscription consumes with basic.qos prefetch (the subscription's
-// pubsub.Prefetch, or prefetch=). Acks are coalesced: a run of acked
-// deliveries with no unacked delivery below it on the channel goes out as one
-// basic.ack with multiple=true; the rest are acked one by one, never held
-// back. Nack(0) requeues (quorum queues on RabbitMQ 3.x, which count
+// pubsub.Prefetch, or prefetch=), and Receive takes deliveries straight
+// from the channel's buffer. Delivery.Ack only records the ack (no network
+// on the caller's goroutine); a flusher per channel sends the recorded acks
+// as soon as a quarter of the prefetch is pending, or at most 1ms after the
+// first one: a run of acked deliveries with no unacked delivery below it
+// goes out as one basic.ack with multiple=true, an ack above a gap as one
+// basic.ack of its own, so no ack waits behind a slow delivery. Closing a
+// subscription sends the pending acks before it gives the rest back; acks
+// pending when a channel is lost are void (the broker redelivers those
+// messages). Nacks go out at once, before any multiple ack that could cover
+// them. Nack(0) requeues (quorum queues on RabbitMQ 3.x, which count
 // x-delivery-count) or republishes the message to the back of its queue with
 // omnibus-attempt+1 (classic queues, and RabbitMQ 4+, whose quorum queues drop
 // a message after 20 requeues). Nack(d) with d > 0 republishes the message to

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -36,10 +35,12 @@ type subscription struct {
 // Acks are recorded by AckInline (on the caller's goroutine, no network) and
 // sent by the consumer's flusher goroutine: a run of acked tags starting at
 // the lowest unsettled one goes out as one basic.ack multiple=true, an ack
-// above a gap as a basic.ack of its own. The flusher sends once every
-// "every" acks are pending, as soon as every delivery handed out is settled,
-// and otherwise at most ackDelay after the first pending ack, so an ack is
-// never held back for long and never waits behind a slow delivery.
+// above a gap as a basic.ack of its own. The flusher sends as soon as
+// "every" acks (a quarter of the prefetch) are pending, and otherwise at most
+// ackDelay after the first pending ack: an ack never waits behind a slow
+// delivery, and the broker gets its prefetch credit back in time. This is
+// the "ack every N with multiple" loop a careful raw client writes, without
+// ever covering an unsettled tag.
 type consumer struct {
 	ch         acker
 	deliveries <-chan amqp.Delivery
@@ -65,8 +66,8 @@ type consumer struct {
 }
 
 // ackDelay bounds how long a recorded ack waits for others to share its
-// frame. Pending acks go out at once when every delivery handed out is
-// settled, so a slow stream pays no delay.
+// frame (a slow stream pays this once per ack, well below any redelivery
+// timeout; Close and a nack send the pending acks at once).
 const ackDelay = time.Millisecond
 
 func newConsumer(ch acker, dl <-chan amqp.Delivery, qos int) *consumer {
@@ -222,6 +223,11 @@ func (s *subscription) lost(c *consumer) {
 	c.stop(false) // the channel is gone: nothing left to send
 	_ = c.ch.Close()
 }
+
+// DirectReceive implements driver.DirectReceiver: deliveries are pushed by
+// the broker (up to the basic.qos prefetch) into amqp091-go's buffer, so
+// the portable layer takes them from Receive without a fetch goroutine.
+func (s *subscription) DirectReceive() bool { return true }
 
 // ReceiveBatch returns up to max deliveries, waiting for the first. When the
 // channel or connection is lost it starts a new consumer (after the
@@ -561,9 +567,7 @@ func (c *consumer) send(requeue []uint64, multi uint64, singles []uint64) error 
 			return fmt.Errorf("basic.nack: %w", err)
 		}
 	}
-	ackFramesDbg.Add(int64(len(singles)))
 	if multi > 0 {
-		ackFramesDbg.Add(1)
 		if err := c.ch.Ack(multi, true); err != nil {
 			return fmt.Errorf("basic.ack multiple up to %d: %w", multi, err)
 		}
@@ -645,5 +649,3 @@ func (s *subscription) Close() error {
 	}
 	return nil
 }
-
-var ackFramesDbg atomic.Int64 // DBG

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -161,21 +162,46 @@ func TestNamesFitAMQPLimits(t *testing.T) {
 
 // fakeAcker records the settle frames a consumer sends.
 type fakeAcker struct {
+	mu     sync.Mutex
 	frames []string
 	closed bool
 }
 
 func (f *fakeAcker) Ack(tag uint64, multiple bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.frames = append(f.frames, fmt.Sprintf("ack %d multiple=%v", tag, multiple))
 	return nil
 }
 
 func (f *fakeAcker) Nack(tag uint64, multiple, requeue bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.frames = append(f.frames, fmt.Sprintf("nack %d multiple=%v requeue=%v", tag, multiple, requeue))
 	return nil
 }
-func (f *fakeAcker) IsClosed() bool { return f.closed }
-func (f *fakeAcker) Close() error   { f.closed = true; return nil }
+
+func (f *fakeAcker) IsClosed() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.closed
+}
+
+func (f *fakeAcker) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	return nil
+}
+
+// take returns and forgets the frames sent so far.
+func (f *fakeAcker) take() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := f.frames
+	f.frames = nil
+	return out
+}
 
 func TestAcksCoalesceOnlyOverContiguousSettledTags(t *testing.T) {
 	type step struct {
@@ -211,14 +237,13 @@ func TestAcksCoalesceOnlyOverContiguousSettledTags(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			f := &fakeAcker{}
-			con := &consumer{ch: f, base: 1, done: map[uint64]bool{}}
+			con := newConsumer(f, nil, 256)
 			for i, s := range c.steps {
-				f.frames = nil
 				if err := con.settle(s.acks, s.requeue); err != nil {
 					t.Fatal(err)
 				}
-				if !reflect.DeepEqual(f.frames, s.want) {
-					t.Errorf("step %d: frames %q, want %q", i, f.frames, s.want)
+				if got := f.take(); !reflect.DeepEqual(got, s.want) {
+					t.Errorf("step %d: frames %q, want %q", i, got, s.want)
 				}
 			}
 		})
@@ -226,7 +251,7 @@ func TestAcksCoalesceOnlyOverContiguousSettledTags(t *testing.T) {
 }
 
 func TestSettleOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
-	con := &consumer{ch: &fakeAcker{closed: true}, base: 1, done: map[uint64]bool{}}
+	con := newConsumer(&fakeAcker{closed: true}, nil, 256)
 	err := con.settle([]uint64{1, 2}, nil)
 	if err == nil || !strings.Contains(err.Error(), "redelivers") {
 		t.Fatalf("settle on a closed channel: %v, want an error saying the broker redelivers", err)
@@ -266,5 +291,111 @@ func TestReceivedMetadataHasOnlyPublisherHeaders(t *testing.T) {
 	want := map[string]string{"x-tenant": "acme", "n": "7"}
 	if !reflect.DeepEqual(m.Metadata, want) || m.Key != "k1" || m.ID != "id1" || m.Topic != "t" {
 		t.Errorf("got key %q id %q topic %q metadata %v, want k1 id1 t %v", m.Key, m.ID, m.Topic, m.Metadata, want)
+	}
+}
+
+// pending reports which flusher signals an inline ack raised, and clears them.
+func pending(c *consumer) (kick, arm bool) {
+	select {
+	case <-c.kick:
+		kick = true
+	default:
+	}
+	select {
+	case <-c.arm:
+		arm = true
+	default:
+	}
+	return kick, arm
+}
+
+func TestInlineAcksAreCoalescedAndSentByTheFlusher(t *testing.T) {
+	f := &fakeAcker{}
+	con := newConsumer(f, nil, 16) // every 4 acks
+	for tag := uint64(1); tag <= 3; tag++ {
+		if err := con.ackInline(tag); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := f.take(); got != nil {
+		t.Fatalf("inline acks sent frames %q on the caller's goroutine", got)
+	}
+	if kick, arm := pending(con); kick || !arm {
+		t.Fatalf("after 3 of 4 acks: kick=%v arm=%v, want only arm (send within ackDelay)", kick, arm)
+	}
+	_ = con.ackInline(4)
+	if kick, _ := pending(con); !kick {
+		t.Fatal("4th ack did not ask the flusher to send at once")
+	}
+	if err := con.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := f.take(), []string{"ack 4 multiple=true"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	// Above a gap (5 unsettled): single acks, then one multiple once 5 comes.
+	_ = con.ackInline(7)
+	_ = con.ackInline(6)
+	if _, arm := pending(con); !arm {
+		t.Fatal("first pending ack did not arm the flusher")
+	}
+	_ = con.flush()
+	if got, want := f.take(), []string{"ack 6 multiple=false", "ack 7 multiple=false"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	_ = con.ackInline(9)
+	_ = con.ackInline(5)
+	_ = con.ackInline(8)
+	_ = con.flush()
+	// 5..9 are all settled; 6 and 7 were acked already (the broker has
+	// forgotten them), 9 is covered by the multiple ack: one frame.
+	if got, want := f.take(), []string{"ack 9 multiple=true"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	_ = con.ackInline(9) // duplicate
+	_ = con.flush()
+	if got := f.take(); got != nil {
+		t.Fatalf("duplicate ack sent %q", got)
+	}
+}
+
+func TestRequeueIsNeverCoveredByAPendingInlineAck(t *testing.T) {
+	f := &fakeAcker{}
+	con := newConsumer(f, nil, 256)
+	_ = con.ackInline(1)
+	_ = con.ackInline(3)
+	// The nack of 2 goes out at once, before the pending acks: the
+	// multiple ack of 3 then covers 1 and 3 only (2 is settled already).
+	if err := con.settle(nil, []uint64{2}); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"nack 2 multiple=false requeue=true", "ack 3 multiple=true"}
+	if got := f.take(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+	_ = con.ackInline(4)
+	_ = con.flush()
+	if got, want := f.take(), []string{"ack 4 multiple=true"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+}
+
+func TestStoppingTheConsumerSendsPendingAcksFirst(t *testing.T) {
+	f := &fakeAcker{}
+	con := newConsumer(f, nil, 256)
+	go con.run()
+	for tag := uint64(1); tag <= 10; tag++ {
+		_ = con.ackInline(tag)
+	}
+	con.stop(true)
+	if got, want := f.take(), []string{"ack 10 multiple=true"}; !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+}
+
+func TestInlineAckOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
+	con := newConsumer(&fakeAcker{closed: true}, nil, 256)
+	if err := con.ackInline(1); err == nil || !strings.Contains(err.Error(), "redelivers") {
+		t.Fatalf("ackInline on a closed channel: %v, want an error saying the broker redelivers", err)
 	}
 }

@@ -1,3 +1,0 @@
-package rabbitmq
-
-func AckFramesDbg() int64 { return ackFramesDbg.Swap(0) }
