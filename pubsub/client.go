@@ -89,7 +89,12 @@ type Capabilities = driver.Capabilities
 // Publish fills an empty ID with a new UUIDv7 in the caller's message, so the
 // caller can record it. Messages of one call with the same Key keep their
 // order. Concurrent calls are batched together. Publish does not keep msgs
-// after it returns.
+// after it returns, with one exception: when ctx ends while the messages are
+// already on their way to the broker (in a batch other callers still wait
+// for), Publish returns ctx's error at once and the adapter may read their
+// Payload and Metadata until that send ends; do not modify messages after a
+// Publish that failed with a context error. Messages whose send had not
+// started when ctx ended are never sent.
 func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) error {
 	if err := validTopic(topic); err != nil {
 		return fmt.Errorf("pubsub: publish: %w", err)
@@ -97,6 +102,7 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 	if len(msgs) == 0 {
 		return nil
 	}
+	var now int64 // Unix ms for new IDs, read once per call
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("pubsub: publish to %q: message %d of %d is nil: %w", topic, i, len(msgs), ErrInvalid)
@@ -106,7 +112,10 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 				topic, i, m.ID, len(m.Payload), max, ErrInvalid)
 		}
 		if m.ID == "" {
-			m.ID = NewID()
+			if now == 0 {
+				now = time.Now().UnixMilli()
+			}
+			m.ID = newIDAt(now)
 		}
 	}
 	var dones []func(error)
@@ -285,6 +294,26 @@ type sendReq struct {
 	ctx  context.Context
 	msgs []*driver.Message
 	done chan error
+
+	mu     sync.Mutex
+	gone   bool   // the caller gave up (its context ended)
+	onGone func() // set while its batch is being sent
+}
+
+// giveUp records that the caller stopped waiting, before Publish returns:
+// a send whose every caller gave up is cancelled by then.
+func (r *sendReq) giveUp() {
+	r.mu.Lock()
+	if r.gone {
+		r.mu.Unlock()
+		return
+	}
+	r.gone = true
+	f := r.onGone
+	r.mu.Unlock()
+	if f != nil {
+		f()
+	}
 }
 
 func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
@@ -307,6 +336,17 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	case err := <-r.done:
 		return err
 	case <-ctx.Done():
+		b.mu.Lock()
+		for i, w := range b.waiting {
+			if w == r { // not taken into a send yet: withdraw it
+				b.waiting = append(b.waiting[:i:i], b.waiting[i+1:]...)
+				b.waitingN -= len(r.msgs)
+				b.mu.Unlock()
+				return fmt.Errorf("%w (nothing was sent)", ctx.Err())
+			}
+		}
+		b.mu.Unlock()
+		r.giveUp()
 		return fmt.Errorf("%w (the messages may still be published if others in their batch wait)", ctx.Err())
 	}
 }
@@ -328,34 +368,60 @@ func (b *batcher) take() []*sendReq {
 	return batch
 }
 
+// sendAll sends the messages of every request in batch.
+func (b *batcher) sendAll(batch []*sendReq) error {
+	msgs := batch[0].msgs
+	if len(batch) > 1 {
+		msgs = nil
+		for _, r := range batch {
+			msgs = append(msgs, r.msgs...)
+		}
+	}
+	for _, r := range batch {
+		if r.ctx.Done() == nil {
+			// A caller that cannot give up keeps the send going anyway:
+			// no cancellation to wire up.
+			return b.drv.SendBatch(context.Background(), b.topic, msgs)
+		}
+	}
+	// The send is cancelled only when every caller in the batch has
+	// given up: one impatient caller must not fail the others. A caller
+	// gives up (giveUp) on its own goroutine before its Publish returns, so
+	// a send nobody waits for any more is cancelled by then.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var left atomic.Int32
+	left.Store(int32(len(batch)))
+	gone := func() {
+		if left.Add(-1) == 0 {
+			cancel()
+		}
+	}
+	for _, r := range batch {
+		r.mu.Lock()
+		if r.gone {
+			r.mu.Unlock()
+			gone()
+			continue
+		}
+		r.onGone = gone
+		r.mu.Unlock()
+	}
+	err := ctx.Err() // every caller gave up already: send nothing
+	if err == nil {
+		err = b.drv.SendBatch(ctx, b.topic, msgs)
+	}
+	for _, r := range batch {
+		r.mu.Lock()
+		r.onGone = nil
+		r.mu.Unlock()
+	}
+	return err
+}
+
 func (b *batcher) run(batch []*sendReq) {
 	for {
-		var msgs []*driver.Message
-		if len(batch) == 1 {
-			msgs = batch[0].msgs
-		} else {
-			for _, r := range batch {
-				msgs = append(msgs, r.msgs...)
-			}
-		}
-		// The send is cancelled only when every caller in the batch has
-		// given up: one impatient caller must not fail the others.
-		ctx, cancel := context.WithCancel(context.Background())
-		var left atomic.Int32
-		left.Store(int32(len(batch)))
-		stops := make([]func() bool, len(batch))
-		for i, r := range batch {
-			stops[i] = context.AfterFunc(r.ctx, func() {
-				if left.Add(-1) == 0 {
-					cancel()
-				}
-			})
-		}
-		err := b.drv.SendBatch(ctx, b.topic, msgs)
-		for _, stop := range stops {
-			stop()
-		}
-		cancel()
+		err := b.sendAll(batch)
 		for _, r := range batch {
 			r.done <- err
 		}

@@ -73,10 +73,13 @@ func TestDirectReceiveConcurrentReceiversGetEachMessageOnceAndCloseWakesThem(t *
 					}
 					return
 				}
-				got <- d.Message.ID
+				// Ack before reporting: once every ID is reported the
+				// test closes the subscription, and a later Ack would
+				// rightly fail with ErrClosed.
 				if err := d.Ack(); err != nil {
 					t.Errorf("Ack: %v", err)
 				}
+				got <- d.Message.ID
 			}
 		}()
 	}

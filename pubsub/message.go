@@ -54,8 +54,12 @@ var lastV7 atomic.Uint64
 // of this process strictly increasing within a millisecond (method 1 of
 // the RFC; it borrows from the next millisecond after 4096 IDs), and 62
 // random bits.
-func NewID() string {
-	ms := uint64(time.Now().UnixMilli())
+func NewID() string { return newIDAt(time.Now().UnixMilli()) }
+
+// newIDAt is NewID at the given Unix time in milliseconds (Publish reads the
+// clock once per call, not once per message).
+func newIDAt(unixMilli int64) string {
+	ms := uint64(unixMilli)
 	var t uint64
 	for {
 		last := lastV7.Load()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -183,5 +184,47 @@ func TestPublishWithCancelledContextSendsNothing(t *testing.T) {
 	}
 	if string(d.Message.Payload) != "yes" {
 		t.Errorf("got %q first, the cancelled publish was sent", d.Message.Payload)
+	}
+}
+
+func TestReceiveBatchTakesWhatIsBufferedInOrder(t *testing.T) {
+	ctx := context.Background()
+	c := memory.NewClient(memory.Options{})
+	defer c.Close()
+	s, err := c.Subscribe(ctx, "t", pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 50
+	msgs := make([]*pubsub.Message, n)
+	for i := range msgs {
+		msgs[i] = &pubsub.Message{ID: strconv.Itoa(i)}
+	}
+	if err := c.Publish(ctx, "t", msgs...); err != nil {
+		t.Fatal(err)
+	}
+	var got []*pubsub.Delivery
+	for len(got) < n {
+		before := len(got)
+		if got, err = s.ReceiveBatch(ctx, got, 7); err != nil {
+			t.Fatal(err)
+		}
+		if k := len(got) - before; k < 1 || k > 7 {
+			t.Fatalf("ReceiveBatch added %d deliveries, want 1..7", k)
+		}
+	}
+	for i, d := range got {
+		if d.Message.ID != strconv.Itoa(i) {
+			t.Fatalf("delivery %d is %q, want %d", i, d.Message.ID, i)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if out, err := s.ReceiveBatch(cctx, got[:0], 7); !errors.Is(err, context.Canceled) || len(out) != 0 {
+		t.Fatalf("ReceiveBatch with a cancelled context: %d deliveries, %v; want none, context.Canceled", len(out), err)
 	}
 }

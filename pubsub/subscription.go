@@ -351,6 +351,33 @@ func (s *Subscription) Receive(ctx context.Context) (*Delivery, error) {
 	}
 }
 
+// ReceiveBatch waits like Receive for the next delivery, then takes up to
+// max-1 more that are already fetched, without waiting for them, and
+// appends them all to dst in receive order. It returns dst unchanged and an
+// error as Receive does. A consumer that dispatches deliveries to workers
+// (the router's ordered modes) pays one buffer lock per batch instead of
+// one per delivery.
+func (s *Subscription) ReceiveBatch(ctx context.Context, dst []*Delivery, max int) ([]*Delivery, error) {
+	d, err := s.Receive(ctx)
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, d)
+	if max <= 1 {
+		return dst, nil
+	}
+	s.bufMu.Lock()
+	for n := 1; n < max; n++ {
+		d := s.take()
+		if d == nil {
+			break
+		}
+		dst = append(dst, d)
+	}
+	s.bufMu.Unlock()
+	return dst, nil
+}
+
 // fetchDirect runs one ReceiveBatch on the caller's goroutine (direct
 // mode), buffers what it returns and takes the oldest delivery. The caller
 // holds the fetching turn; fetchDirect gives it back. It returns nil and

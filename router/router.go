@@ -536,82 +536,126 @@ func (rt *route) batchWorker(i int) {
 }
 
 // dispatch receives for the ordered modes and queues each message behind
-// the earlier in-flight messages of its key.
+// the earlier in-flight messages of its key. It takes what the
+// subscription has fetched in batches (up to the free in-flight room) and
+// queues a batch under one lock, so that workers are woken per batch of
+// ready keys, not per message.
 func (rt *route) dispatch(recvCtx context.Context) {
 	s := rt.sched
-	defer close(s.ready)
+	defer s.close()
+	var buf []*pubsub.Delivery
 	for {
-		select {
-		case s.slots <- struct{}{}:
-		case <-recvCtx.Done():
-			return
+		free := s.room(recvCtx)
+		if free == 0 {
+			return // recvCtx ended
 		}
-		d, err := rt.sub.Receive(recvCtx)
+		var err error
+		buf, err = rt.sub.ReceiveBatch(recvCtx, buf[:0], free)
+		if len(buf) > 0 {
+			s.add(buf, rt.cfg.mode == modeStrict)
+			clear(buf)
+		}
 		if err != nil {
-			<-s.slots
 			rt.receiveErr(recvCtx, err)
 			return
-		}
-		switch {
-		case rt.cfg.mode == modeStrict:
-			s.add(d, true, "")
-		case d.Message.Key == "":
-			s.add(d, false, "")
-		default:
-			s.add(d, true, d.Message.Key)
 		}
 	}
 }
 
 func (rt *route) keyWorker(i int) {
 	s := rt.sched
-	for q := range s.ready {
-		for {
-			d := s.next(q)
-			if d == nil {
-				break
-			}
-			if rt.isDraining() {
-				// Not started: give it back now, after the earlier
-				// messages of its key were settled (order is kept).
-				_ = d.Nack(0)
-			} else {
-				rt.cur[i].Store(d)
-				rt.settle(d, call(rt.chain, rt.ctx, d.Message))
-				rt.cur[i].Store(nil)
-			}
-			<-s.slots
+	var q *keyQueue
+	settled := 0
+	for {
+		var d *pubsub.Delivery
+		q, d = s.next(q, settled)
+		if d == nil {
+			return
 		}
+		if rt.isDraining() {
+			// Not started: give it back now, after the earlier
+			// messages of its key were settled (order is kept).
+			_ = d.Nack(0)
+		} else {
+			rt.cur[i].Store(d)
+			rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+			rt.cur[i].Store(nil)
+		}
+		settled = 1
 	}
 }
 
-// keySched holds per-key FIFO queues for the ordered modes. A queue is in
-// the map while it has messages waiting or in a handler; a worker owns it
-// from when it takes it from ready until it is empty, so one key never runs
-// on two workers at once. Retired queues are kept for reuse.
+// keySched holds per-key FIFO queues for the ordered modes. A keyed queue
+// stays in the map while it has messages waiting or in a handler, and
+// afterwards while idle (so that a key seen again costs no map insert),
+// until many idle queues pile up. A queue with waiting messages and no
+// worker is on the ready list; a worker owns a queue from when it takes it
+// from there until it is empty, so one key never runs on two workers at
+// once. Workers take queues from the ready list without a hand-off while
+// there are any, and wait on a condition variable only when there are
+// none.
 type keySched struct {
-	mu      sync.Mutex
-	queues  map[string]*keyQueue
-	free    []*keyQueue
-	ready   chan *keyQueue
-	slots   chan struct{} // in-flight bound
-	aborted bool
+	mu       sync.Mutex
+	queues   map[string]*keyQueue
+	idle     int // keyed queues in the map with nothing waiting or running
+	free     []*keyQueue
+	ready    []*keyQueue // ready[rhead:] wait for a worker, oldest first
+	rhead    int
+	waiting  int // workers waiting on cond
+	cond     sync.Cond
+	inflight int // messages waiting or in a handler
+	max      int // in-flight bound
+	low      int // dispatch is woken when inflight drops to low
+	dispWait bool
+	roomC    chan struct{} // cap 1: inflight dropped to low
+	closed   bool          // dispatch ended: workers leave when nothing is ready
+	aborted  bool
 }
+
+type queueState uint8
+
+const (
+	queueIdle  queueState = iota // keyed, in the map, empty
+	queueReady                   // on the ready list
+	queueOwned                   // a worker runs its messages
+)
 
 type keyQueue struct {
 	key   string
 	keyed bool
+	state queueState
 	items []*pubsub.Delivery // items[head:] wait
 	head  int
 }
 
 func newKeySched(maxInFlight int) *keySched {
-	return &keySched{
+	s := &keySched{
 		queues: map[string]*keyQueue{},
-		// At most maxInFlight queues exist (each holds a message), so
-		// sends on ready never block.
-		ready: make(chan *keyQueue, maxInFlight),
-		slots: make(chan struct{}, maxInFlight),
+		max:    maxInFlight,
+		low:    maxInFlight - max(1, maxInFlight/8),
+		roomC:  make(chan struct{}, 1),
+	}
+	s.cond.L = &s.mu
+	return s
+}
+
+// room waits until messages may be received and returns how many, or 0
+// when ctx ended.
+func (s *keySched) room(ctx context.Context) int {
+	for {
+		s.mu.Lock()
+		free := s.max - s.inflight
+		if free > 0 {
+			s.mu.Unlock()
+			return free
+		}
+		s.dispWait = true
+		s.mu.Unlock()
+		select {
+		case <-s.roomC:
+		case <-ctx.Done():
+			return 0
+		}
 	}
 }
 
@@ -627,38 +671,98 @@ func (s *keySched) queue(key string, keyed bool) *keyQueue {
 	return &keyQueue{key: key, keyed: keyed}
 }
 
-func (s *keySched) add(d *pubsub.Delivery, keyed bool, key string) {
+// add queues received deliveries (strict: all in one queue).
+func (s *keySched) add(ds []*pubsub.Delivery, strict bool) {
 	s.mu.Lock()
-	if keyed {
-		if q := s.queues[key]; q != nil {
-			q.items = append(q.items, d)
-			s.mu.Unlock()
-			return
+	s.inflight += len(ds)
+	woken := 0
+	for _, d := range ds {
+		key, keyed := d.Message.Key, true
+		switch {
+		case strict:
+			key = ""
+		case key == "":
+			keyed = false
 		}
-	}
-	q := s.queue(key, keyed)
-	q.items = append(q.items, d)
-	if keyed {
-		s.queues[key] = q
+		var q *keyQueue
+		if keyed {
+			q = s.queues[key]
+		}
+		if q == nil {
+			q = s.queue(key, keyed)
+			q.state = queueIdle
+			if keyed {
+				s.queues[key] = q
+				s.idle++
+			}
+		}
+		q.items = append(q.items, d)
+		if q.state == queueIdle {
+			if q.keyed {
+				s.idle--
+			}
+			q.state = queueReady
+			s.ready = append(s.ready, q)
+			if woken < s.waiting {
+				woken++
+				s.cond.Signal()
+			}
+		}
 	}
 	s.mu.Unlock()
-	s.ready <- q
 }
 
-// next pops q's next message, or returns nil and retires q when it is empty.
-func (s *keySched) next(q *keyQueue) *pubsub.Delivery {
+// next settles the accounting for the message the worker just finished
+// (settled is 1 after a message, 0 at the start) and returns the worker's
+// next message: the next of q while q has one, else the first of the
+// oldest ready queue, waiting for one. It returns nil when the router is
+// done with the worker (dispatch ended and nothing is ready, or abort).
+func (s *keySched) next(q *keyQueue, settled int) (*keyQueue, *pubsub.Delivery) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if q.head == len(q.items) || s.aborted {
-		if q.keyed && s.queues[q.key] == q {
-			delete(s.queues, q.key)
+	if settled > 0 {
+		s.inflight -= settled
+		if s.dispWait && s.inflight <= s.low {
+			s.dispWait = false
+			select {
+			case s.roomC <- struct{}{}:
+			default:
+			}
 		}
-		clear(q.items)
-		q.items, q.head, q.key = q.items[:0], 0, ""
-		if cap(q.items) > 64 {
-			q.items = nil
+	}
+	if q != nil {
+		if d := q.pop(); d != nil && !s.aborted {
+			return q, d
 		}
-		s.free = append(s.free, q)
+		s.retire(q)
+	}
+	for {
+		if s.aborted {
+			return nil, nil
+		}
+		if s.rhead < len(s.ready) {
+			q := s.ready[s.rhead]
+			s.ready[s.rhead] = nil
+			s.rhead++
+			if s.rhead == len(s.ready) {
+				s.ready, s.rhead = s.ready[:0], 0
+			}
+			q.state = queueOwned
+			return q, q.pop()
+		}
+		if s.closed {
+			return nil, nil
+		}
+		s.waiting++
+		s.cond.Wait()
+		s.waiting--
+	}
+}
+
+// pop removes q's next message, or returns nil when it has none. The
+// scheduler's mu must be held.
+func (q *keyQueue) pop() *pubsub.Delivery {
+	if q.head == len(q.items) {
 		return nil
 	}
 	d := q.items[q.head]
@@ -667,30 +771,69 @@ func (s *keySched) next(q *keyQueue) *pubsub.Delivery {
 	return d
 }
 
+// retire ends a worker's ownership of q, which is empty (or aborted). s.mu
+// must be held.
+func (s *keySched) retire(q *keyQueue) {
+	clear(q.items[q.head:])
+	q.items, q.head = q.items[:0], 0
+	if cap(q.items) > 64 {
+		q.items = nil
+	}
+	q.state = queueIdle
+	if q.keyed && s.queues[q.key] == q {
+		s.idle++
+		if s.idle > max(1024, 2*s.max) {
+			s.sweep()
+		}
+		return
+	}
+	s.recycle(q)
+}
+
+// sweep drops idle queues from the map. s.mu must be held.
+func (s *keySched) sweep() {
+	for k, q := range s.queues {
+		if q.state == queueIdle && q.head == len(q.items) {
+			delete(s.queues, k)
+			s.recycle(q)
+		}
+	}
+	s.idle = 0
+}
+
+func (s *keySched) recycle(q *keyQueue) {
+	q.key, q.keyed = "", false
+	if len(s.free) < 256 {
+		s.free = append(s.free, q)
+	}
+}
+
+// close tells the workers that nothing more will be queued: they leave once
+// nothing is ready.
+func (s *keySched) close() {
+	s.mu.Lock()
+	s.closed = true
+	s.cond.Broadcast()
+	s.mu.Unlock()
+}
+
 // abort stops the workers and returns every message not yet started.
 func (s *keySched) abort() []*pubsub.Delivery {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.aborted = true
+	s.cond.Broadcast()
 	var out []*pubsub.Delivery
 	take := func(q *keyQueue) {
 		out = append(out, q.items[q.head:]...)
 		clear(q.items)
 		q.items, q.head = q.items[:0], 0
 	}
-	for k, q := range s.queues {
+	for _, q := range s.queues {
 		take(q)
-		delete(s.queues, k)
 	}
-	for {
-		select {
-		case q, ok := <-s.ready:
-			if !ok {
-				return out
-			}
-			take(q)
-		default:
-			return out
-		}
+	for _, q := range s.ready[s.rhead:] {
+		take(q)
 	}
+	return out
 }

@@ -60,6 +60,9 @@ func TestOrderedByKeyKeepsOrderPerKeyUnderConcurrency32(t *testing.T) {
 	}{
 		{"ordered-by-key/conc=32/64-keys", []router.HandlerOption{router.Concurrency(32), router.OrderedByKey()}, 64, 50},
 		{"ordered-by-key/conc=32/3-hot-keys", []router.HandlerOption{router.Concurrency(32), router.OrderedByKey(), router.MaxInFlight(16)}, 3, 500},
+		// More keys than idle lanes are kept: lanes are dropped and
+		// recreated while their keys' later messages arrive.
+		{"ordered-by-key/conc=8/3000-keys", []router.HandlerOption{router.Concurrency(8), router.OrderedByKey(), router.MaxInFlight(64)}, 3000, 4},
 		{"strict-order", []router.HandlerOption{router.StrictOrder()}, 16, 50},
 	}
 	for _, tc := range cases {

@@ -85,10 +85,24 @@ func rawWriter(b *testing.B, topic string) *kafkago.Writer {
 	return w
 }
 
+// benchKey is the key of message i in every benchmark (64 keys).
+func benchKey(i int) string { return fmt.Sprintf("k%d", i%64) }
+
+// watermillPublisher is watermill-kafka's sync publisher with its default
+// sarama config (DefaultSaramaSyncPublisherConfig: MaxOpenRequests 5, not
+// idempotent) except for the two settings that would make the comparison
+// unfair: RequiredAcks is WaitForAll, as for raw and omnibus (sarama's
+// default is WaitForLocal, acks=1), and every message carries the same key
+// as in the other two (metadata "key", used as the partition key).
 func watermillPublisher(b *testing.B) message.Publisher {
+	cfg := wmkafka.DefaultSaramaSyncPublisherConfig()
+	cfg.Producer.RequiredAcks = sarama.WaitForAll
 	p, err := wmkafka.NewPublisher(wmkafka.PublisherConfig{
-		Brokers:   strings.Split(integration.Kafka(b), ","),
-		Marshaler: wmkafka.DefaultMarshaler{},
+		Brokers: strings.Split(integration.Kafka(b), ","),
+		Marshaler: wmkafka.NewWithPartitioningMarshaler(func(_ string, m *message.Message) (string, error) {
+			return m.Metadata.Get("key"), nil
+		}),
+		OverwriteSaramaConfig: cfg,
 	}, watermill.NopLogger{})
 	if err != nil {
 		b.Fatal(err)
@@ -107,7 +121,7 @@ func BenchmarkPublishConcurrent(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		err := spread(b.N, benchPublishers, func(i int) error {
-			return w.WriteMessages(ctx, kafkago.Message{Key: []byte(fmt.Sprintf("k%d", i%64)), Value: payload})
+			return w.WriteMessages(ctx, kafkago.Message{Key: []byte(benchKey(i)), Value: payload})
 		})
 		report(b, b.N, time.Since(start))
 		if err != nil {
@@ -120,7 +134,7 @@ func BenchmarkPublishConcurrent(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		err := spread(b.N, benchPublishers, func(i int) error {
-			return c.Publish(ctx, topic, &pubsub.Message{Key: fmt.Sprintf("k%d", i%64), Payload: payload})
+			return c.Publish(ctx, topic, &pubsub.Message{Key: benchKey(i), Payload: payload})
 		})
 		report(b, b.N, time.Since(start))
 		if err != nil {
@@ -133,7 +147,9 @@ func BenchmarkPublishConcurrent(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		err := spread(b.N, benchPublishers, func(i int) error {
-			return p.Publish(topic, message.NewMessage(watermill.NewUUID(), payload))
+			m := message.NewMessage(watermill.NewUUID(), payload)
+			m.Metadata.Set("key", benchKey(i))
+			return p.Publish(topic, m)
 		})
 		report(b, b.N, time.Since(start))
 		if err != nil {
@@ -155,7 +171,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 			n := min(benchBatch, b.N-i)
 			msgs := make([]kafkago.Message, n)
 			for j := range msgs {
-				msgs[j] = kafkago.Message{Key: []byte(fmt.Sprintf("k%d", (i+j)%64)), Value: payload}
+				msgs[j] = kafkago.Message{Key: []byte(benchKey(i + j)), Value: payload}
 			}
 			if err := w.WriteMessages(ctx, msgs...); err != nil {
 				b.Fatal(err)
@@ -172,7 +188,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 			n := min(benchBatch, b.N-i)
 			msgs := make([]*pubsub.Message, n)
 			for j := range msgs {
-				msgs[j] = &pubsub.Message{Key: fmt.Sprintf("k%d", (i+j)%64), Payload: payload}
+				msgs[j] = &pubsub.Message{Key: benchKey(i + j), Payload: payload}
 			}
 			if err := c.Publish(ctx, topic, msgs...); err != nil {
 				b.Fatal(err)
@@ -190,6 +206,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 			msgs := make([]*message.Message, n)
 			for j := range msgs {
 				msgs[j] = message.NewMessage(watermill.NewUUID(), payload)
+				msgs[j].Metadata.Set("key", benchKey(i+j))
 			}
 			if err := p.Publish(topic, msgs...); err != nil {
 				b.Fatal(err)
@@ -206,7 +223,7 @@ func fill(b *testing.B, c *pubsub.Client, n int) string {
 	for i := 0; i < n; i += 1000 {
 		msgs := make([]*pubsub.Message, min(1000, n-i))
 		for j := range msgs {
-			msgs[j] = &pubsub.Message{Key: fmt.Sprintf("k%d", (i+j)%64), Payload: payload}
+			msgs[j] = &pubsub.Message{Key: benchKey(i + j), Payload: payload}
 		}
 		if err := c.Publish(context.Background(), topic, msgs...); err != nil {
 			b.Fatal(err)

@@ -1,7 +1,9 @@
 package kafka
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,6 +13,7 @@ import (
 	kafkago "github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
+	"github.com/segmentio/kafka-go/protocol/rawproduce"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -42,27 +45,14 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	ctx, cancel := context.WithTimeout(ctx, b.opts.WriteTimeout)
 	defer cancel()
 
-	now := time.Now()
-	// Headers are built once; the record values are readers, consumed by
-	// each write, so records are made afresh for every attempt (produce).
-	headers := make([][]kafkago.Header, len(msgs))
+	now := time.Now().UnixMilli()
 	sizes := make([]int, len(msgs))
 	for i, m := range msgs {
-		hs := make([]kafkago.Header, 0, 1+len(m.Metadata))
-		hs = append(hs, kafkago.Header{Key: HeaderID, Value: []byte(m.ID)})
-		size := 24 + len(HeaderID) + len(m.ID) + len(m.Key) + len(m.Payload)
-		for k, v := range m.Metadata {
-			if k == HeaderID {
-				continue
-			}
-			hs = append(hs, kafkago.Header{Key: k, Value: []byte(v)})
-			size += 8 + len(k) + len(v)
-		}
+		size := recordSize(m)
 		if size+batchOverhead > b.maxRecord {
 			return fmt.Errorf("kafka: publish to %q: message %d (id %q) is %d bytes with key and headers, over the broker's limit of %d (message.max.bytes or max_message_size): %w",
 				topic, i, m.ID, size, b.maxRecord-batchOverhead, driver.ErrInvalid)
 		}
-		headers[i] = hs
 		sizes[i] = size
 	}
 
@@ -96,22 +86,32 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			c   *chunk
 			err error
 		}
-		var mu sync.Mutex
 		var results []result
-		var wg sync.WaitGroup
-		for _, cs := range byLeader {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs := b.produce(ctx, topic, cs, msgs, headers, now)
-				mu.Lock()
+		if len(byLeader) == 1 {
+			// The common case: one leader, written on this goroutine.
+			for _, cs := range byLeader {
+				errs := b.produce(ctx, topic, cs, msgs, now)
 				for i, c := range cs {
 					results = append(results, result{c, errs[i]})
 				}
-				mu.Unlock()
-			}()
+			}
+		} else {
+			var mu sync.Mutex
+			var wg sync.WaitGroup
+			for _, cs := range byLeader {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					errs := b.produce(ctx, topic, cs, msgs, now)
+					mu.Lock()
+					for i, c := range cs {
+						results = append(results, result{c, errs[i]})
+					}
+					mu.Unlock()
+				}()
+			}
+			wg.Wait()
 		}
-		wg.Wait()
 		retry := false
 		for _, r := range results {
 			if r.err == nil {
@@ -204,8 +204,10 @@ func (b *Broker) partitionChunks(tm *topicMeta, msgs []*driver.Message, sizes []
 }
 
 // produce writes one chunk per partition in one request (all partitions
-// share a leader) and returns each chunk's error.
-func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []*driver.Message, headers [][]kafkago.Header, now time.Time) []error {
+// share a leader) and returns each chunk's error. Each chunk is encoded
+// here, from the messages, as one record batch (see appendRecordBatch), so
+// a retry re-encodes it and never depends on consumed buffers.
+func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []*driver.Message, now int64) []error {
 	acks := int16(-1)
 	if b.opts.Acks == AcksLeader {
 		acks = 1
@@ -214,32 +216,35 @@ func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = int32(max(time.Until(dl), time.Millisecond) / time.Millisecond)
 	}
-	req := &produceAPI.Request{
+	req := &rawproduce.Request{
 		Acks:    acks,
 		Timeout: timeout,
-		Topics:  []produceAPI.RequestTopic{{Topic: topic}},
-	}
-	for _, c := range cs {
-		records := make([]kafkago.Record, len(c.idx))
-		for j, i := range c.idx {
-			r := kafkago.Record{Time: now, Headers: headers[i]}
-			if k := msgs[i].Key; k != "" {
-				r.Key = protocol.NewBytes([]byte(k))
-			}
-			if msgs[i].Payload != nil {
-				r.Value = protocol.NewBytes(msgs[i].Payload)
-			}
-			records[j] = r
-		}
-		req.Topics[0].Partitions = append(req.Topics[0].Partitions, produceAPI.RequestPartition{
-			Partition: int32(c.partition),
-			RecordSet: protocol.RecordSet{
-				Attributes: protocol.Attributes(b.codec) & 0x7,
-				Records:    protocol.NewRecordReader(records...),
-			},
-		})
+		Topics:  []rawproduce.RequestTopic{{Topic: topic, Partitions: make([]rawproduce.RequestPartition, len(cs))}},
 	}
 	errs := make([]error, len(cs))
+	n := 0
+	for _, c := range cs {
+		n += 4 + batchOverhead + c.bytes
+	}
+	buf := make([]byte, 0, n)
+	for i, c := range cs {
+		// The raw record set is sent as is: its int32 size goes first.
+		start := len(buf)
+		buf = append(buf, 0, 0, 0, 0)
+		var err error
+		buf, err = appendRecordBatch(buf, msgs, c.idx, now, b.codec)
+		if err != nil {
+			for i := range errs {
+				errs[i] = err
+			}
+			return errs
+		}
+		binary.BigEndian.PutUint32(buf[start:], uint32(len(buf)-start-4))
+		req.Topics[0].Partitions[i] = rawproduce.RequestPartition{
+			Partition: int32(c.partition),
+			RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(buf[start:len(buf):len(buf)])},
+		}
+	}
 	m, err := b.transport.RoundTrip(ctx, b.client.Addr, req)
 	if err != nil {
 		for i := range errs {
@@ -254,15 +259,15 @@ func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []
 		}
 		return errs
 	}
-	got := map[int32]*produceAPI.ResponsePartition{}
-	for ti := range res.Topics {
-		for pi := range res.Topics[ti].Partitions {
-			p := &res.Topics[ti].Partitions[pi]
-			got[p.Partition] = p
-		}
-	}
 	for i, c := range cs {
-		p := got[int32(c.partition)]
+		var p *produceAPI.ResponsePartition
+		for ti := range res.Topics {
+			for pi := range res.Topics[ti].Partitions {
+				if rp := &res.Topics[ti].Partitions[pi]; rp.Partition == int32(c.partition) && res.Topics[ti].Topic == topic {
+					p = rp
+				}
+			}
+		}
 		switch {
 		case p == nil:
 			errs[i] = fmt.Errorf("the broker's answer has no result for partition %d", c.partition)

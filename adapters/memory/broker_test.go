@@ -133,3 +133,59 @@ func TestClosingOneClientLeavesSharedBrokerToOthers(t *testing.T) {
 		t.Fatalf("receive on b after a closed: %v", err)
 	}
 }
+
+// The broker copies on publish: a caller changing its payload or metadata
+// after Publish returns changes nothing delivered; payloads packed into a
+// shared buffer cannot reach each other through append; and each delivery
+// has its own metadata map.
+func TestPublishCopiesAndDeliveriesAreIsolated(t *testing.T) {
+	ctx := context.Background()
+	c := memory.NewClient(memory.Options{})
+	defer c.Close()
+	s1, err := c.Subscribe(ctx, "t", pubsub.Group("g1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	s2, err := c.Subscribe(ctx, "t", pubsub.Group("g2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	p1, p2 := []byte("one"), []byte("two")
+	meta := map[string]string{"h": "v"}
+	if err := c.Publish(ctx, "t", &pubsub.Message{ID: "1", Payload: p1, Metadata: meta}, &pubsub.Message{ID: "2", Payload: p2}); err != nil {
+		t.Fatal(err)
+	}
+	p1[0], p2[0], meta["h"] = 'X', 'Y', "changed"
+	first, err := s1.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(first.Message.Payload); got != "one" || first.Message.Metadata["h"] != "v" {
+		t.Fatalf("first delivery: payload %q, h=%q; want \"one\", \"v\" (publish must copy)", got, first.Message.Metadata["h"])
+	}
+	// A handler appending to its payload or writing its metadata must not
+	// reach the next message's payload or another group's delivery.
+	_ = append(first.Message.Payload, "!!!"...)
+	first.Message.Metadata["h"] = "handler"
+	second, err := s1.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(second.Message.Payload); got != "two" {
+		t.Fatalf("second payload %q after an append to the first, want \"two\"", got)
+	}
+	other, err := s2.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if other.Message.Metadata["h"] != "v" {
+		t.Fatalf("other group's metadata h=%q, want \"v\"", other.Message.Metadata["h"])
+	}
+	for _, d := range []*pubsub.Delivery{first, second, other} {
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

@@ -143,18 +143,56 @@ type topic struct {
 type group struct {
 	name    string
 	anon    bool
-	ready   []*entry // FIFO; index 0 is next
-	unacked int      // ready + in flight + delayed
+	ready   []*entry // FIFO; ready[head:] wait, ready[head] is next
+	head    int
+	unacked int // ready + in flight + delayed
 	members int
 	notify  chan struct{} // closed when messages become ready
 	space   chan struct{} // closed when unacked drops below the buffer
+	// Whether a receiver (a publisher) took notify (space) to wait on it
+	// since it was last closed: only then is it closed and replaced, so
+	// that a busy queue does not allocate a channel per publish or ack.
+	readersWait, writersWait bool
 }
 
+// entry is one message in one group's queue. Entries are allocated per
+// published batch (a slice of structs), and one in flight is linked into
+// its subscription's in-flight list: no allocation and no map operation per
+// message.
 type entry struct {
 	msg     *driver.Message // immutable, shared by groups
 	seq     uint64          // publish order
 	attempt int
-	g       *group
+	// In-flight list of the subscription holding the delivery (nil when
+	// ready or delayed); guarded by the broker's mutex.
+	holder     *sub
+	prev, next *entry
+}
+
+// readyLen is how many messages wait in the queue.
+func (g *group) readyLen() int { return len(g.ready) - g.head }
+
+// push appends e to the queue.
+func (g *group) push(e *entry) {
+	if g.head > 0 && len(g.ready) == cap(g.ready) && g.head >= len(g.ready)/2 {
+		// Slide the live part down instead of growing.
+		n := copy(g.ready, g.ready[g.head:])
+		clear(g.ready[n:])
+		g.ready, g.head = g.ready[:n], 0
+	}
+	g.ready = append(g.ready, e)
+}
+
+// pushFront puts es (in order) at the head of the queue.
+func (g *group) pushFront(es []*entry) {
+	if len(es) <= g.head {
+		g.head -= len(es)
+		copy(g.ready[g.head:], es)
+		return
+	}
+	ready := make([]*entry, 0, len(es)+g.readyLen()+16)
+	ready = append(append(ready, es...), g.ready[g.head:]...)
+	g.ready, g.head = ready, 0
 }
 
 func newBroker(opts Options) *broker {
@@ -168,11 +206,27 @@ func newGroup(name string, anon bool) *group {
 func (g *group) wakeReaders() {
 	close(g.notify)
 	g.notify = make(chan struct{})
+	g.readersWait = false
 }
 
 func (g *group) wakeWriters() {
 	close(g.space)
 	g.space = make(chan struct{})
+	g.writersWait = false
+}
+
+// readersReady wakes receivers waiting for messages, if any.
+func (g *group) readersReady() {
+	if g.readersWait {
+		g.wakeReaders()
+	}
+}
+
+// writersRoom wakes publishers waiting for room, if any.
+func (g *group) writersRoom() {
+	if g.writersWait {
+		g.wakeWriters()
+	}
 }
 
 func (b *broker) topic(name string) *topic {
@@ -207,24 +261,58 @@ func (c *Conn) isClosed() bool {
 	return c.closed
 }
 
+// Payloads up to smallPayload bytes are copied into one shared buffer per
+// batch of at most payloadChunk bytes; larger ones get their own copy.
+const (
+	smallPayload = 1 << 10
+	payloadChunk = 32 << 10
+)
+
 // SendBatch implements driver.Broker.
+//
+// Every payload and metadata map is copied, so a caller changing its
+// message after Publish returns cannot change what is delivered. The
+// Message structs themselves are kept (driver.Broker allows it: the
+// portable layer allocates them per call for the driver). The payload
+// copies of a batch share allocations: small payloads are packed into
+// shared chunks, each payload's capacity ending at its length, so that an
+// append by a handler cannot reach its neighbour.
 func (c *Conn) SendBatch(ctx context.Context, topicName string, msgs []*driver.Message) error {
 	now := time.Now()
-	copies := make([]*driver.Message, len(msgs))
+	copies := msgs // the slice is ours too (driver.Broker)
+	var chunk []byte
 	for i, m := range msgs {
-		cp := &driver.Message{ID: m.ID, Key: m.Key, Topic: topicName, PublishedAt: now}
-		if len(m.Payload) > 0 {
-			cp.Payload = append([]byte(nil), m.Payload...)
-		} else {
+		cp := m // adopted, its contents replaced by copies
+		payload, meta := m.Payload, m.Metadata
+		*cp = driver.Message{ID: m.ID, Key: m.Key, Topic: topicName, PublishedAt: now}
+		switch n := len(payload); {
+		case n == 0:
 			cp.Payload = []byte{}
+		case n <= smallPayload:
+			if cap(chunk)-len(chunk) < n {
+				size := n
+				for _, r := range msgs[i+1:] {
+					if l := len(r.Payload); l <= smallPayload {
+						if size+l > payloadChunk {
+							break
+						}
+						size += l
+					}
+				}
+				chunk = make([]byte, 0, max(size, n))
+			}
+			start := len(chunk)
+			chunk = append(chunk, payload...)
+			cp.Payload = chunk[start:len(chunk):len(chunk)]
+		default:
+			cp.Payload = append([]byte(nil), payload...)
 		}
-		if m.Metadata != nil {
-			cp.Metadata = make(map[string]string, len(m.Metadata))
-			for k, v := range m.Metadata {
+		if meta != nil {
+			cp.Metadata = make(map[string]string, len(meta))
+			for k, v := range meta {
 				cp.Metadata[k] = v
 			}
 		}
-		copies[i] = cp
 	}
 	b := c.b
 	for len(copies) > 0 {
@@ -248,22 +336,29 @@ func (c *Conn) SendBatch(ctx context.Context, topicName string, msgs []*driver.M
 		}
 		if room <= 0 {
 			wait := full.space
+			full.writersWait = true
 			b.mu.Unlock()
 			select {
 			case <-wait:
-				continue
+				if ctx.Err() == nil {
+					continue
+				}
+				// Both ready: a publisher that gave up publishes nothing more.
 			case <-ctx.Done():
-				return fmt.Errorf("mem: publish to %q: queue of group %q is full (buffer=%d): %w", topicName, full.name, b.opts.Buffer, ctx.Err())
 			}
+			return fmt.Errorf("mem: publish to %q: queue of group %q is full (buffer=%d): %w", topicName, full.name, b.opts.Buffer, ctx.Err())
 		}
 		first := b.pubSeq
 		b.pubSeq += uint64(room)
 		for _, g := range targets {
+			es := make([]entry, room) // one allocation per batch and group
 			for i, m := range copies[:room] {
-				g.ready = append(g.ready, &entry{msg: m, g: g, seq: first + uint64(i)})
+				e := &es[i]
+				e.msg, e.seq = m, first+uint64(i)
+				g.push(e)
 			}
 			g.unacked += room
-			g.wakeReaders()
+			g.readersReady()
 		}
 		copies = copies[room:]
 		b.mu.Unlock()
@@ -313,17 +408,14 @@ func (c *Conn) OpenSubscription(ctx context.Context, topicName string, opts driv
 		g = newGroup(name, anon)
 		if !anon && t.backlog != nil {
 			// The first named group inherits what was published before it.
-			g.ready, g.unacked = t.backlog.ready, t.backlog.unacked
-			for _, e := range g.ready {
-				e.g = g
-			}
+			g.ready, g.head, g.unacked = t.backlog.ready, t.backlog.head, t.backlog.unacked
 			t.backlog.wakeWriters()
 			t.backlog = nil
 		}
 		t.groups[name] = g
 	}
 	g.members++
-	return &sub{c: c, t: t, g: g, topic: topicName, inflight: map[*entry]struct{}{}}, nil
+	return &sub{c: c, t: t, g: g, topic: topicName}, nil
 }
 
 // Close implements driver.Broker. The shared broker is released when its
@@ -367,12 +459,46 @@ func (c *Conn) Close() error {
 }
 
 type sub struct {
-	c        *Conn
-	t        *topic
-	g        *group
-	topic    string
-	inflight map[*entry]struct{} // guarded by broker mu; the entry is its own ack ID
+	c     *Conn
+	t     *topic
+	g     *group
+	topic string
+	// inflight is the list of entries delivered and not yet settled
+	// (guarded by the broker's mutex); an entry is its own ack ID.
+	inflight *entry
 	closed   bool
+	// What ReceiveBatch returns, reused by the next call (driver
+	// contract); only ReceiveBatch touches them.
+	scratch    []driver.Message
+	scratchPtr []*driver.Message
+}
+
+// hold links e into s's in-flight list. b.mu must be held.
+func (s *sub) hold(e *entry) {
+	e.holder, e.prev, e.next = s, nil, s.inflight
+	if s.inflight != nil {
+		s.inflight.prev = e
+	}
+	s.inflight = e
+}
+
+// unhold removes e from s's in-flight list and reports whether it was
+// there (a settled or given-back delivery is not). b.mu must be held.
+func (s *sub) unhold(id driver.AckID) (*entry, bool) {
+	e, _ := id.(*entry)
+	if e == nil || e.holder != s {
+		return nil, false
+	}
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		s.inflight = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	}
+	e.holder, e.prev, e.next = nil, nil, nil
+	return e, true
 }
 
 // ReceiveBatch implements driver.Subscription.
@@ -385,28 +511,40 @@ func (s *sub) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, err
 			return nil, fmt.Errorf("mem: receive from %q: %w", s.topic, driver.ErrClosed)
 		}
 		g := s.g
-		if n := min(max, len(g.ready)); n > 0 {
-			out := make([]*driver.Message, n)
-			for i, e := range g.ready[:n] {
+		if n := min(max, g.readyLen()); n > 0 {
+			if cap(s.scratch) < n {
+				s.scratch = make([]driver.Message, n)
+				s.scratchPtr = make([]*driver.Message, n)
+			}
+			arr, out := s.scratch[:n], s.scratchPtr[:n]
+			for i, e := range g.ready[g.head : g.head+n] {
 				e.attempt++
-				s.inflight[e] = struct{}{}
-				m := *e.msg
+				s.hold(e)
+				m := &arr[i]
+				*m = *e.msg
 				m.Attempt = e.attempt
 				m.AckID = e // a pointer: no allocation to box it
 				if e.msg.Metadata != nil {
+					// Each delivery gets its own map: a handler changing
+					// it cannot change what other groups or a
+					// redelivery see.
 					m.Metadata = make(map[string]string, len(e.msg.Metadata))
 					for k, v := range e.msg.Metadata {
 						m.Metadata[k] = v
 					}
 				}
-				out[i] = &m
-				g.ready[i] = nil
+				out[i] = m
 			}
-			g.ready = g.ready[n:]
+			clear(g.ready[g.head : g.head+n])
+			g.head += n
+			if g.head == len(g.ready) {
+				g.ready, g.head = g.ready[:0], 0
+			}
 			b.mu.Unlock()
 			return out, nil
 		}
 		wait := g.notify
+		g.readersWait = true
 		b.mu.Unlock()
 		select {
 		case <-wait:
@@ -416,19 +554,30 @@ func (s *sub) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, err
 	}
 }
 
+// AckInline implements driver.InlineAcker: an ack is bookkeeping under the
+// broker's lock, cheaper than a hand-off to the portable layer's ack loop.
+func (s *sub) AckInline(id driver.AckID) error {
+	b := s.c.b
+	b.mu.Lock()
+	if _, ok := s.unhold(id); ok {
+		s.g.unacked--
+		s.g.writersRoom()
+	}
+	b.mu.Unlock()
+	return nil
+}
+
 // SendAcks implements driver.Subscription.
 func (s *sub) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	b := s.c.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for _, id := range ids {
-		e, _ := id.(*entry)
-		if _, ok := s.inflight[e]; ok {
-			delete(s.inflight, e)
+		if _, ok := s.unhold(id); ok {
 			s.g.unacked--
 		}
 	}
-	s.g.wakeWriters()
+	s.g.writersRoom()
 	return nil
 }
 
@@ -439,9 +588,7 @@ func (s *sub) SendNacks(ctx context.Context, ids []driver.AckID, delay time.Dura
 	defer b.mu.Unlock()
 	var back []*entry
 	for _, id := range ids {
-		e, _ := id.(*entry)
-		if _, ok := s.inflight[e]; ok {
-			delete(s.inflight, e)
+		if e, ok := s.unhold(id); ok {
 			back = append(back, e)
 		}
 	}
@@ -456,8 +603,8 @@ func (b *broker) requeue(g *group, back []*entry, delay time.Duration) {
 		return
 	}
 	if delay <= 0 {
-		g.ready = append(back, g.ready...)
-		g.wakeReaders()
+		g.pushFront(back)
+		g.readersReady()
 		return
 	}
 	var tm *time.Timer
@@ -480,9 +627,12 @@ func (s *sub) Close() error {
 		return nil
 	}
 	s.closed = true
-	back := make([]*entry, 0, len(s.inflight))
-	for e := range s.inflight {
+	var back []*entry
+	for e := s.inflight; e != nil; {
+		next := e.next
+		e.holder, e.prev, e.next = nil, nil, nil
 		back = append(back, e)
+		e = next
 	}
 	// Keep publish order among what goes back.
 	sortEntries(back)

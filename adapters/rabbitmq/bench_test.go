@@ -10,25 +10,33 @@ package rabbitmq_test
 //	go test -run XXX -bench . ./adapters/rabbitmq/
 //
 // Publish: 4 goroutines share b.N messages, each with at most 512 messages
-// in flight: raw streams on its own confirm channel per goroutine with a
+// in flight: "raw" streams on its own confirm channel per goroutine with a
 // sliding window of 512 unconfirmed messages (the pipelined-confirm
-// pattern); omnibus and watermill publish calls of 512 messages that return
-// when all are confirmed (watermill with ConfirmDelivery and a channel pool
-// of 4). Consume: the queue is filled
+// pattern); "raw-sync" makes, on its own confirm channel per goroutine, the
+// same calls as omnibus: 512 messages, then wait until all are confirmed
+// (the guarantee omnibus's Publish gives); omnibus and watermill publish
+// calls of 512 messages that return when all are confirmed (watermill with
+// ConfirmDelivery and a channel pool of 4). Raw publishes mandatory, as
+// omnibus does by default (unroutable=error), so the broker does the same
+// work. Consume: the queue is filled
 // first (untimed), then b.N messages are received and acked one by one,
 // with a prefetch of 256 for every library; raw acks each delivery
 // ("raw-ack-each") or every 64th with multiple=true ("raw-ack-multiple");
 // omnibus acks each delivery through Delivery.Ack and its adapter coalesces
 // (by default a basic.ack multiple=true per prefetch/4 = 64 contiguous
 // acks, or within 1ms); watermill acks each delivery. Besides msg/s, each
-// run reports cpu-µs/msg: the client process's user+system CPU per message
-// (the broker's is not counted). Each parent benchmark prints the ratios of
+// run reports cpu-µs/msg: the client process's user+system CPU per message,
+// and broker-cpu-µs/msg: the broker's, when it is the local broker of
+// scripts/brokers. Each parent benchmark prints the ratios of
 // its last run; take medians over -count runs.
 
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -119,6 +127,36 @@ func rawPublishing(i int) amqp.Publishing {
 	}
 }
 
+// rawPublishSync publishes n messages on one confirm channel in calls of
+// benchBatch, each waiting until all its messages are confirmed.
+func rawPublishSync(ctx context.Context, conn *amqp.Connection, topic string, from, n int) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Confirm(false); err != nil {
+		return err
+	}
+	dcs := make([]*amqp.DeferredConfirmation, 0, benchBatch)
+	for i := 0; i < n; i += benchBatch {
+		dcs = dcs[:0]
+		for j := i; j < min(i+benchBatch, n); j++ {
+			dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, topic, "", true, false, rawPublishing(from+j))
+			if err != nil {
+				return err
+			}
+			dcs = append(dcs, dc)
+		}
+		for _, dc := range dcs {
+			if !dc.Wait() {
+				return fmt.Errorf("nacked")
+			}
+		}
+	}
+	return nil
+}
+
 // rawPublish streams n messages on one confirm channel with a sliding window.
 func rawPublish(ctx context.Context, conn *amqp.Connection, topic string, from, n int) error {
 	ch, err := conn.Channel()
@@ -138,7 +176,7 @@ func rawPublish(ctx context.Context, conn *amqp.Connection, topic string, from, 
 			}
 			oldest++
 		}
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, topic, "", false, false, rawPublishing(from+i))
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, topic, "", true, false, rawPublishing(from+i))
 		if err != nil {
 			return err
 		}
@@ -197,6 +235,17 @@ func BenchmarkPublish(b *testing.B) {
 					b.Fatal(err)
 				}
 				r.set("raw", report(b, start))
+			}
+
+			runRawSync := func(b *testing.B) {
+				topic := benchTopic(qt, "raw-sync")
+				declare(b, conn, topic, qt)
+				b.ResetTimer()
+				start := begin()
+				if err := split(b.N, func(from, n int) error { return rawPublishSync(ctx, conn, topic, from, n) }); err != nil {
+					b.Fatal(err)
+				}
+				r.set("raw-sync", report(b, start))
 			}
 
 			runOmnibus := func(b *testing.B) {
@@ -259,9 +308,10 @@ func BenchmarkPublish(b *testing.B) {
 				r.set("watermill", report(b, start))
 			}
 			b.Run("raw", runRaw)
+			b.Run("raw-sync", runRawSync)
 			b.Run("omnibus", runOmnibus)
 			b.Run("watermill", runWatermill)
-			r.logRatios(b, "publish "+qt, "raw", "watermill")
+			r.logRatios(b, "publish "+qt, "raw", "raw-sync", "watermill")
 		})
 	}
 }
@@ -273,17 +323,19 @@ func watermillConfig(url, qt string) wamqp.Config {
 	return cfg
 }
 
-// mark is when a timed section began: wall clock and this process's CPU.
+// mark is when a timed section began: wall clock, this process's CPU and
+// the broker's.
 type mark struct {
-	t   time.Time
-	cpu time.Duration
+	t      time.Time
+	cpu    time.Duration
+	broker time.Duration
 }
 
-func begin() mark { return mark{time.Now(), processCPU()} }
+func begin() mark { return mark{time.Now(), processCPU(), brokerCPU()} }
 
-// report records msg/s and the client's CPU time per message (user+sys of
-// the whole test process, so every goroutine of the library is counted;
-// the broker's CPU is not).
+// report records msg/s, the client's CPU time per message (user+sys of the
+// whole test process, so every goroutine of the library is counted) and,
+// where it can be read, the broker's.
 func report(b *testing.B, start mark) float64 {
 	el := time.Since(start.t)
 	rate := float64(b.N) / el.Seconds()
@@ -291,7 +343,47 @@ func report(b *testing.B, start mark) float64 {
 	if cpu := processCPU(); cpu > 0 {
 		b.ReportMetric(float64((cpu-start.cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 	}
+	if cpu := brokerCPU(); cpu > 0 && start.broker > 0 {
+		b.ReportMetric(float64((cpu-start.broker).Microseconds())/float64(b.N), "broker-cpu-µs/msg")
+	}
 	return rate
+}
+
+// brokerCPU returns the user+system CPU time the broker has used, when the
+// broker is the local one started by scripts/brokers (its beam.pid lies next
+// to the ctl wrapper) and /proc can be read; else 0. The resolution is a
+// clock tick (10ms): meaningful over a run of a second or more.
+func brokerCPU() time.Duration {
+	ctl := os.Getenv(EnvCtl)
+	if ctl == "" {
+		return 0
+	}
+	pid, err := os.ReadFile(filepath.Join(filepath.Dir(ctl), "beam.pid"))
+	if err != nil {
+		return 0
+	}
+	stat, err := os.ReadFile("/proc/" + strings.TrimSpace(string(pid)) + "/stat")
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which ends with the last ')'):
+	// state is field 3 of the whole line, utime 14, stime 15.
+	s := string(stat)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0
+	}
+	const tick = 10 * time.Millisecond // USER_HZ = 100 on Linux
+	return time.Duration(ut+st) * tick
 }
 
 // fill publishes n messages to topic (untimed setup for the consume runs).

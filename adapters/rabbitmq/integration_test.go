@@ -433,3 +433,61 @@ func TestBrokerRestartMidStreamDeliversEveryMessageAndReconnects(t *testing.T) {
 	}
 	t.Logf("%d messages, %d redelivered (at-least-once), %d publish calls failed and were retried, %d reconnects", total, dups, publishErrs.Load(), drv.Reconnects())
 }
+
+// The adapter builds each publishing just before sending it, reusing one
+// header table per channel: every message must still arrive with exactly
+// its own key and metadata, whatever the messages before it carried.
+func TestEveryMessageOfABatchKeepsItsOwnKeyAndMetadata(t *testing.T) {
+	base := integration.AMQP(t)
+	ctx := context.Background()
+	c := openClient(t, withParams(base, "queue_type=classic"))
+	topic := topicName(t)
+	s, err := c.Subscribe(ctx, topic, pubsub.Group("headers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	const n = 600 // over one confirm window
+	msgs := make([]*pubsub.Message, n)
+	for i := range msgs {
+		m := &pubsub.Message{ID: fmt.Sprintf("m-%d", i), Payload: []byte(strconv.Itoa(i))}
+		switch i % 4 {
+		case 1:
+			m.Key = "k" + strconv.Itoa(i)
+		case 2:
+			m.Metadata = map[string]string{"only-" + strconv.Itoa(i): "x", "shared": strconv.Itoa(i)}
+		case 3:
+			m.Key = "k" + strconv.Itoa(i)
+			m.Metadata = map[string]string{"shared": strconv.Itoa(i)}
+		}
+		msgs[i] = m
+	}
+	if err := c.Publish(ctx, topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for range n {
+		d, err := s.Receive(rctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		i, err := strconv.Atoi(string(d.Message.Payload))
+		if err != nil || i < 0 || i >= n {
+			t.Fatalf("unexpected payload %q", d.Message.Payload)
+		}
+		want := msgs[i]
+		got := d.Message
+		if got.ID != want.ID || got.Key != want.Key || len(got.Metadata) != len(want.Metadata) {
+			t.Fatalf("message %d arrived as id %q key %q metadata %v; want id %q key %q metadata %v", i, got.ID, got.Key, got.Metadata, want.ID, want.Key, want.Metadata)
+		}
+		for k, v := range want.Metadata {
+			if got.Metadata[k] != v {
+				t.Fatalf("message %d: metadata %v, want %v", i, got.Metadata, want.Metadata)
+			}
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

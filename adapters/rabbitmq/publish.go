@@ -18,7 +18,75 @@ const (
 	headerAttempt = "omnibus-attempt"
 )
 
-// outMsg is one publishing with the name errors use for it.
+// batch is what one send publishes, in order: either msgs (SendBatch: every
+// message to one exchange) or out (republished deliveries, see nack).
+//
+// The amqp.Publishing of a message of msgs is built on the channel that
+// sends it, just before it is sent, with that channel's header table:
+// amqp091-go serialises a publishing during the call and keeps nothing of
+// it, so a batch costs no table per message. The metadata of every message
+// is copied once, when the batch is made (meta), because a caller whose
+// context ended may have returned from Publish and be changing its map while
+// its messages are still sent with others' (or sent again after a
+// reconnect); the strings themselves are immutable and shared.
+type batch struct {
+	exchange  string
+	mandatory bool
+	now       time.Time
+	msgs      []*driver.Message
+	meta      []string // key, value pairs of every message's metadata, in order
+	metaEnd   []int    // msgs[i]'s pairs are meta[metaEnd[i-1]:metaEnd[i]]
+
+	out []outMsg
+}
+
+func newBatch(exchange string, mandatory bool, msgs []*driver.Message) *batch {
+	bt := &batch{exchange: exchange, mandatory: mandatory, now: time.Now(), msgs: msgs}
+	n := 0
+	for _, m := range msgs {
+		n += len(m.Metadata)
+	}
+	if n > 0 {
+		bt.meta = make([]string, 0, 2*n)
+		bt.metaEnd = make([]int, len(msgs))
+		for i, m := range msgs {
+			for k, v := range m.Metadata {
+				bt.meta = append(bt.meta, k, v)
+			}
+			bt.metaEnd[i] = len(bt.meta)
+		}
+	}
+	return bt
+}
+
+// metadata returns the key, value pairs of msgs[i].
+func (bt *batch) metadata(i int) []string {
+	if bt.metaEnd == nil {
+		return nil
+	}
+	from := 0
+	if i > 0 {
+		from = bt.metaEnd[i-1]
+	}
+	return bt.meta[from:bt.metaEnd[i]]
+}
+
+func (bt *batch) len() int {
+	if bt.out != nil {
+		return len(bt.out)
+	}
+	return len(bt.msgs)
+}
+
+// id names message i in errors (and matches it to returns).
+func (bt *batch) id(i int) string {
+	if bt.out != nil {
+		return bt.out[i].id
+	}
+	return bt.msgs[i].ID
+}
+
+// outMsg is one prepared publishing with the name errors use for it.
 type outMsg struct {
 	exchange, key string
 	mandatory     bool
@@ -40,6 +108,11 @@ type pubChan struct {
 	gen     uint64
 	returns chan amqp.Return
 	closes  chan *amqp.Error
+
+	// Reused by every batch sent on the channel (one at a time).
+	headers  amqp.Table
+	dcs      []*amqp.DeferredConfirmation
+	returned map[string]int
 }
 
 func newPubPool(b *Broker) *pubPool {
@@ -72,6 +145,7 @@ func (p *pubPool) open(ctx context.Context, pc *pubChan) (*pubChan, error) {
 		// those: the library never has to block (or give up) handing us one.
 		returns: ch.NotifyReturn(make(chan amqp.Return, 2*w+16)),
 		closes:  ch.NotifyClose(make(chan *amqp.Error, 1)),
+		headers: amqp.Table{},
 	}, nil
 }
 
@@ -79,21 +153,18 @@ func (p *pubPool) open(ctx context.Context, pc *pubChan) (*pubChan, error) {
 // bound to its exchange.
 var errUnroutable = errors.New("no queue is bound to the exchange")
 
-// send publishes msgs in order and returns once every one is confirmed. It
-// publishes again the messages whose channel or connection failed before
-// they were confirmed, until deadline. prepare (may be nil) runs before each
-// round, to declare what the messages are routed to (again after a
-// reconnect). The error names the first message that failed.
-func (p *pubPool) send(ctx context.Context, msgs []outMsg, deadline time.Time, prepare func(context.Context) error) error {
-	if len(msgs) == 0 {
+// send publishes the batch in order and returns once every message is
+// confirmed. It publishes again the messages whose channel or connection
+// failed before they were confirmed, until deadline. prepare (may be nil)
+// runs before each round, to declare what the messages are routed to (again
+// after a reconnect). The error names the first message that failed.
+func (p *pubPool) send(ctx context.Context, bt *batch, deadline time.Time, prepare func(context.Context) error) error {
+	if bt.len() == 0 {
 		return nil
 	}
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	pending := make([]int, len(msgs))
-	for i := range pending {
-		pending[i] = i
-	}
+	var pending []int // nil: every message; after a failed round, those to publish again
 	var lastErr error
 	backoff := 50 * time.Millisecond
 	for round := 0; ; round++ {
@@ -109,11 +180,14 @@ func (p *pubPool) send(ctx context.Context, msgs []outMsg, deadline time.Time, p
 			backoff = min(2*backoff, time.Second)
 		}
 		if ctx.Err() != nil {
-			m := msgs[pending[0]]
+			first, n := 0, bt.len()
+			if pending != nil {
+				first, n = pending[0], len(pending)
+			}
 			if lastErr == nil {
 				lastErr = ctx.Err()
 			}
-			return fmt.Errorf("rabbitmq: message %q (and %d more) not confirmed by the broker before the publish timeout: %w", m.id, len(pending)-1, lastErr)
+			return fmt.Errorf("rabbitmq: message %q (and %d more) not confirmed by the broker before the publish timeout: %w", bt.id(first), n-1, lastErr)
 		}
 		if prepare != nil {
 			if err := prepare(ctx); err != nil {
@@ -141,7 +215,7 @@ func (p *pubPool) send(ctx context.Context, msgs []outMsg, deadline time.Time, p
 			lastErr = err
 			continue
 		}
-		failed, perm, err := pc.publish(ctx, msgs, pending, p.b.opts.ConfirmWindow)
+		failed, perm, err := pc.publish(ctx, bt, pending, p.b.opts.ConfirmWindow)
 		p.slots <- pc
 		if perm != nil {
 			return perm
@@ -154,12 +228,49 @@ func (p *pubPool) send(ctx context.Context, msgs []outMsg, deadline time.Time, p
 	}
 }
 
-// publish sends msgs[idx...] on pc with at most window unconfirmed and waits
-// for every confirm. It returns the indexes not confirmed (to publish again)
-// with the reason, or a permanent error (a returned message).
-func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window int) (failed []int, perm, err error) {
-	dcs := make([]*amqp.DeferredConfirmation, len(idx))
-	returned := map[string]int{}
+// publishing returns the AMQP publishing of bt.msgs[i], with pc's header
+// table (valid until the next call).
+func (pc *pubChan) publishing(bt *batch, i int) amqp.Publishing {
+	m := bt.msgs[i]
+	h := pc.headers
+	clear(h)
+	kv := bt.metadata(i)
+	for j := 0; j+1 < len(kv); j += 2 {
+		h[kv[j]] = kv[j+1]
+	}
+	if m.Key != "" {
+		h[headerKey] = m.Key
+	}
+	return amqp.Publishing{
+		Headers:      h,
+		DeliveryMode: amqp.Persistent,
+		MessageId:    m.ID,
+		Timestamp:    bt.now,
+		Body:         m.Payload,
+	}
+}
+
+// publish sends the messages of bt at the indexes idx (nil: all of them) on
+// pc, with at most window unconfirmed, and waits for every confirm. It
+// returns the indexes not confirmed (to publish again) with the reason, or a
+// permanent error (a returned message).
+func (pc *pubChan) publish(ctx context.Context, bt *batch, idx []int, window int) (failed []int, perm, err error) {
+	n := bt.len()
+	if idx != nil {
+		n = len(idx)
+	}
+	at := func(i int) int {
+		if idx == nil {
+			return i
+		}
+		return idx[i]
+	}
+	if cap(pc.dcs) < n {
+		pc.dcs = make([]*amqp.DeferredConfirmation, n)
+	}
+	dcs := pc.dcs[:n]
+	defer clear(dcs) // let the confirmations go
+	clear(pc.returned)
 	drain := func() {
 		for {
 			select {
@@ -168,7 +279,10 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 					pc.returns = nil
 					return
 				}
-				returned[r.MessageId]++
+				if pc.returned == nil {
+					pc.returned = map[string]int{}
+				}
+				pc.returned[r.MessageId]++
 			default:
 				return
 			}
@@ -188,14 +302,25 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 	oldest := 0
 	sent := 0
 	var pubErr error
-	for i, mi := range idx {
-		for i-oldest >= window {
+	for i := 0; i < n; i++ {
+		if i-oldest >= window {
+			// Returns come before their confirms: take them so that
+			// the library never blocks handing us one.
 			drain()
-			wait(dcs[oldest])
-			oldest++
+			for i-oldest >= window {
+				wait(dcs[oldest])
+				oldest++
+			}
 		}
-		m := &msgs[mi]
-		dc, e := pc.ch.PublishWithDeferredConfirmWithContext(ctx, m.exchange, m.key, m.mandatory, false, m.pub)
+		var dc *amqp.DeferredConfirmation
+		var e error
+		if bt.out != nil {
+			o := &bt.out[at(i)]
+			dc, e = pc.ch.PublishWithDeferredConfirmWithContext(ctx, o.exchange, o.key, o.mandatory, false, o.pub)
+		} else {
+			mi := at(i)
+			dc, e = pc.ch.PublishWithDeferredConfirmWithContext(ctx, bt.exchange, bt.msgs[mi].Key, bt.mandatory, false, pc.publishing(bt, mi))
+		}
 		if e != nil {
 			pubErr = e
 			break
@@ -203,13 +328,19 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 		dcs[i] = dc
 		sent++
 	}
+	// The broker confirms (mostly in order, with multiple=true) as it
+	// stores: waiting for the last one first wakes this goroutine about
+	// once, not once per confirm frame.
+	if sent > oldest {
+		wait(dcs[sent-1])
+	}
 	for ; oldest < sent; oldest++ {
-		drain()
 		wait(dcs[oldest])
 	}
 	drain()
 	var nacked bool
-	for i, mi := range idx {
+	for i := 0; i < n; i++ {
+		mi := at(i)
 		if i >= sent {
 			failed = append(failed, mi)
 			continue
@@ -219,10 +350,14 @@ func (pc *pubChan) publish(ctx context.Context, msgs []outMsg, idx []int, window
 			nacked = true
 			continue
 		}
-		if returned[msgs[mi].id] > 0 {
-			returned[msgs[mi].id]--
+		if id := bt.id(mi); pc.returned[id] > 0 {
+			pc.returned[id]--
+			exchange := bt.exchange
+			if bt.out != nil {
+				exchange = bt.out[mi].exchange
+			}
 			perm = fmt.Errorf("rabbitmq: message %q returned by the broker: %w (exchange %q); subscribe a group or list it in ?groups= first, or publish with unroutable=drop: %w",
-				msgs[mi].id, errUnroutable, msgs[mi].exchange, driver.ErrNotFound)
+				id, errUnroutable, exchange, driver.ErrNotFound)
 			return nil, perm, nil
 		}
 	}
@@ -257,30 +392,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if err := validTopic(topic); err != nil {
 		return err
 	}
-	now := time.Now()
-	out := make([]outMsg, len(msgs))
-	for i, m := range msgs {
-		h := amqp.Table{}
-		for k, v := range m.Metadata {
-			h[k] = v
-		}
-		if m.Key != "" {
-			h[headerKey] = m.Key
-		}
-		out[i] = outMsg{
-			exchange:  topic,
-			key:       m.Key,
-			mandatory: !b.opts.DropUnroutable,
-			id:        m.ID,
-			pub: amqp.Publishing{
-				Headers:      h,
-				DeliveryMode: amqp.Persistent,
-				MessageId:    m.ID,
-				Timestamp:    now,
-				Body:         m.Payload,
-			},
-		}
-	}
+	bt := newBatch(topic, !b.opts.DropUnroutable, msgs)
 	rounds := 0
 	prepare := func(ctx context.Context) error {
 		if rounds++; rounds > 1 {
@@ -290,7 +402,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		}
 		return b.topo.ensureTopic(ctx, topic)
 	}
-	if err := b.pool.send(ctx, out, deadline, prepare); err != nil {
+	if err := b.pool.send(ctx, bt, deadline, prepare); err != nil {
 		if errors.Is(err, driver.ErrClosed) {
 			return err
 		}

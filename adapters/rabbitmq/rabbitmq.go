@@ -42,7 +42,12 @@
 // connection drops, the messages not yet confirmed are published again on
 // the new connection (at-least-once: one may be stored twice, with the same
 // ID) until publish_timeout, after which Publish fails naming the first
-// message that was not confirmed. Nothing in flight is lost silently.
+// message that was not confirmed. Nothing in flight is lost silently. The
+// publish connection writes the publishings of all its channels through
+// shared system calls: a write goes out at once when the socket is idle,
+// and the ones that arrive while a write is under way go out together with
+// the next (at most 512 KiB wait; a failed write closes the connection, and
+// its unconfirmed messages are published again like after any other loss).
 //
 // # Subscribing
 //
@@ -456,6 +461,18 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	props["connection_name"] = b.opts.ConnectionName + "/" + role
 	cfg.Properties = props
 	cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: b.uri.Username, Password: b.uri.Password}}
+	if role == "publish" {
+		// Publishings of all channels share write system calls (see
+		// coalescingConn); the consume connection sends few frames.
+		dial := cfg.Dial
+		cfg.Dial = func(network, addr string) (net.Conn, error) {
+			c, err := dial(network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return newCoalescingConn(c), nil
+		}
+	}
 	type res struct {
 		c   *amqp.Connection
 		err error

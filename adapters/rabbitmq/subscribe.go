@@ -457,7 +457,7 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 			return nil
 		}
 	}
-	if err := s.b.pool.send(ctx, out, deadline, prep); err != nil {
+	if err := s.b.pool.send(ctx, &batch{out: out}, deadline, prep); err != nil {
 		// Some copies may be stored: requeue the originals anyway
 		// (at-least-once; the copies carry the same message ID).
 		return errors.Join(fmt.Errorf("republish for redelivery: %w", err), c.settle(nil, tags(ts)))

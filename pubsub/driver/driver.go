@@ -101,6 +101,12 @@ type Broker interface {
 	// error some messages may have been published; the error should name
 	// the first one that failed. Messages with the same Key in one batch must
 	// keep their order. SendBatch is called concurrently.
+	//
+	// The Message structs (and the slice) are the adapter's once SendBatch
+	// is called: it may keep or modify them (the portable layer allocates
+	// them per call and never looks at them again). The Payload bytes and
+	// Metadata map they point to still belong to the publisher: an adapter
+	// that keeps them past the call must copy them.
 	SendBatch(ctx context.Context, topic string, msgs []*Message) error
 	// OpenSubscription starts receiving from topic. It is called once per
 	// portable Subscription.
@@ -118,6 +124,12 @@ type Subscription interface {
 	// least one is available or ctx ends. It may return an empty batch and
 	// nil error (the portable layer calls again). It is never called
 	// concurrently with itself.
+	//
+	// The portable layer is done with the returned slice and Message structs
+	// when it next calls ReceiveBatch (or Close): it copies the fields it
+	// keeps, so an adapter may reuse them for its next batch. The Payload
+	// bytes and Metadata maps are handed to the consumer and must not be
+	// reused.
 	ReceiveBatch(ctx context.Context, max int) ([]*Message, error)
 	// SendAcks acknowledges deliveries: they must not be redelivered.
 	// SendAcks and SendNacks must not keep ids after they return (the
