@@ -428,8 +428,19 @@ func (b *batcher) run(batch []*sendReq) {
 		if b.group {
 			// Let the callers just released queue their next calls before
 			// the next batch is cut, so that it is not a lone straggler
-			// followed by everyone else (batch size only, not correctness).
-			runtime.Gosched()
+			// followed by everyone else: yield until the queue stops
+			// growing (at most 8 times). Batch size only, not correctness.
+			prev := -1
+			for i := 0; i < 8; i++ {
+				runtime.Gosched()
+				b.mu.Lock()
+				n := b.waitingN
+				b.mu.Unlock()
+				if n == prev || n >= b.maxBatch {
+					break
+				}
+				prev = n
+			}
 		}
 		b.mu.Lock()
 		if len(b.waiting) == 0 {
