@@ -92,6 +92,7 @@ func (c *consumer) run() {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
 	for {
+		quit := false
 		select {
 		case <-c.kick:
 		case <-c.arm:
@@ -100,17 +101,20 @@ func (c *consumer) run() {
 			case <-c.kick:
 			case <-t.C:
 			case <-c.quit:
+				quit = true
 			}
 			t.Stop()
 		case <-c.quit:
+			quit = true
 		}
 		// A failed send means the channel is gone: the broker redelivers
-		// those messages, and the next consumer starts afresh.
+		// those messages, and the next consumer starts afresh. The flush
+		// after quit is the last one: it runs after stop was called, so it
+		// sees every ack recorded before (an ack recorded while an earlier
+		// flush was sending is not lost).
 		_ = c.flush()
-		select {
-		case <-c.quit:
+		if quit {
 			return
-		default:
 		}
 	}
 }

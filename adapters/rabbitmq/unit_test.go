@@ -399,3 +399,47 @@ func TestInlineAckOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
 		t.Fatalf("ackInline on a closed channel: %v, want an error saying the broker redelivers", err)
 	}
 }
+
+// gatedAcker blocks its first Ack until released, to hold a flush mid-send.
+type gatedAcker struct {
+	fakeAcker
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gatedAcker) Ack(tag uint64, multiple bool) error {
+	g.once.Do(func() {
+		close(g.entered)
+		<-g.release
+	})
+	return g.fakeAcker.Ack(tag, multiple)
+}
+
+// An ack recorded while the flusher is sending earlier ones, just before the
+// consumer stops, is still sent: the last flush runs after stop (a lost ack
+// here made a closed subscription's acked message come back).
+func TestAckRecordedDuringAFlushIsSentWhenTheConsumerStops(t *testing.T) {
+	g := &gatedAcker{entered: make(chan struct{}), release: make(chan struct{})}
+	con := newConsumer(g, nil, 256)
+	go con.run()
+	_ = con.ackInline(1)
+	select {
+	case <-g.entered: // the flusher is inside Ack(1)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the flusher never sent the first ack")
+	}
+	_ = con.ackInline(2)
+	stopped := make(chan struct{})
+	go func() { con.stop(true); close(stopped) }()
+	<-con.quit // stop has begun
+	close(g.release)
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("stop did not return")
+	}
+	want := []string{"ack 1 multiple=true", "ack 2 multiple=true"}
+	if got := g.take(); !reflect.DeepEqual(got, want) {
+		t.Fatalf("frames %q, want %q", got, want)
+	}
+}
