@@ -16,6 +16,7 @@ import (
 
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
 )
 
 var topicSeq atomic.Int64
@@ -231,30 +232,18 @@ func TestTwoMembersSplitPartitionsAndReceiveEachMessageOnce(t *testing.T) {
 	keysBy := []map[string]bool{{}, {}}
 	ctx, cancel := wait()
 	defer cancel()
-	var wg sync.WaitGroup
-	for i, s := range []*pubsub.Subscription{s1, s2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				d, err := s.Receive(ctx)
-				if err != nil {
-					return
-				}
-				if err := d.Ack(); err != nil {
-					t.Errorf("ack: %v", err)
-				}
-				mu.Lock()
-				seen[d.Message.ID]++
-				keysBy[i][d.Message.Key] = true
-				if len(seen) == n {
-					cancel()
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	wg.Wait()
+	pubsubtest.Consume(ctx, []*pubsub.Subscription{s1, s2}, func(i int, d *pubsub.Delivery) {
+		if err := d.Ack(); err != nil {
+			t.Errorf("ack: %v", err)
+		}
+		mu.Lock()
+		seen[d.Message.ID]++
+		keysBy[i][d.Message.Key] = true
+		if len(seen) == n {
+			cancel()
+		}
+		mu.Unlock()
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(seen) != n {

@@ -29,10 +29,10 @@ func varintLen(v int64) int {
 
 func bytesLen(n int) int { return varintLen(int64(n)) + n }
 
-// recordSize is an upper bound of the encoded size of m as a record, its
-// length prefix included (offset deltas counted at their widest).
-func recordSize(m *driver.Message) int {
-	body := 1 + 1 + 5 // attributes, timestamp delta (always 0), offset delta
+// recordBody returns the encoded length of m as a record whose offset delta
+// takes odLen bytes (length prefix excluded), and its header count.
+func recordBody(m *driver.Message, odLen int) (body, headers int) {
+	body = 1 + 1 + odLen // attributes, timestamp delta (always 0), offset delta
 	if m.Key == "" {
 		body++
 	} else {
@@ -43,16 +43,23 @@ func recordSize(m *driver.Message) int {
 	} else {
 		body += bytesLen(len(m.Payload))
 	}
-	hs := 1
+	headers = 1
 	body += bytesLen(len(HeaderID)) + bytesLen(len(m.ID))
 	for k, v := range m.Metadata {
 		if k == HeaderID {
 			continue
 		}
-		hs++
+		headers++
 		body += bytesLen(len(k)) + bytesLen(len(v))
 	}
-	body += varintLen(int64(hs))
+	body += varintLen(int64(headers))
+	return body, headers
+}
+
+// recordSize is an upper bound of the encoded size of m as a record, its
+// length prefix included (offset deltas counted at their widest).
+func recordSize(m *driver.Message) int {
+	body, _ := recordBody(m, 5)
 	return 5 + body
 }
 
@@ -65,28 +72,7 @@ func appendVarString(b []byte, s string) []byte {
 
 // appendRecord appends msgs[i] as the record at offsetDelta.
 func appendRecord(b []byte, m *driver.Message, offsetDelta int) []byte {
-	hs := 1
-	body := 1 + 1 + varintLen(int64(offsetDelta))
-	if m.Key == "" {
-		body++
-	} else {
-		body += bytesLen(len(m.Key))
-	}
-	if m.Payload == nil {
-		body++
-	} else {
-		body += bytesLen(len(m.Payload))
-	}
-	body += bytesLen(len(HeaderID)) + bytesLen(len(m.ID))
-	for k, v := range m.Metadata {
-		if k == HeaderID {
-			continue
-		}
-		hs++
-		body += bytesLen(len(k)) + bytesLen(len(v))
-	}
-	body += varintLen(int64(hs))
-
+	body, hs := recordBody(m, varintLen(int64(offsetDelta)))
 	b = appendVarint(b, int64(body))
 	b = append(b, 0) // attributes (unused)
 	b = append(b, 0) // timestamp delta: every record has the batch's

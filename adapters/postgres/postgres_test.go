@@ -326,41 +326,29 @@ func TestCompetingSubscribersNeverHoldSameMessage(t *testing.T) {
 	var failures []string
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for member, s := range []*pubsub.Subscription{s1, s2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				d, err := s.Receive(ctx)
-				if err != nil {
-					return
-				}
-				id := d.Message.ID
-				mu.Lock()
-				if other, ok := holding[id]; ok {
-					failures = append(failures, fmt.Sprintf("%s held by members %d and %d at once", id, other, member))
-				}
-				holding[id] = member
-				count[id]++
-				mu.Unlock()
-				// Simulated handler work (10 ms), so that the 64 prefetched
-				// messages wait ~640 ms, twice the visibility timeout.
-				time.Sleep(10 * time.Millisecond)
-				mu.Lock()
-				delete(holding, id)
-				done := len(count) == n
-				mu.Unlock()
-				if err := d.Ack(); err != nil {
-					t.Errorf("ack: %v", err)
-				}
-				if done {
-					cancel()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	pubsubtest.Consume(ctx, []*pubsub.Subscription{s1, s2}, func(member int, d *pubsub.Delivery) {
+		id := d.Message.ID
+		mu.Lock()
+		if other, ok := holding[id]; ok {
+			failures = append(failures, fmt.Sprintf("%s held by members %d and %d at once", id, other, member))
+		}
+		holding[id] = member
+		count[id]++
+		mu.Unlock()
+		// Simulated handler work (10 ms), so that the 64 prefetched
+		// messages wait ~640 ms, twice the visibility timeout.
+		time.Sleep(10 * time.Millisecond)
+		mu.Lock()
+		delete(holding, id)
+		done := len(count) == n
+		mu.Unlock()
+		if err := d.Ack(); err != nil {
+			t.Errorf("ack: %v", err)
+		}
+		if done {
+			cancel()
+		}
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	for _, f := range failures {
@@ -402,44 +390,32 @@ func TestKeyNeverInFlightTwiceAcrossCompetingConsumers(t *testing.T) {
 	var failures []string
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var wg sync.WaitGroup
-	for _, s := range []*pubsub.Subscription{s1, s2} {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				d, err := s.Receive(ctx)
-				if err != nil {
-					return
-				}
-				k := d.Message.Key
-				n, _ := strconv.Atoi(string(d.Message.Payload))
-				mu.Lock()
-				if inflight[k] {
-					failures = append(failures, fmt.Sprintf("key %s: message %d handed out while an earlier one is in flight", k, n))
-				}
-				if n != next[k] {
-					failures = append(failures, fmt.Sprintf("key %s: got %d, want %d", k, n, next[k]))
-				}
-				inflight[k] = true
-				next[k] = n + 1
-				mu.Unlock()
-				runtime.Gosched() // let the other member run while k is held
-				mu.Lock()
-				inflight[k] = false
-				total++
-				done := total == keys*per
-				mu.Unlock()
-				if err := d.Ack(); err != nil {
-					t.Errorf("ack: %v", err)
-				}
-				if done {
-					cancel()
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	pubsubtest.Consume(ctx, []*pubsub.Subscription{s1, s2}, func(_ int, d *pubsub.Delivery) {
+		k := d.Message.Key
+		n, _ := strconv.Atoi(string(d.Message.Payload))
+		mu.Lock()
+		if inflight[k] {
+			failures = append(failures, fmt.Sprintf("key %s: message %d handed out while an earlier one is in flight", k, n))
+		}
+		if n != next[k] {
+			failures = append(failures, fmt.Sprintf("key %s: got %d, want %d", k, n, next[k]))
+		}
+		inflight[k] = true
+		next[k] = n + 1
+		mu.Unlock()
+		runtime.Gosched() // let the other member run while k is held
+		mu.Lock()
+		inflight[k] = false
+		total++
+		done := total == keys*per
+		mu.Unlock()
+		if err := d.Ack(); err != nil {
+			t.Errorf("ack: %v", err)
+		}
+		if done {
+			cancel()
+		}
+	})
 	for _, f := range failures {
 		t.Error(f)
 	}

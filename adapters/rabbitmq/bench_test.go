@@ -226,27 +226,20 @@ func BenchmarkPublish(b *testing.B) {
 			defer conn.Close()
 			ctx := context.Background()
 
-			runRaw := func(b *testing.B) {
-				topic := benchTopic(qt, "raw")
-				declare(b, conn, topic, qt)
-				b.ResetTimer()
-				start := begin()
-				if err := split(b.N, func(from, n int) error { return rawPublish(ctx, conn, topic, from, n) }); err != nil {
-					b.Fatal(err)
+			// rawWith benchmarks a hand-written amqp091-go publish loop.
+			rawWith := func(name string, publish func(context.Context, *amqp.Connection, string, int, int) error) func(*testing.B) {
+				return func(b *testing.B) {
+					topic := benchTopic(qt, name)
+					declare(b, conn, topic, qt)
+					b.ResetTimer()
+					start := begin()
+					if err := split(b.N, func(from, n int) error { return publish(ctx, conn, topic, from, n) }); err != nil {
+						b.Fatal(err)
+					}
+					r.set(name, report(b, start))
 				}
-				r.set("raw", report(b, start))
 			}
-
-			runRawSync := func(b *testing.B) {
-				topic := benchTopic(qt, "raw-sync")
-				declare(b, conn, topic, qt)
-				b.ResetTimer()
-				start := begin()
-				if err := split(b.N, func(from, n int) error { return rawPublishSync(ctx, conn, topic, from, n) }); err != nil {
-					b.Fatal(err)
-				}
-				r.set("raw-sync", report(b, start))
-			}
+			runRaw, runRawSync := rawWith("raw", rawPublish), rawWith("raw-sync", rawPublishSync)
 
 			runOmnibus := func(b *testing.B) {
 				topic := benchTopic(qt, "omnibus")

@@ -164,40 +164,23 @@ func (h Harness) collect(t *testing.T, want int, subs ...*pubsub.Subscription) (
 	ctx, cancel := context.WithTimeout(bg(), h.wait())
 	defer cancel()
 	per := make([]map[string]int, len(subs))
+	for i := range per {
+		per[i] = map[string]int{}
+	}
 	total := map[string]int{}
 	var mu sync.Mutex
-	var wg sync.WaitGroup
-	done := make(chan struct{})
-	var once sync.Once
-	for i, s := range subs {
-		per[i] = map[string]int{}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				d, err := s.Receive(ctx)
-				if err != nil {
-					return
-				}
-				if err := d.Ack(); err != nil {
-					t.Errorf("ack: %v", err)
-				}
-				mu.Lock()
-				per[i][d.Message.ID]++
-				total[d.Message.ID]++
-				if len(total) >= want {
-					once.Do(func() { close(done) })
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-	select {
-	case <-done:
-	case <-ctx.Done():
-	}
-	cancel()
-	wg.Wait()
+	Consume(ctx, subs, func(i int, d *pubsub.Delivery) {
+		if err := d.Ack(); err != nil {
+			t.Errorf("ack: %v", err)
+		}
+		mu.Lock()
+		per[i][d.Message.ID]++
+		total[d.Message.ID]++
+		if len(total) >= want {
+			cancel()
+		}
+		mu.Unlock()
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	if len(total) < want {
