@@ -421,26 +421,16 @@ func (b *batcher) sendAll(batch []*sendReq) error {
 
 func (b *batcher) run(batch []*sendReq) {
 	for {
+		start := time.Now()
 		err := b.sendAll(batch)
+		took := time.Since(start)
+		released := 0
 		for _, r := range batch {
+			released += len(r.msgs)
 			r.done <- err
 		}
 		if b.group {
-			// Let the callers just released queue their next calls before
-			// the next batch is cut, so that it is not a lone straggler
-			// followed by everyone else: yield until the queue stops
-			// growing (at most 8 times). Batch size only, not correctness.
-			prev := -1
-			for i := 0; i < 8; i++ {
-				runtime.Gosched()
-				b.mu.Lock()
-				n := b.waitingN
-				b.mu.Unlock()
-				if n == prev || n >= b.maxBatch {
-					break
-				}
-				prev = n
-			}
+			b.gather(released, took)
 		}
 		b.mu.Lock()
 		if len(b.waiting) == 0 {
@@ -455,5 +445,45 @@ func (b *batcher) run(batch []*sendReq) {
 			go b.run(b.take())
 		}
 		b.mu.Unlock()
+	}
+}
+
+// Bounds of the pause in gather.
+const (
+	gatherQuiet = 20 * time.Microsecond  // give up after this long without a new call
+	gatherMax   = 200 * time.Microsecond // never pause longer than this
+)
+
+// gather lets the callers a send just released queue their next calls
+// before the next batch is cut (group commit), so that the next request is
+// not a few early callers followed by another with everyone else: it yields
+// the processor while fewer messages wait than were released, until no new
+// call came for gatherQuiet, or for at most half the send's duration
+// (capped at gatherMax). Callers that do not come back cost at most
+// gatherQuiet of this goroutine's time; a caller already queued waits at
+// most half a round trip longer. Batch size only, never correctness.
+func (b *batcher) gather(released int, took time.Duration) {
+	limit := min(took/2, gatherMax)
+	start := time.Now()
+	var last time.Time // when the queue was last seen to stop growing
+	prev := -1
+	for {
+		b.mu.Lock()
+		n := b.waitingN
+		b.mu.Unlock()
+		if n >= released || n >= b.maxBatch {
+			return
+		}
+		if n != prev {
+			prev, last = n, time.Time{}
+			if time.Since(start) > limit {
+				return
+			}
+		} else if now := time.Now(); last.IsZero() {
+			last = now
+		} else if now.Sub(last) > gatherQuiet || now.Sub(start) > limit {
+			return
+		}
+		runtime.Gosched()
 	}
 }

@@ -189,7 +189,10 @@ type SendTuning interface {
 // its topic; otherwise the call waits and goes out with every call that
 // queued meanwhile when the send in flight returns (group commit), and a
 // further concurrent SendBatch (up to SendTuning's maxConcurrency) starts
-// only while a full batch waits.
+// only while a full batch waits. Before cutting the next batch the portable
+// layer briefly lets the callers the last send released queue again
+// (bounded by half that send's duration), so a steady set of concurrent
+// callers shares one request per round trip.
 type SendGrouping interface {
 	GroupSends() bool
 }
