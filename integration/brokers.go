@@ -28,15 +28,26 @@ const (
 	EnvPostgres = "OMNIBUS_POSTGRES_URL"  // postgres://user@host:port/db
 
 	// The Kafka broker of scripts/brokers also has a SASL_PLAINTEXT listener
-	// (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one throwaway user) and an
-	// SSL listener that requires a client certificate signed by its CA.
-	EnvKafkaSASL         = "OMNIBUS_KAFKA_SASL_BROKERS"  // host:port of the SASL_PLAINTEXT listener
-	EnvKafkaSASLUser     = "OMNIBUS_KAFKA_SASL_USER"     // its user, for every mechanism
-	EnvKafkaSASLPassword = "OMNIBUS_KAFKA_SASL_PASSWORD" // that user's password
-	EnvKafkaTLS          = "OMNIBUS_KAFKA_TLS_BROKERS"   // host:port of the SSL listener
-	EnvKafkaTLSCA        = "OMNIBUS_KAFKA_TLS_CA"        // PEM CA that signed the server and client certificates
-	EnvKafkaTLSCert      = "OMNIBUS_KAFKA_TLS_CERT"      // PEM client certificate
-	EnvKafkaTLSKey       = "OMNIBUS_KAFKA_TLS_KEY"       // PEM client key
+	// (PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 for one throwaway user), an
+	// SSL listener that requires a client certificate signed by its CA, and
+	// a SASL_SSL listener (the same mechanisms and user over TLS with the
+	// same server certificate, no client certificate).
+	EnvKafkaSASL         = "OMNIBUS_KAFKA_SASL_BROKERS"     // host:port of the SASL_PLAINTEXT listener
+	EnvKafkaSASLUser     = "OMNIBUS_KAFKA_SASL_USER"        // its user, for every mechanism
+	EnvKafkaSASLPassword = "OMNIBUS_KAFKA_SASL_PASSWORD"    // that user's password
+	EnvKafkaTLS          = "OMNIBUS_KAFKA_TLS_BROKERS"      // host:port of the SSL listener
+	EnvKafkaTLSCA        = "OMNIBUS_KAFKA_TLS_CA"           // PEM CA that signed the server and client certificates
+	EnvKafkaTLSCert      = "OMNIBUS_KAFKA_TLS_CERT"         // PEM client certificate
+	EnvKafkaTLSKey       = "OMNIBUS_KAFKA_TLS_KEY"          // PEM client key
+	EnvKafkaSASLSSL      = "OMNIBUS_KAFKA_SASL_SSL_BROKERS" // host:port of the SASL_SSL listener
+
+	// The RabbitMQ node of scripts/brokers also listens for AMQP over TLS,
+	// with a certificate signed by a throwaway CA. It asks for a client
+	// certificate and verifies one when given, but does not require one.
+	EnvAMQPS     = "OMNIBUS_AMQPS_URL"  // amqps://user:pass@host:port/vhost
+	EnvAMQPSCA   = "OMNIBUS_AMQPS_CA"   // PEM CA that signed the server and client certificates
+	EnvAMQPSCert = "OMNIBUS_AMQPS_CERT" // PEM client certificate
+	EnvAMQPSKey  = "OMNIBUS_AMQPS_KEY"  // PEM client key
 )
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.
@@ -71,6 +82,28 @@ func KafkaSASL(t testing.TB) (brokers, user, password string) {
 func KafkaTLS(t testing.TB) (brokers, caFile, certFile, keyFile string) {
 	t.Helper()
 	v := fromEnv(t, "kafka TLS listener", "kafka", EnvKafkaTLS, EnvKafkaTLSCA, EnvKafkaTLSCert, EnvKafkaTLSKey)
+	return v[0], v[1], v[2], v[3]
+}
+
+// KafkaSASLSSL returns the SASL_SSL listener of the test Kafka broker, the
+// CA file that signed its certificate, and the user and password it accepts
+// with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (no client certificate
+// needed). Only `scripts/brokers up kafka` (or the variables set by hand)
+// provides one: there is no container fallback.
+func KafkaSASLSSL(t testing.TB) (brokers, caFile, user, password string) {
+	t.Helper()
+	v := fromEnv(t, "kafka SASL_SSL listener", "kafka", EnvKafkaSASLSSL, EnvKafkaTLSCA, EnvKafkaSASLUser, EnvKafkaSASLPassword)
+	return v[0], v[1], v[2], v[3]
+}
+
+// AMQPS returns an amqps:// URL of the TLS listener of the test RabbitMQ
+// node, the CA file that signed its certificate, and a client certificate
+// and key it accepts (it does not require one). Only `scripts/brokers up
+// rabbitmq` (or the variables set by hand) provides one: there is no
+// container fallback.
+func AMQPS(t testing.TB) (url, caFile, certFile, keyFile string) {
+	t.Helper()
+	v := fromEnv(t, "rabbitmq TLS listener", "rabbitmq", EnvAMQPS, EnvAMQPSCA, EnvAMQPSCert, EnvAMQPSKey)
 	return v[0], v[1], v[2], v[3]
 }
 

@@ -109,6 +109,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -485,7 +486,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	select {
 	case r := <-ch:
 		if r.err != nil {
-			return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", b.addr, role, r.err)
+			return nil, connectError(b.addr, role, r.err)
 		}
 		return r.c, nil
 	case <-ctx.Done():
@@ -496,6 +497,21 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 		}()
 		return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", b.addr, role, ctx.Err())
 	}
+}
+
+// connectError describes a failed connection attempt. A refused login or a
+// broker certificate that does not verify is ErrPermanent: retrying with
+// the same options cannot help. addr is already redacted, and amqp091's
+// errors carry no credentials.
+func connectError(addr, role string, err error) error {
+	var verify *tls.CertificateVerificationError
+	switch {
+	case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL):
+		return fmt.Errorf("rabbitmq: connect to %s (%s): the broker refused the credentials: %w: %w", addr, role, err, driver.ErrPermanent)
+	case errors.As(err, &verify):
+		return fmt.Errorf("rabbitmq: connect to %s (%s): the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", addr, role, err, driver.ErrPermanent)
+	}
+	return fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, err)
 }
 
 // dialURL is the URI without credentials (they travel in cfg.SASL).

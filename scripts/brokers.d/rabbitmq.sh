@@ -1,8 +1,15 @@
 # RabbitMQ: Debian's rabbitmq-server, one node omnibus@localhost on
-# 127.0.0.1:56720 (distribution 56721, its own epmd on 127.0.0.1:56722), run
-# as the rabbitmq user with every file (HOME and cookie, mnesia, logs, config,
-# plugins) under the state dir. Sourced by scripts/brokers; see the contract
-# there.
+# 127.0.0.1:56720 (distribution 56721, its own epmd on 127.0.0.1:56722, AMQP
+# over TLS on 56723), run as the rabbitmq user with every file (HOME and
+# cookie, mnesia, logs, config, plugins, certificates) under the state dir.
+# Sourced by scripts/brokers; see the contract there.
+#
+# The TLS listener's certificate is signed by a throwaway CA that test_certs
+# (scripts/brokers) generates in DIR/tls on every fresh start. It asks for a
+# client certificate and verifies one when given (verify_peer), but does not
+# require one (fail_if_no_peer_cert = false). DIR/env exports its URL
+# (OMNIBUS_AMQPS_URL), the CA (OMNIBUS_AMQPS_CA) and a client certificate and
+# key signed by it (OMNIBUS_AMQPS_CERT, OMNIBUS_AMQPS_KEY).
 #
 # Besides DIR/env (OMNIBUS_AMQP_URL) it writes DIR/ctl, an executable that
 # runs rabbitmqctl against this node with the node's environment, as the
@@ -11,6 +18,7 @@
 #   "$OMNIBUS_AMQP_CTL" stop_app    # closes every client connection and the listener
 #   "$OMNIBUS_AMQP_CTL" start_app   # back up, durable queues recovered
 RMQ_PORT=${OMNIBUS_RABBITMQ_PORT:-56720}
+RMQ_TLS_PORT=$((RMQ_PORT + 3))
 RMQ_NODE=omnibus@localhost
 RMQ_BIN=/usr/lib/rabbitmq/bin
 
@@ -64,6 +72,32 @@ rabbitmq_running() { pid_alive "$1/server.pid"; }
 
 rabbitmq_ready() { "$1/ctl" await_startup --timeout 5; }
 
+# rabbitmq_tls_ready DIR: a TLS handshake with the TLS listener succeeds,
+# verifying its certificate (for 127.0.0.1) against DIR/tls/ca.pem and
+# presenting the client certificate.
+rabbitmq_tls_ready() {
+  local t=$1/tls
+  [ -s "$t/ca.pem" ] || return 1
+  timeout 10 openssl s_client -connect "127.0.0.1:$RMQ_TLS_PORT" -verify_return_error -verify_ip 127.0.0.1 \
+    -CAfile "$t/ca.pem" -cert "$t/client-cert.pem" -key "$t/client-key.pem" </dev/null
+}
+
+# rabbitmq_config DIR: the node's rabbitmq.conf, on stdout.
+rabbitmq_config() {
+  cat <<CONF
+listeners.tcp.1 = 127.0.0.1:$RMQ_PORT
+listeners.ssl.default = 127.0.0.1:$RMQ_TLS_PORT
+ssl_options.cacertfile = $1/tls/ca.pem
+ssl_options.certfile = $1/tls/server-cert.pem
+ssl_options.keyfile = $1/tls/server-key.pem
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = false
+loopback_users.guest = true
+log.console = false
+log.file.level = info
+CONF
+}
+
 rabbitmq_up() {
   local dir=$1
   if [ ! -x $RMQ_BIN/rabbitmq-server ]; then
@@ -71,20 +105,22 @@ rabbitmq_up() {
     [ -x $RMQ_BIN/rabbitmq-server ] || die "$RMQ_BIN/rabbitmq-server missing after install"
   fi
   mkdir -p "$dir"
+  dir=$(cd "$dir" && pwd)
   rabbitmq_envfile "$dir"
-  if rabbitmq_running "$dir" && rabbitmq_ready "$dir" >/dev/null 2>&1; then
-    log "rabbitmq already running on 127.0.0.1:$RMQ_PORT"
+  rabbitmq_config "$dir" >"$dir/rabbitmq.conf.want"
+  # A running node is kept only if it runs this very configuration (a
+  # changed listener or port restarts it) and both listeners answer.
+  if rabbitmq_running "$dir" && cmp -s "$dir/rabbitmq.conf" "$dir/rabbitmq.conf.want" \
+    && rabbitmq_ready "$dir" >/dev/null 2>&1 && rabbitmq_tls_ready "$dir" >/dev/null 2>&1; then
+    log "rabbitmq already running on 127.0.0.1:$RMQ_PORT, TLS on $RMQ_TLS_PORT"
   else
     rabbitmq_down "$dir"
     rm -rf "$dir/home" "$dir/mnesia" "$dir/log"
     mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
     echo '[].' >"$dir/plugins"
-    cat >"$dir/rabbitmq.conf" <<CONF
-listeners.tcp.1 = 127.0.0.1:$RMQ_PORT
-loopback_users.guest = true
-log.console = false
-log.file.level = info
-CONF
+    mv "$dir/rabbitmq.conf.want" "$dir/rabbitmq.conf"
+    test_certs "$dir"
+    # Everything, the keys included, must be readable by the rabbitmq user.
     chown -R rabbitmq: "$dir"
     # The rabbitmq user must be able to reach DIR.
     local p=$dir
@@ -102,11 +138,22 @@ CONF
       [ $SECONDS -lt $deadline ] || { tail -30 "$dir/server.out" "$dir/await.out" >&2; die "rabbitmq not ready after 120 s"; }
       sleep 0.5
     done
-    log "rabbitmq ready on 127.0.0.1:$RMQ_PORT (server pid $(cat "$dir/server.pid"), epmd pid $(cat "$dir/epmd.pid"))"
+    wait_for "rabbitmq TLS listener" 30 rabbitmq_tls_ready "$dir" || {
+      rabbitmq_tls_ready "$dir" 2>&1 | tail -5 >&2
+      tail -30 "$dir"/log/*.log >&2 2>/dev/null
+      rabbitmq_down "$dir"
+      die "rabbitmq started but its TLS listener on 127.0.0.1:$RMQ_TLS_PORT does not complete a verified handshake"
+    }
+    log "rabbitmq ready on 127.0.0.1:$RMQ_PORT, TLS on $RMQ_TLS_PORT (server pid $(cat "$dir/server.pid"), epmd pid $(cat "$dir/epmd.pid"))"
   fi
+  rm -f "$dir/rabbitmq.conf.want"
   {
     echo "export OMNIBUS_AMQP_URL=amqp://guest:guest@127.0.0.1:$RMQ_PORT/"
     echo "export OMNIBUS_AMQP_CTL=$dir/ctl"
+    echo "export OMNIBUS_AMQPS_URL=amqps://guest:guest@127.0.0.1:$RMQ_TLS_PORT/"
+    printf 'export OMNIBUS_AMQPS_CA=%q\n' "$dir/tls/ca.pem"
+    printf 'export OMNIBUS_AMQPS_CERT=%q\n' "$dir/tls/client-cert.pem"
+    printf 'export OMNIBUS_AMQPS_KEY=%q\n' "$dir/tls/client-key.pem"
   } >"$dir/env"
 }
 

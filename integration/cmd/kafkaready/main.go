@@ -1,13 +1,15 @@
 // Command kafkaready waits until a Kafka cluster answers a metadata request
 // with at least one broker and a controller, the readiness check of
 // scripts/brokers.d/kafka.sh (an open port alone is not ready). Besides the
-// plaintext listener it can check a SASL listener (once per mechanism) and a
-// TLS listener, so a broker whose security listeners are misconfigured is
-// not reported ready.
+// plaintext listener it can check a SASL listener (once per mechanism), a
+// TLS listener, and a SASL-over-TLS listener (once per mechanism, trusting
+// -tls-ca, without a client certificate), so a broker whose security
+// listeners are misconfigured is not reported ready.
 //
 //	kafkaready -brokers 127.0.0.1:19092 -timeout 60s \
 //	  -sasl-brokers 127.0.0.1:19094 -sasl plain,scram-sha-256 -sasl-user omnibus \
-//	  -tls-brokers 127.0.0.1:19095 -tls-ca ca.pem -tls-cert client-cert.pem -tls-key client-key.pem
+//	  -tls-brokers 127.0.0.1:19095 -tls-ca ca.pem -tls-cert client-cert.pem -tls-key client-key.pem \
+//	  -sasl-ssl-brokers 127.0.0.1:19096
 //
 // The SASL password is read from $KAFKAREADY_SASL_PASSWORD (not argv). It
 // exits 0 when every listener is ready and 1 (with the last error on stderr)
@@ -47,6 +49,7 @@ func main() {
 	tlsCA := flag.String("tls-ca", "", "PEM CA file for -tls-brokers")
 	tlsCert := flag.String("tls-cert", "", "PEM client certificate for -tls-brokers")
 	tlsKey := flag.String("tls-key", "", "PEM client key for -tls-brokers")
+	saslSSLBrokers := flag.String("sasl-ssl-brokers", "", "SASL_SSL bootstrap brokers to check too (with -sasl, -sasl-user and -tls-ca; no client certificate)")
 	flag.Parse()
 
 	targets := []target{{"plaintext " + *brokers, newClient(*brokers, nil, nil)}}
@@ -65,6 +68,19 @@ func main() {
 			fatal(err)
 		}
 		targets = append(targets, target{"tls " + *tlsBrokers, newClient(*tlsBrokers, cfg, nil)})
+	}
+	if *saslSSLBrokers != "" {
+		cfg, err := tlsConfig(*tlsCA, "", "")
+		if err != nil {
+			fatal(err)
+		}
+		for _, name := range strings.Split(*saslMechs, ",") {
+			m, err := mechanism(name, *saslUser, os.Getenv("KAFKAREADY_SASL_PASSWORD"))
+			if err != nil {
+				fatal(err)
+			}
+			targets = append(targets, target{fmt.Sprintf("sasl_ssl %s as %q on %s", name, *saslUser, *saslSSLBrokers), newClient(*saslSSLBrokers, cfg, m)})
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
