@@ -106,6 +106,16 @@ var benchKeys = func() (k [64]string) {
 // benchKey is the key of message i in every benchmark (64 keys).
 func benchKey(i int) string { return benchKeys[i%64] }
 
+// messages returns omnibus messages from, from+1, ... of a run: n of them,
+// but none past total.
+func messages(from, n, total int) []*pubsub.Message {
+	msgs := make([]*pubsub.Message, min(n, total-from))
+	for j := range msgs {
+		msgs[j] = &pubsub.Message{Key: benchKey(from + j), Payload: payload}
+	}
+	return msgs
+}
+
 // watermillPublisher is watermill-kafka's sync publisher with its default
 // sarama config (DefaultSaramaSyncPublisherConfig: MaxOpenRequests 5, not
 // idempotent) except for the two settings that would make the comparison
@@ -169,11 +179,7 @@ func BenchmarkPublishConcurrent(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		for i := 0; i < b.N; i += benchPublishers {
-			msgs := make([]*pubsub.Message, min(benchPublishers, b.N-i))
-			for j := range msgs {
-				msgs[j] = &pubsub.Message{Key: benchKey(i + j), Payload: payload}
-			}
-			if err := c.Publish(ctx, topic, msgs...); err != nil {
+			if err := c.Publish(ctx, topic, messages(i, benchPublishers, b.N)...); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -223,12 +229,7 @@ func BenchmarkPublishBatch(b *testing.B) {
 		b.ResetTimer()
 		start := time.Now()
 		for i := 0; i < b.N; i += benchBatch {
-			n := min(benchBatch, b.N-i)
-			msgs := make([]*pubsub.Message, n)
-			for j := range msgs {
-				msgs[j] = &pubsub.Message{Key: benchKey(i + j), Payload: payload}
-			}
-			if err := c.Publish(ctx, topic, msgs...); err != nil {
+			if err := c.Publish(ctx, topic, messages(i, benchBatch, b.N)...); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -259,11 +260,7 @@ func fill(b *testing.B, c *pubsub.Client, n int) string {
 	b.Helper()
 	topic := benchTopic(b, c)
 	for i := 0; i < n; i += 1000 {
-		msgs := make([]*pubsub.Message, min(1000, n-i))
-		for j := range msgs {
-			msgs[j] = &pubsub.Message{Key: benchKey(i + j), Payload: payload}
-		}
-		if err := c.Publish(context.Background(), topic, msgs...); err != nil {
+		if err := c.Publish(context.Background(), topic, messages(i, 1000, n)...); err != nil {
 			b.Fatal(err)
 		}
 	}
