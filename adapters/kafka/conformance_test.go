@@ -54,6 +54,16 @@ func newTopic(t testing.TB, admin *pubsub.Client, name string) string {
 	if err := brokerOf(t, admin).CreateTopic(ctx, name, testPartitions, 1); err != nil {
 		t.Fatalf("create topic %s: %v", name, err)
 	}
+	// Deleted afterwards, so that repeated runs against one broker do not
+	// pile up thousands of partitions (which slows the broker down and
+	// skews later benchmarks).
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := brokerOf(t, admin).DeleteTopic(ctx, name); err != nil {
+			t.Logf("delete topic %s: %v", name, err)
+		}
+	})
 	return name
 }
 
