@@ -140,8 +140,18 @@ type acker interface {
 type ackToken struct {
 	c       *consumer
 	tag     uint64
-	d       amqp.Delivery
+	d       kept
 	attempt int
+}
+
+// kept is what a delayed nack needs of a delivery to publish it again
+// (only these fields of amqp.Delivery, to keep every delivery small).
+type kept struct {
+	Headers                                 amqp.Table
+	MessageId, ContentType, ContentEncoding string
+	CorrelationId, ReplyTo, Type, AppId     string
+	Timestamp                               time.Time
+	Body                                    []byte
 }
 
 // retryable marks a receive error the portable layer should retry.
@@ -341,7 +351,11 @@ func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
 		attempt++
 	}
 	m.Attempt = attempt
-	in.t = ackToken{c: c, tag: d.DeliveryTag, d: d, attempt: attempt}
+	in.t = ackToken{c: c, tag: d.DeliveryTag, attempt: attempt, d: kept{
+		Headers: d.Headers, MessageId: d.MessageId, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
+		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Type: d.Type, AppId: d.AppId,
+		Timestamp: d.Timestamp, Body: d.Body,
+	}}
 	m.AckID = &in.t
 	return m
 }
