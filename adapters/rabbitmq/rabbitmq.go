@@ -486,7 +486,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	select {
 	case r := <-ch:
 		if r.err != nil {
-			return nil, connectError(b.addr, role, r.err)
+			return nil, connectError(b.addr, b.uri.Scheme, role, r.err)
 		}
 		return r.c, nil
 	case <-ctx.Done():
@@ -503,13 +503,19 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 // broker certificate that does not verify is ErrPermanent: retrying with
 // the same options cannot help. addr is already redacted, and amqp091's
 // errors carry no credentials.
-func connectError(addr, role string, err error) error {
+func connectError(addr, scheme, role string, err error) error {
 	var verify *tls.CertificateVerificationError
+	var record tls.RecordHeaderError
+	var proto *amqp.Error
 	switch {
 	case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL):
 		return fmt.Errorf("rabbitmq: connect to %s (%s): the broker refused the credentials: %w: %w", addr, role, err, driver.ErrPermanent)
 	case errors.As(err, &verify):
 		return fmt.Errorf("rabbitmq: connect to %s (%s): the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", addr, role, err, driver.ErrPermanent)
+	case scheme == SchemeTLS && errors.As(err, &record):
+		return fmt.Errorf("rabbitmq: connect to %s (%s): the server did not answer TLS (a plain AMQP port? use amqp://): %w: %w", addr, role, err, driver.ErrPermanent)
+	case scheme == Scheme && errors.As(err, &proto) && (proto.Code == amqp.FrameError || proto.Code == amqp.SyntaxError):
+		return fmt.Errorf("rabbitmq: connect to %s (%s): the server's answer is not AMQP 0-9-1 (a TLS port? use amqps://): %w: %w", addr, role, err, driver.ErrPermanent)
 	}
 	return fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, err)
 }

@@ -296,9 +296,9 @@ func TestMismatchedProtocolAndPortFailsWithoutHanging(t *testing.T) {
 		return u.String()
 	}
 	const deadline = 20 * time.Second
-	for _, tc := range []struct{ name, url string }{
-		{"AMQPSToThePlainPort", withParams(withPassword(t, toTLS(plainBase), secret), tlsParams(ca, "", ""))},
-		{"AMQPToTheTLSPort", withPassword(t, toPlain(tlsBase), secret)},
+	for _, tc := range []struct{ name, url, hint string }{
+		{"AMQPSToThePlainPort", withParams(withPassword(t, toTLS(plainBase), secret), tlsParams(ca, "", "")), "use amqp://"},
+		{"AMQPToTheTLSPort", withPassword(t, toPlain(tlsBase), secret), "use amqps://"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), deadline)
@@ -316,6 +316,9 @@ func TestMismatchedProtocolAndPortFailsWithoutHanging(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), secret) {
 				t.Errorf("the error contains the password: %v", err)
+			}
+			if !strings.Contains(err.Error(), tc.hint) || !errors.Is(err, pubsub.ErrPermanent) {
+				t.Errorf("want an ErrPermanent that says %q, got %v", tc.hint, err)
 			}
 		})
 	}
