@@ -33,16 +33,6 @@ func newClient(t testing.TB) *pubsub.Client {
 	return c
 }
 
-// start runs r until the test ends (routertest.Run); stop returns Run's error.
-func start(t testing.TB, r *router.Router) (stop func() error) {
-	t.Helper()
-	return routertest.Run(t, r)
-}
-
-func publish(t testing.TB, c *pubsub.Client, topic string, msgs ...*pubsub.Message) {
-	t.Helper()
-	routertest.Publish(t, c, topic, msgs...)
-}
 
 func receive(t testing.TB, s *pubsub.Subscription) *pubsub.Message {
 	t.Helper()
@@ -90,7 +80,7 @@ func TestPoisonPublishFailureNacksAndNeverDrops(t *testing.T) {
 			dlq := subscribe(t, c, "orders.poison")
 			pub := &flakyPublisher{next: c}
 			pub.fails.Store(failures)
-			publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "k", Payload: []byte("bad")})
+			routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "k", Payload: []byte("bad")})
 			var deliveries atomic.Int64
 			r := router.New(c, router.Options{NackDelay: -1, Logger: quiet})
 			r.Use(middleware.Poison(pub, "orders.poison"))
@@ -100,7 +90,7 @@ func TestPoisonPublishFailureNacksAndNeverDrops(t *testing.T) {
 				}
 				return pubsub.Permanent(errors.New("invalid order"))
 			})
-			start(t, r)
+			routertest.Run(t, r)
 			m := receive(t, dlq)
 			if m.ID != "o1" || m.Key != "k" || string(m.Payload) != "bad" {
 				t.Fatalf("poisoned message %+v lost its ID, key or payload", m)
@@ -173,7 +163,7 @@ func explodingHandler(ctx context.Context, m *pubsub.Message) error {
 func TestPanicIsPoisonedWithStack(t *testing.T) {
 	c := newClient(t)
 	dlq := subscribe(t, c, "orders.poison")
-	publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "cust-1", Payload: []byte(`{"n":1}`), Metadata: map[string]string{"tenant": "acme"}})
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "cust-1", Payload: []byte(`{"n":1}`), Metadata: map[string]string{"tenant": "acme"}})
 	before := time.Now()
 	r := router.New(c, router.Options{Logger: quiet})
 	r.Use(
@@ -183,7 +173,7 @@ func TestPanicIsPoisonedWithStack(t *testing.T) {
 		middleware.Recover(),
 	)
 	r.Handle("orders", "billing", explodingHandler)
-	start(t, r)
+	routertest.Run(t, r)
 	m := receive(t, dlq)
 	md := m.Metadata
 	if m.ID != "o1" || m.Key != "cust-1" || string(m.Payload) != `{"n":1}` || md["tenant"] != "acme" {
@@ -229,7 +219,7 @@ func TestDedupAfterFailureIsProcessed(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newClient(t)
 			store := middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{})
-			publish(t, c, "orders", &pubsub.Message{ID: "o1"})
+			routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1"})
 			var calls, successes atomic.Int64
 			done := make(chan struct{})
 			r := router.New(c, router.Options{NackDelay: -1, Logger: quiet})
@@ -245,7 +235,7 @@ func TestDedupAfterFailureIsProcessed(t *testing.T) {
 				close(done)
 				return nil
 			})
-			stop := start(t, r)
+			stop := routertest.Run(t, r)
 			select {
 			case <-done:
 			case <-time.After(failAfter):
@@ -287,7 +277,7 @@ func TestDedupConcurrentDuplicatesRunOnce(t *testing.T) {
 		DedupStore: middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{}),
 		busy:       make(chan struct{}), done: make(chan struct{}),
 	}
-	publish(t, c, "orders", &pubsub.Message{ID: "dup", Payload: []byte("a")}, &pubsub.Message{ID: "dup", Payload: []byte("a")})
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "dup", Payload: []byte("a")}, &pubsub.Message{ID: "dup", Payload: []byte("a")})
 	var runs, in, maxIn atomic.Int64
 	r := router.New(c, router.Options{Logger: quiet})
 	r.Use(
@@ -308,7 +298,7 @@ func TestDedupConcurrentDuplicatesRunOnce(t *testing.T) {
 		}
 		return nil
 	}, router.Concurrency(2))
-	stop := start(t, r)
+	stop := routertest.Run(t, r)
 	select {
 	case <-spy.done:
 	case <-time.After(failAfter):
@@ -500,7 +490,7 @@ func TestRetryBackoffIsFullJitterUnderACap(t *testing.T) {
 func TestRetryRedeliverModeCountsAttemptsAcrossRedeliveries(t *testing.T) {
 	c := newClient(t)
 	dlq := subscribe(t, c, "orders.poison")
-	publish(t, c, "orders", &pubsub.Message{ID: "o1"})
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1"})
 	var seen []int
 	var mu sync.Mutex
 	r := router.New(c, router.Options{Logger: quiet})
@@ -514,7 +504,7 @@ func TestRetryRedeliverModeCountsAttemptsAcrossRedeliveries(t *testing.T) {
 		mu.Unlock()
 		return errors.New("down")
 	})
-	start(t, r)
+	routertest.Run(t, r)
 	m := receive(t, dlq)
 	mu.Lock()
 	defer mu.Unlock()
@@ -531,7 +521,7 @@ func TestRetryRedeliverModeCountsAttemptsAcrossRedeliveries(t *testing.T) {
 // and Run returns although the backoff and the shutdown timeout are an hour.
 func TestRetryBackoffDoesNotHoldUpShutdown(t *testing.T) {
 	c := newClient(t)
-	publish(t, c, "orders", &pubsub.Message{ID: "o1"})
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1"})
 	failed := make(chan struct{})
 	var once sync.Once
 	retryErr := make(chan error, 1)
@@ -548,7 +538,7 @@ func TestRetryBackoffDoesNotHoldUpShutdown(t *testing.T) {
 		once.Do(func() { close(failed) })
 		return errors.New("down")
 	})
-	stop := start(t, r)
+	stop := routertest.Run(t, r)
 	select {
 	case <-failed:
 	case <-time.After(failAfter):

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -183,7 +184,7 @@ func (r *Relay) Run(ctx context.Context) error {
 		if err != nil && ctx.Err() == nil {
 			d := bo.next()
 			r.log.Warn("outbox relay: database error, reconnecting", "error", err, "backoff", d)
-			if !sleepCtx(ctx, d) {
+			if !wait.Sleep(ctx, d) {
 				break
 			}
 		}
@@ -213,7 +214,7 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 			r.log.Info("outbox relay: another relay leads; standing by")
 			standby = true
 		}
-		if !sleepCtx(ctx, r.o.PollInterval) {
+		if !wait.Sleep(ctx, r.o.PollInterval) {
 			return nil
 		}
 	}
@@ -246,7 +247,7 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 			d := bo.next()
 			r.log.Error("outbox relay: publish failed; rows stay in the outbox and will be retried",
 				"error", err, "backoff", d)
-			if !sleepCtx(ctx, d) {
+			if !wait.Sleep(ctx, d) {
 				return nil
 			}
 			continue
@@ -390,7 +391,7 @@ func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, fun
 		d := bo.next()
 		r.log.Warn("outbox relay: listen connection failed; polling every PollInterval until it is back",
 			"error", err, "poll_interval", r.o.PollInterval, "backoff", d)
-		if !sleepCtx(ctx, d) {
+		if !wait.Sleep(ctx, d) {
 			return
 		}
 	}
@@ -438,19 +439,4 @@ func (b *backoff) next() time.Duration {
 		return 0
 	}
 	return time.Duration(rand.Int64N(int64(b.cur) + 1))
-}
-
-// sleepCtx waits d; false if ctx ended first.
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

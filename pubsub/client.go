@@ -132,22 +132,11 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 }
 
 func (c *Client) publish(ctx context.Context, topic string, msgs []*Message) error {
-	var dms []*driver.Message
-	if len(msgs) == 1 {
-		// The common single-message call: one allocation.
-		one := &struct {
-			m driver.Message
-			p [1]*driver.Message
-		}{m: driver.Message{ID: msgs[0].ID, Key: msgs[0].Key, Payload: msgs[0].Payload, Metadata: msgs[0].Metadata}}
-		one.p[0] = &one.m
-		dms = one.p[:]
-	} else {
-		dms = make([]*driver.Message, len(msgs))
-		arr := make([]driver.Message, len(msgs)) // one allocation for the messages
-		for i, m := range msgs {
-			arr[i] = driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
-			dms[i] = &arr[i]
-		}
+	dms := make([]*driver.Message, len(msgs))
+	arr := make([]driver.Message, len(msgs)) // one allocation for the call
+	for i, m := range msgs {
+		arr[i] = driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}
+		dms[i] = &arr[i]
 	}
 	b, err := c.batcher(topic)
 	if err != nil {

@@ -31,16 +31,6 @@ func newClient(t testing.TB) *pubsub.Client {
 	return c
 }
 
-// start runs r until the test ends (routertest.Run); stop returns Run's error.
-func start(t testing.TB, r *router.Router) (stop func() error) {
-	t.Helper()
-	return routertest.Run(t, r)
-}
-
-func publish(t testing.TB, c *pubsub.Client, topic string, msgs ...*pubsub.Message) {
-	t.Helper()
-	routertest.Publish(t, c, topic, msgs...)
-}
 
 func wait(t testing.TB, ch <-chan struct{}, what string) {
 	t.Helper()
@@ -75,7 +65,7 @@ func TestOrderedByKeyKeepsOrderPerKeyUnderConcurrency32(t *testing.T) {
 					msgs = append(msgs, &pubsub.Message{Key: "k" + strconv.Itoa(k), Payload: []byte(strconv.Itoa(i))})
 				}
 			}
-			publish(t, c, "orders", msgs...)
+			routertest.Publish(t, c, "orders", msgs...)
 
 			var mu sync.Mutex
 			last := map[string]int{}
@@ -105,7 +95,7 @@ func TestOrderedByKeyKeepsOrderPerKeyUnderConcurrency32(t *testing.T) {
 				}
 				return nil
 			}, tc.opts...)
-			stop := start(t, r)
+			stop := routertest.Run(t, r)
 			wait(t, all, "every message")
 			if err := stop(); err != nil {
 				t.Fatalf("Run: %v", err)
@@ -142,7 +132,7 @@ func TestOrderedByKeyRetryingKeyDoesNotStallOtherKeys(t *testing.T) {
 			for i := 0; i < others; i++ {
 				msgs = append(msgs, &pubsub.Message{Key: "k" + strconv.Itoa(i%50), Payload: []byte(strconv.Itoa(i))})
 			}
-			publish(t, c, "orders", msgs...)
+			routertest.Publish(t, c, "orders", msgs...)
 
 			healed := make(chan struct{})
 			stuckTried := make(chan struct{})
@@ -182,7 +172,7 @@ func TestOrderedByKeyRetryingKeyDoesNotStallOtherKeys(t *testing.T) {
 				}
 				return nil
 			}, tc.opts...)
-			stop := start(t, r)
+			stop := routertest.Run(t, r)
 			wait(t, allOthers, "the other keys while one key is retrying")
 			if stuckFailures.Load() == 0 {
 				t.Fatal("the stuck key was never tried")
@@ -238,7 +228,7 @@ func TestShutdownWithInFlightMessagesLosesNone(t *testing.T) {
 				ids[m.ID] = true
 				msgs = append(msgs, m)
 			}
-			publish(t, c, "orders", msgs...)
+			routertest.Publish(t, c, "orders", msgs...)
 
 			var mu sync.Mutex
 			okFirst := map[string]int{}
@@ -325,7 +315,7 @@ func TestShutdownWithInFlightMessagesLosesNone(t *testing.T) {
 				}
 				return nil
 			}, router.Concurrency(4))
-			stop2 := start(t, r2)
+			stop2 := routertest.Run(t, r2)
 			wait(t, allBack, fmt.Sprintf("%d messages not acked in the first run to be redelivered", missing))
 			if err := stop2(); err != nil {
 				t.Fatalf("second Run: %v", err)
@@ -350,7 +340,7 @@ func chanOf(c chan struct{}) <-chan struct{} { return c }
 // Recover middleware here), nacks the message, and keeps going.
 func TestHandlerPanicIsRecoveredByRouterAndNacked(t *testing.T) {
 	c := newClient(t)
-	publish(t, c, "orders", &pubsub.Message{ID: "boom"}, &pubsub.Message{ID: "fine"})
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "boom"}, &pubsub.Message{ID: "fine"})
 	var attempts atomic.Int64
 	done := make(chan struct{})
 	var fine atomic.Bool
@@ -369,7 +359,7 @@ func TestHandlerPanicIsRecoveredByRouterAndNacked(t *testing.T) {
 		close(done)
 		return nil
 	})
-	stop := start(t, r)
+	stop := routertest.Run(t, r)
 	wait(t, done, "the panicking message to be redelivered")
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
@@ -388,7 +378,7 @@ func TestUnorderedRunsAtMostConcurrencyHandlers(t *testing.T) {
 			for i := 0; i < 20*n; i++ {
 				msgs = append(msgs, &pubsub.Message{})
 			}
-			publish(t, c, "t", msgs...)
+			routertest.Publish(t, c, "t", msgs...)
 			var in, maxIn, total atomic.Int64
 			full := make(chan struct{})
 			var fullOnce sync.Once
@@ -412,7 +402,7 @@ func TestUnorderedRunsAtMostConcurrencyHandlers(t *testing.T) {
 				}
 				return nil
 			}, router.Concurrency(n))
-			stop := start(t, r)
+			stop := routertest.Run(t, r)
 			wait(t, all, "all messages")
 			_ = stop()
 			if maxIn.Load() != int64(n) {
@@ -428,7 +418,7 @@ func TestHandleBatchGroupsMessagesAndIsolatesAFailingOne(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		msgs = append(msgs, &pubsub.Message{ID: "m" + strconv.Itoa(i)})
 	}
-	publish(t, c, "clicks", msgs...)
+	routertest.Publish(t, c, "clicks", msgs...)
 	poisoned := make(chan *pubsub.Message, 1)
 	var mu sync.Mutex
 	loaded := map[string]int{}
@@ -464,7 +454,7 @@ func TestHandleBatchGroupsMessagesAndIsolatesAFailingOne(t *testing.T) {
 			poisoned <- d.Message
 		}
 	}()
-	stop := start(t, r)
+	stop := routertest.Run(t, r)
 	wait(t, all, "the nine good messages")
 	select {
 	case m := <-poisoned:
@@ -531,7 +521,7 @@ func TestPublishPropagatesCorrelationID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer out.Close()
-	publish(t, c, "orders",
+	routertest.Publish(t, c, "orders",
 		&pubsub.Message{ID: "o1", Metadata: map[string]string{pubsub.MetaCorrelationID: "req-42"}},
 		&pubsub.Message{ID: "o2"})
 	r := router.New(c, router.Options{})
@@ -539,7 +529,7 @@ func TestPublishPropagatesCorrelationID(t *testing.T) {
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 		return router.Publish(ctx, "invoices", &pubsub.Message{ID: "inv-" + m.ID})
 	})
-	start(t, r)
+	routertest.Run(t, r)
 	want := map[string]string{"inv-o1": "req-42", "inv-o2": "o2"}
 	for range want {
 		ctx, cancel := context.WithTimeout(context.Background(), failAfter)

@@ -92,6 +92,7 @@ import (
 	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
 	"github.com/segmentio/kafka-go/sasl"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -604,15 +605,11 @@ func (b *Broker) CreateTopic(ctx context.Context, topic string, partitions, repl
 			b.metaMu.Unlock()
 			return nil
 		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, 50*time.Millisecond) {
 			if err == nil {
 				err = errors.New("some partitions have no leader yet")
 			}
 			return fmt.Errorf("kafka: create topic %q: waiting for its partitions: %v: %w", topic, err, ctx.Err())
-		case <-t.C:
 		}
 	}
 }

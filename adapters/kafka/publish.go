@@ -15,6 +15,7 @@ import (
 	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 	"github.com/segmentio/kafka-go/protocol/rawproduce"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -127,12 +128,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		}
 		if retry {
 			refresh = true
-			t := time.NewTimer(backoff)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-			case <-t.C:
-			}
+			wait.Sleep(ctx, backoff) // an ended ctx fails the next round
 			backoff = min(backoff*2, time.Second)
 		}
 	}

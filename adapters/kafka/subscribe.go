@@ -11,6 +11,7 @@ import (
 
 	kafkago "github.com/segmentio/kafka-go"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -311,12 +312,8 @@ func (b *Broker) resolveOffsets(ctx context.Context, topic string, parts []int, 
 		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
 			return offs, err
 		}
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, backoff) {
 			return nil, err
-		case <-t.C:
 		}
 		backoff = min(2*backoff, time.Second)
 	}
@@ -414,14 +411,7 @@ func (s *subscription) fetch(ctx context.Context, p *partition) {
 		fails++
 		d := min(50*time.Millisecond<<min(fails-1, 5), time.Second)
 		s.b.log.Debug("omnibus: kafka: fetch failed, retrying", "topic", s.topic, "partition", p.id, "offset", offset, "backoff", d, "error", err)
-		t := time.NewTimer(d)
-		defer t.Stop()
-		select {
-		case <-ctx.Done():
-			return false
-		case <-t.C:
-			return true
-		}
+		return wait.Sleep(ctx, d)
 	}
 	for ctx.Err() == nil {
 		c, start, err := s.dialPartition(ctx, p.id, offset)

@@ -1,6 +1,8 @@
 package postgres
 
 import (
+	"github.com/omnibusmq/omnibus/internal/wait"
+
 	"context"
 	"sync"
 	"time"
@@ -96,12 +98,8 @@ func (l *listener) run(ctx context.Context) {
 		}
 		l.b.log.Warn("omnibus: postgres listen connection lost; polling until it is back",
 			"channel", l.b.channel, "error", err, "retry_in", backoff)
-		t := time.NewTimer(backoff)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, backoff) {
 			return
-		case <-t.C:
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}

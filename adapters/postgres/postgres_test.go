@@ -104,9 +104,9 @@ func publishN(t testing.TB, c *pubsub.Client, topic string, n int, key string) [
 	return msgs
 }
 
-func TestConformance(t *testing.T) {
-	base := integration.Postgres(t)
-	u := withParams(t, base, "visibility_timeout", "5s", "poll_interval", "200ms")
+// conformance runs the suite on the Postgres broker with URL params kv.
+func conformance(t *testing.T, kv ...string) {
+	u := withParams(t, integration.Postgres(t), kv...)
 	pubsubtest.Run(t, pubsubtest.Harness{
 		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
 			return pubsub.Open(ctx, u)
@@ -114,14 +114,12 @@ func TestConformance(t *testing.T) {
 	})
 }
 
+func TestConformance(t *testing.T) {
+	conformance(t, "visibility_timeout", "5s", "poll_interval", "200ms")
+}
+
 func TestConformanceWithoutKeyOrdering(t *testing.T) {
-	base := integration.Postgres(t)
-	u := withParams(t, base, "key_ordering", "false", "table_prefix", "omnibus_unordered_")
-	pubsubtest.Run(t, pubsubtest.Harness{
-		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
-			return pubsub.Open(ctx, u)
-		},
-	})
+	conformance(t, "key_ordering", "false", "table_prefix", "omnibus_unordered_")
 }
 
 // Acks flushed before Close delete exactly their rows; every other message

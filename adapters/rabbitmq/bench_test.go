@@ -214,99 +214,107 @@ func split(n int, fn func(from, count int) error) error {
 	return <-errs
 }
 
-func BenchmarkPublish(b *testing.B) {
+// forQueueTypes runs fn as a sub-benchmark per queue type, with the broker
+// URL, a connection for the raw clients and the fixtures, and the rates of
+// that queue type's runs.
+func forQueueTypes(b *testing.B, fn func(b *testing.B, url, qt string, conn *amqp.Connection, r *rates)) {
 	url := integration.AMQP(b)
 	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
 		b.Run(qt, func(b *testing.B) {
-			r := &rates{m: map[string]float64{}}
 			conn, err := amqp.Dial(url)
 			if err != nil {
 				b.Fatal(err)
 			}
 			defer conn.Close()
-			ctx := context.Background()
-
-			// rawWith benchmarks a hand-written amqp091-go publish loop.
-			rawWith := func(name string, publish func(context.Context, *amqp.Connection, string, int, int) error) func(*testing.B) {
-				return func(b *testing.B) {
-					topic := benchTopic(qt, name)
-					declare(b, conn, topic, qt)
-					b.ResetTimer()
-					start := begin()
-					if err := split(b.N, func(from, n int) error { return publish(ctx, conn, topic, from, n) }); err != nil {
-						b.Fatal(err)
-					}
-					r.set(name, report(b, start))
-				}
-			}
-			runRaw, runRawSync := rawWith("raw", rawPublish), rawWith("raw-sync", rawPublishSync)
-
-			runOmnibus := func(b *testing.B) {
-				topic := benchTopic(qt, "omnibus")
-				declare(b, conn, topic, qt)
-				c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer c.Close()
-				b.ResetTimer()
-				start := begin()
-				err = split(b.N, func(from, n int) error {
-					for i := 0; i < n; i += benchBatch {
-						msgs := make([]*pubsub.Message, min(benchBatch, n-i))
-						for j := range msgs {
-							msgs[j] = &pubsub.Message{ID: "bench-" + strconv.Itoa(from+i+j), Payload: benchPayload, Metadata: map[string]string{"x-bench": "1"}}
-						}
-						if err := c.Publish(ctx, topic, msgs...); err != nil {
-							return err
-						}
-					}
-					return nil
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				r.set("omnibus", report(b, start))
-			}
-
-			runWatermill := func(b *testing.B) {
-				topic := benchTopic(qt, "watermill")
-				declare(b, conn, topic, qt)
-				cfg := watermillConfig(url, qt)
-				cfg.Publish.ConfirmDelivery = true
-				cfg.Publish.ChannelPoolSize = benchPublishers
-				pub, err := wamqp.NewPublisher(cfg, watermill.NopLogger{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer pub.Close()
-				b.ResetTimer()
-				start := begin()
-				err = split(b.N, func(from, n int) error {
-					for i := 0; i < n; i += benchBatch {
-						msgs := make([]*message.Message, min(benchBatch, n-i))
-						for j := range msgs {
-							msgs[j] = message.NewMessage("bench-"+strconv.Itoa(from+i+j), benchPayload)
-							msgs[j].Metadata.Set("x-bench", "1")
-						}
-						if err := pub.Publish(topic, msgs...); err != nil {
-							return err
-						}
-					}
-					return nil
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
-				r.set("watermill", report(b, start))
-			}
-			b.Run("raw", runRaw)
-			b.Run("raw-sync", runRawSync)
-			b.Run("omnibus", runOmnibus)
-			b.Run("watermill", runWatermill)
-			r.logRatios(b, "publish "+qt, "raw", "raw-sync", "watermill")
+			fn(b, url, qt, conn, &rates{m: map[string]float64{}})
 		})
 	}
+}
+
+func BenchmarkPublish(b *testing.B) {
+	forQueueTypes(b, func(b *testing.B, url, qt string, conn *amqp.Connection, r *rates) {
+		ctx := context.Background()
+
+		// rawWith benchmarks a hand-written amqp091-go publish loop.
+		rawWith := func(name string, publish func(context.Context, *amqp.Connection, string, int, int) error) func(*testing.B) {
+			return func(b *testing.B) {
+				topic := benchTopic(qt, name)
+				declare(b, conn, topic, qt)
+				b.ResetTimer()
+				start := begin()
+				if err := split(b.N, func(from, n int) error { return publish(ctx, conn, topic, from, n) }); err != nil {
+					b.Fatal(err)
+				}
+				r.set(name, report(b, start))
+			}
+		}
+		runRaw, runRawSync := rawWith("raw", rawPublish), rawWith("raw-sync", rawPublishSync)
+
+		runOmnibus := func(b *testing.B) {
+			topic := benchTopic(qt, "omnibus")
+			declare(b, conn, topic, qt)
+			c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			b.ResetTimer()
+			start := begin()
+			err = split(b.N, func(from, n int) error {
+				for i := 0; i < n; i += benchBatch {
+					msgs := make([]*pubsub.Message, min(benchBatch, n-i))
+					for j := range msgs {
+						msgs[j] = &pubsub.Message{ID: "bench-" + strconv.Itoa(from+i+j), Payload: benchPayload, Metadata: map[string]string{"x-bench": "1"}}
+					}
+					if err := c.Publish(ctx, topic, msgs...); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.set("omnibus", report(b, start))
+		}
+
+		runWatermill := func(b *testing.B) {
+			topic := benchTopic(qt, "watermill")
+			declare(b, conn, topic, qt)
+			cfg := watermillConfig(url, qt)
+			cfg.Publish.ConfirmDelivery = true
+			cfg.Publish.ChannelPoolSize = benchPublishers
+			pub, err := wamqp.NewPublisher(cfg, watermill.NopLogger{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer pub.Close()
+			b.ResetTimer()
+			start := begin()
+			err = split(b.N, func(from, n int) error {
+				for i := 0; i < n; i += benchBatch {
+					msgs := make([]*message.Message, min(benchBatch, n-i))
+					for j := range msgs {
+						msgs[j] = message.NewMessage("bench-"+strconv.Itoa(from+i+j), benchPayload)
+						msgs[j].Metadata.Set("x-bench", "1")
+					}
+					if err := pub.Publish(topic, msgs...); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+			r.set("watermill", report(b, start))
+		}
+		b.Run("raw", runRaw)
+		b.Run("raw-sync", runRawSync)
+		b.Run("omnibus", runOmnibus)
+		b.Run("watermill", runWatermill)
+		r.logRatios(b, "publish "+qt, "raw", "raw-sync", "watermill")
+	})
 }
 
 func watermillConfig(url, qt string) wamqp.Config {
@@ -388,104 +396,94 @@ func fill(b *testing.B, conn *amqp.Connection, topic string, n int) {
 }
 
 func BenchmarkConsume(b *testing.B) {
-	url := integration.AMQP(b)
-	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
-		b.Run(qt, func(b *testing.B) {
-			r := &rates{m: map[string]float64{}}
-			conn, err := amqp.Dial(url)
+	forQueueTypes(b, func(b *testing.B, url, qt string, conn *amqp.Connection, r *rates) {
+		ctx := context.Background()
+		for _, every := range []int{1, 64} {
+			name := "raw-ack-each"
+			if every > 1 {
+				name = "raw-ack-multiple"
+			}
+			b.Run(name, func(b *testing.B) {
+				topic := benchTopic(qt, name)
+				q := declare(b, conn, topic, qt)
+				fill(b, conn, topic, b.N)
+				ch, err := conn.Channel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer ch.Close()
+				if err := ch.Qos(benchPrefetch, 0, false); err != nil {
+					b.Fatal(err)
+				}
+				b.ResetTimer()
+				start := begin()
+				dl, err := ch.Consume(q, "", false, false, false, false, nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				for i := 1; i <= b.N; i++ {
+					d := <-dl
+					if i%every == 0 || i == b.N {
+						if err := d.Ack(every > 1); err != nil {
+							b.Fatal(err)
+						}
+					}
+				}
+				r.set(name, report(b, start))
+			})
+		}
+
+		b.Run("omnibus", func(b *testing.B) {
+			topic := benchTopic(qt, "omnibus")
+			declare(b, conn, topic, qt)
+			fill(b, conn, topic, b.N)
+			c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer conn.Close()
-			ctx := context.Background()
-
-			for _, every := range []int{1, 64} {
-				name := "raw-ack-each"
-				if every > 1 {
-					name = "raw-ack-multiple"
-				}
-				b.Run(name, func(b *testing.B) {
-					topic := benchTopic(qt, name)
-					q := declare(b, conn, topic, qt)
-					fill(b, conn, topic, b.N)
-					ch, err := conn.Channel()
-					if err != nil {
-						b.Fatal(err)
-					}
-					defer ch.Close()
-					if err := ch.Qos(benchPrefetch, 0, false); err != nil {
-						b.Fatal(err)
-					}
-					b.ResetTimer()
-					start := begin()
-					dl, err := ch.Consume(q, "", false, false, false, false, nil)
-					if err != nil {
-						b.Fatal(err)
-					}
-					for i := 1; i <= b.N; i++ {
-						d := <-dl
-						if i%every == 0 || i == b.N {
-							if err := d.Ack(every > 1); err != nil {
-								b.Fatal(err)
-							}
-						}
-					}
-					r.set(name, report(b, start))
-				})
+			defer c.Close()
+			b.ResetTimer()
+			start := begin()
+			s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchPrefetch))
+			if err != nil {
+				b.Fatal(err)
 			}
-
-			b.Run("omnibus", func(b *testing.B) {
-				topic := benchTopic(qt, "omnibus")
-				declare(b, conn, topic, qt)
-				fill(b, conn, topic, b.N)
-				c, err := pubsub.Open(ctx, url+"?queue_type="+qt)
+			for i := 0; i < b.N; i++ {
+				d, err := s.Receive(ctx)
 				if err != nil {
 					b.Fatal(err)
 				}
-				defer c.Close()
-				b.ResetTimer()
-				start := begin()
-				s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchPrefetch))
-				if err != nil {
+				if err := d.Ack(); err != nil {
 					b.Fatal(err)
 				}
-				for i := 0; i < b.N; i++ {
-					d, err := s.Receive(ctx)
-					if err != nil {
-						b.Fatal(err)
-					}
-					if err := d.Ack(); err != nil {
-						b.Fatal(err)
-					}
-				}
-				r.set("omnibus", report(b, start))
-				_ = s.Close()
-			})
-
-			b.Run("watermill", func(b *testing.B) {
-				topic := benchTopic(qt, "watermill")
-				declare(b, conn, topic, qt)
-				fill(b, conn, topic, b.N)
-				sub, err := wamqp.NewSubscriber(watermillConfig(url, qt), watermill.NopLogger{})
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer sub.Close()
-				sctx, cancel := context.WithCancel(ctx)
-				defer cancel()
-				b.ResetTimer()
-				start := begin()
-				msgs, err := sub.Subscribe(sctx, topic)
-				if err != nil {
-					b.Fatal(err)
-				}
-				for i := 0; i < b.N; i++ {
-					m := <-msgs
-					m.Ack()
-				}
-				r.set("watermill", report(b, start))
-			})
-			r.logRatios(b, "consume+ack "+qt, "raw-ack-each", "raw-ack-multiple", "watermill")
+			}
+			r.set("omnibus", report(b, start))
+			_ = s.Close()
 		})
-	}
+
+		b.Run("watermill", func(b *testing.B) {
+			topic := benchTopic(qt, "watermill")
+			declare(b, conn, topic, qt)
+			fill(b, conn, topic, b.N)
+			sub, err := wamqp.NewSubscriber(watermillConfig(url, qt), watermill.NopLogger{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sub.Close()
+			sctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			b.ResetTimer()
+			start := begin()
+			msgs, err := sub.Subscribe(sctx, topic)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for i := 0; i < b.N; i++ {
+				m := <-msgs
+				m.Ack()
+			}
+			r.set("watermill", report(b, start))
+		})
+		r.logRatios(b, "consume+ack "+qt, "raw-ack-each", "raw-ack-multiple", "watermill")
+	})
 }

@@ -9,6 +9,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -171,12 +172,7 @@ func (p *pubPool) send(ctx context.Context, bt *batch, deadline time.Time, prepa
 		if round > 0 {
 			// Something failed: wait a little (the connection is
 			// probably being re-established) before publishing again.
-			t := time.NewTimer(backoff/2 + time.Duration(rand.Int64N(int64(backoff))))
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-				t.Stop()
-			}
+			wait.Sleep(ctx, backoff/2+time.Duration(rand.Int64N(int64(backoff)))) // ctx is checked below
 			backoff = min(2*backoff, time.Second)
 		}
 		if ctx.Err() != nil {

@@ -17,6 +17,8 @@
 package main
 
 import (
+	"github.com/omnibusmq/omnibus/internal/wait"
+
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -86,7 +88,7 @@ func main() {
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	for _, tg := range targets {
-		if err := wait(ctx, tg.client); err != nil {
+		if err := awaitReady(ctx, tg.client); err != nil {
 			fmt.Fprintf(os.Stderr, "kafkaready: %s not ready after %v: %v\n", tg.desc, *timeout, err)
 			os.Exit(1)
 		}
@@ -140,19 +142,15 @@ func tlsConfig(ca, cert, key string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func wait(ctx context.Context, client *kafka.Client) error {
+func awaitReady(ctx context.Context, client *kafka.Client) error {
 	var last error
 	for {
 		last = probe(ctx, client)
 		if last == nil {
 			return nil
 		}
-		t := time.NewTimer(200 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !wait.Sleep(ctx, 200*time.Millisecond) {
 			return last
-		case <-t.C:
 		}
 	}
 }
