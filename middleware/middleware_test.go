@@ -33,7 +33,6 @@ func newClient(t testing.TB) *pubsub.Client {
 	return c
 }
 
-
 func receive(t testing.TB, s *pubsub.Subscription) *pubsub.Message {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), failAfter)

@@ -31,7 +31,6 @@ func newClient(t testing.TB) *pubsub.Client {
 	return c
 }
 
-
 func wait(t testing.TB, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
