@@ -171,8 +171,8 @@ func validTopic(topic string) error {
 	if len(topic) > 249 {
 		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:32]+"...", len(topic), ErrInvalid)
 	}
-	for _, r := range topic {
-		if r < 0x21 || r == 0x7f {
+	for i := 0; i < len(topic); i++ { // bytes: every byte of a multi-byte rune is >= 0x80
+		if c := topic[i]; c < 0x21 || c == 0x7f {
 			return fmt.Errorf("topic %q contains a space or control character: %w", topic, ErrInvalid)
 		}
 	}
@@ -428,13 +428,22 @@ func (b *batcher) run(batch []*sendReq) {
 		start := time.Now()
 		err := b.sendAll(batch)
 		took := time.Since(start)
-		released := 0
+		// The next batch should hold every caller of this one and every
+		// caller that queued during its send (they are all in the same
+		// loop): without the latter, 32 callers can settle into two
+		// alternating batches of 16, each waiting for the other's send.
+		expect := 0
 		for _, r := range batch {
-			released += len(r.msgs)
+			expect += len(r.msgs)
+		}
+		b.mu.Lock()
+		expect += b.waitingN
+		b.mu.Unlock()
+		for _, r := range batch {
 			r.done <- err
 		}
 		if b.group {
-			b.gather(released, took)
+			b.gather(expect, took)
 		}
 		b.mu.Lock()
 		if len(b.waiting) == 0 {
@@ -461,12 +470,13 @@ const (
 // gather lets the callers a send just released queue their next calls
 // before the next batch is cut (group commit), so that the next request is
 // not a few early callers followed by another with everyone else: it yields
-// the processor while fewer messages wait than were released, until no new
+// the processor while fewer than expect messages wait (those just released
+// plus those that queued during the send), until no new
 // call came for gatherQuiet, or for at most half the send's duration
 // (capped at gatherMax). Callers that do not come back cost at most
 // gatherQuiet of this goroutine's time; a caller already queued waits at
 // most half a round trip longer. Batch size only, never correctness.
-func (b *batcher) gather(released int, took time.Duration) {
+func (b *batcher) gather(expect int, took time.Duration) {
 	limit := min(took/2, gatherMax)
 	start := time.Now()
 	var last time.Time // when the queue was last seen to stop growing
@@ -475,7 +485,7 @@ func (b *batcher) gather(released int, took time.Duration) {
 		b.mu.Lock()
 		n := b.waitingN
 		b.mu.Unlock()
-		if n >= released || n >= b.maxBatch {
+		if n >= expect || n >= b.maxBatch {
 			return
 		}
 		if n != prev {

@@ -4,9 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/omnibusmq/omnibus/adapters/memory"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -95,56 +99,67 @@ func TestPermanentIsDetectableAndKeepsCause(t *testing.T) {
 	}
 }
 
-// countingBroker wraps a memory broker and counts SendBatch calls.
-type countingBroker struct {
+// gatedBroker wraps a memory broker: one SendBatch in flight per topic
+// (driver.SendTuning), the first of which waits until gate is closed; it
+// reports the size of every SendBatch on calls.
+type gatedBroker struct {
 	driver.Broker
-	calls chan int
+	entered chan struct{} // closed when the first SendBatch has started
+	gate    chan struct{}
+	once    sync.Once
+	calls   chan int
 }
 
-func (b *countingBroker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
+func (b *gatedBroker) SendBatching() (maxBatch, maxConcurrency int) { return 0, 1 }
+
+func (b *gatedBroker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	b.calls <- len(msgs)
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		close(b.entered)
+		<-b.gate
+	}
 	return b.Broker.SendBatch(ctx, topic, msgs)
 }
 
-func TestConcurrentPublishesShareBatches(t *testing.T) {
-	cb := &countingBroker{Broker: memory.New(memory.Options{Buffer: 100000}), calls: make(chan int, 10000)}
-	c := pubsub.NewClient(cb)
+func TestPublishesQueuedDuringASendShareTheNextBatch(t *testing.T) {
+	gb := &gatedBroker{
+		Broker:  memory.New(memory.Options{Buffer: 1000}),
+		entered: make(chan struct{}), gate: make(chan struct{}), calls: make(chan int, 100),
+	}
+	c := pubsub.NewClient(gb)
 	defer c.Close()
 	ctx := context.Background()
-	sub, err := c.Subscribe(ctx, "t", pubsub.Group("g"))
-	if err != nil {
-		t.Fatal(err)
+	const writers = 49
+	errs := make(chan error, writers+1)
+	publish := func() { errs <- c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("x")}) }
+	go publish()
+	<-gb.entered // the only send slot is taken
+	for range writers {
+		go publish()
 	}
-	defer sub.Close()
-	const writers, per = 50, 40
-	errs := make(chan error, writers)
-	for w := 0; w < writers; w++ {
-		go func() {
-			var err error
-			for i := 0; i < per && err == nil; i++ {
-				err = c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("x")})
-			}
-			errs <- err
-		}()
+	deadline := time.Now().Add(10 * time.Second)
+	for pubsub.WaitingMessages(c, "t") < writers {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d of %d calls queued behind the send in flight", pubsub.WaitingMessages(c, "t"), writers)
+		}
+		runtime.Gosched()
 	}
-	for w := 0; w < writers; w++ {
+	close(gb.gate)
+	for range writers + 1 {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
 	}
-	close(cb.calls)
-	calls, msgs := 0, 0
-	for n := range cb.calls {
-		calls++
-		msgs += n
+	close(gb.calls)
+	var sizes []int
+	for n := range gb.calls {
+		sizes = append(sizes, n)
 	}
-	if msgs != writers*per {
-		t.Fatalf("sent %d messages, want %d", msgs, writers*per)
+	if want := []int{1, writers}; !slices.Equal(sizes, want) {
+		t.Fatalf("SendBatch sizes %v, want %v: the calls queued during a send go out together in the next one", sizes, want)
 	}
-	if calls >= msgs {
-		t.Errorf("%d Publish calls became %d SendBatch calls: no batching", msgs, calls)
-	}
-	t.Logf("%d Publish calls → %d SendBatch calls", msgs, calls)
 }
 
 func TestPublishFillsIDInCallersMessage(t *testing.T) {

@@ -395,6 +395,7 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 type Broker struct {
 	opts      Options
 	transport *kafkago.Transport
+	conns     *produceConns // produce requests go here, not through transport
 	client    *kafkago.Client
 	dialer    *kafkago.Dialer
 	codec     kafkago.Compression
@@ -429,6 +430,7 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	b := &Broker{
 		opts:      o,
 		transport: tr,
+		conns:     &produceConns{opts: o, idle: map[string][]*produceConn{}},
 		client:    &kafkago.Client{Addr: kafkago.TCP(o.Brokers...), Transport: tr, Timeout: o.WriteTimeout},
 		dialer: &kafkago.Dialer{
 			ClientID: o.ClientID, Timeout: o.DialTimeout, DualStack: true,
@@ -574,6 +576,7 @@ func (b *Broker) Close() error {
 	close(b.done)
 	b.mu.Unlock()
 	b.pending.Wait()
+	b.conns.close()
 	b.transport.CloseIdleConnections()
 	return nil
 }
@@ -631,8 +634,9 @@ func (b *Broker) DeleteTopic(ctx context.Context, topic string) error {
 
 // topicMeta is a cached view of one topic's partitions.
 type topicMeta struct {
-	partitions []int       // partition IDs, ascending
-	leader     map[int]int // partition → leader broker ID (-1: none)
+	partitions []int          // partition IDs, ascending
+	leader     map[int]int    // partition → leader broker ID (-1: none)
+	addr       map[int]string // leader broker ID → host:port
 	fetched    time.Time
 }
 
@@ -744,12 +748,13 @@ func topicFrom(md *kafkago.MetadataResponse, topic string) (*topicMeta, error) {
 		if t.Error != nil {
 			return nil, t.Error
 		}
-		tm := &topicMeta{leader: map[int]int{}, fetched: time.Now()}
+		tm := &topicMeta{leader: map[int]int{}, addr: map[int]string{}, fetched: time.Now()}
 		for _, p := range t.Partitions {
 			tm.partitions = append(tm.partitions, p.ID)
 			leader := -1
 			if p.Leader.Host != "" {
 				leader = p.Leader.ID
+				tm.addr[leader] = net.JoinHostPort(p.Leader.Host, strconv.Itoa(p.Leader.Port))
 			}
 			tm.leader[p.ID] = leader
 		}

@@ -90,8 +90,8 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		var results []result
 		if len(byLeader) == 1 {
 			// The common case: one leader, written on this goroutine.
-			for _, cs := range byLeader {
-				errs := b.produce(ctx, topic, cs, msgs, now)
+			for leader, cs := range byLeader {
+				errs := b.produce(ctx, tm.addr[leader], topic, cs, msgs, now)
 				for i, c := range cs {
 					results = append(results, result{c, errs[i]})
 				}
@@ -99,11 +99,11 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		} else {
 			var mu sync.Mutex
 			var wg sync.WaitGroup
-			for _, cs := range byLeader {
+			for leader, cs := range byLeader {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					errs := b.produce(ctx, topic, cs, msgs, now)
+					errs := b.produce(ctx, tm.addr[leader], topic, cs, msgs, now)
 					mu.Lock()
 					for i, c := range cs {
 						results = append(results, result{c, errs[i]})
@@ -203,7 +203,7 @@ func (b *Broker) partitionChunks(tm *topicMeta, msgs []*driver.Message, sizes []
 // share a leader) and returns each chunk's error. Each chunk is encoded
 // here, from the messages, as one record batch (see appendRecordBatch), so
 // a retry re-encodes it and never depends on consumed buffers.
-func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []*driver.Message, now int64) []error {
+func (b *Broker) produce(ctx context.Context, addr, topic string, cs []*chunk, msgs []*driver.Message, now int64) []error {
 	acks := int16(-1)
 	if b.opts.Acks == AcksLeader {
 		acks = 1
@@ -241,7 +241,7 @@ func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []
 			RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(buf[start:len(buf):len(buf)])},
 		}
 	}
-	m, err := b.transport.RoundTrip(ctx, b.client.Addr, req)
+	m, err := b.roundTrip(ctx, addr, req)
 	if err != nil {
 		for i := range errs {
 			errs[i] = err
@@ -275,4 +275,23 @@ func (b *Broker) produce(ctx context.Context, topic string, cs []*chunk, msgs []
 		}
 	}
 	return errs
+}
+
+// roundTrip sends req on a produce connection of its own to the broker at
+// addr (the partitions' leader) and returns the answer.
+func (b *Broker) roundTrip(ctx context.Context, addr string, req protocol.Message) (protocol.Message, error) {
+	if addr == "" {
+		return nil, kafkago.LeaderNotAvailable // retried after a metadata refresh
+	}
+	c, err := b.conns.get(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	m, err := c.roundTrip(ctx, req)
+	if err != nil || c.spoiled {
+		_ = c.nc.Close()
+		return m, err
+	}
+	b.conns.put(addr, c)
+	return m, nil
 }

@@ -1,0 +1,101 @@
+package kafka
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	kafkago "github.com/segmentio/kafka-go"
+
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+// idleConns returns the pooled produce connections to addr.
+func idleConns(b *Broker, addr string) []*produceConn {
+	b.conns.mu.Lock()
+	defer b.conns.mu.Unlock()
+	return append([]*produceConn(nil), b.conns.idle[addr]...)
+}
+
+// endOffset reads partition 0's high watermark with a client of its own.
+func endOffset(t *testing.T, addr, topic string) int64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := kafkago.DialLeader(ctx, "tcp", addr, topic, 0)
+	if err != nil {
+		t.Fatalf("dial leader of %s: %v", topic, err)
+	}
+	defer c.Close()
+	off, err := c.ReadLastOffset()
+	if err != nil {
+		t.Fatalf("last offset of %s: %v", topic, err)
+	}
+	return off
+}
+
+func TestProduceConnectionIsReusedAndABrokenOneIsReplacedWithoutLoss(t *testing.T) {
+	addr := strings.Split(integration.Kafka(t), ",")[0]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	b, err := New(ctx, Options{Brokers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	topic := fmt.Sprintf("produceconn-%d", time.Now().UnixNano())
+	if err := b.CreateTopic(ctx, topic, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = b.DeleteTopic(context.Background(), topic) }()
+	send := func(id string) {
+		t.Helper()
+		if err := b.SendBatch(ctx, topic, []*driver.Message{{ID: id, Payload: []byte(id)}}); err != nil {
+			t.Fatalf("send %s: %v", id, err)
+		}
+	}
+
+	send("m1")
+	first := idleConns(b, addr)
+	if len(first) != 1 {
+		t.Fatalf("after one send, %d idle produce connections to %s, want 1", len(first), addr)
+	}
+	send("m2")
+	if again := idleConns(b, addr); len(again) != 1 || again[0] != first[0] {
+		t.Fatalf("second send did not reuse the idle connection: %v then %v", first, again)
+	}
+
+	// A connection that died while idle (as if the broker dropped it) fails
+	// its next round trip; the send is retried on a new connection.
+	_ = first[0].nc.Close()
+	send("m3")
+	after := idleConns(b, addr)
+	if len(after) != 1 || after[0] == first[0] {
+		t.Fatalf("the broken connection was not replaced: idle %v", after)
+	}
+	if got := endOffset(t, addr, topic); got != 3 {
+		t.Fatalf("topic holds %d records after 3 single-message sends, want 3", got)
+	}
+
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(idleConns(b, addr)); n != 0 {
+		t.Fatalf("%d idle produce connections left after Close", n)
+	}
+	if _, err := b.conns.get(ctx, addr); !errors.Is(err, driver.ErrClosed) {
+		t.Fatalf("get after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestProduceToALeaderWithoutAddressIsRetriable(t *testing.T) {
+	b := &Broker{conns: &produceConns{idle: map[string][]*produceConn{}}}
+	_, err := b.roundTrip(context.Background(), "", nil)
+	if !errors.Is(err, kafkago.LeaderNotAvailable) || !retriable(err) {
+		t.Fatalf("roundTrip to no address: %v (retriable %v), want LeaderNotAvailable, retriable", err, retriable(err))
+	}
+}
