@@ -278,7 +278,7 @@ type batcher struct {
 	mu       sync.Mutex
 	active   int
 	waiting  []*sendReq
-	waitingN int // messages in waiting
+	waitingN atomic.Int64 // messages in waiting: changed under mu, read by gather without it
 }
 
 // startable reports whether another concurrent send should start now. b.mu
@@ -287,7 +287,7 @@ func (b *batcher) startable() bool {
 	if len(b.waiting) == 0 || b.active >= b.maxConc {
 		return false
 	}
-	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
+	return b.active == 0 || !b.group || b.waitingN.Load() >= int64(b.maxBatch)
 }
 
 type sendReq struct {
@@ -323,7 +323,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	r := &sendReq{ctx: ctx, msgs: msgs, done: make(chan error, 1)}
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
-	b.waitingN += len(msgs)
+	b.waitingN.Add(int64(len(msgs)))
 	if b.startable() {
 		b.active++
 		batch := b.take()
@@ -340,7 +340,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 		for i, w := range b.waiting {
 			if w == r { // not taken into a send yet: withdraw it
 				b.waiting = append(b.waiting[:i:i], b.waiting[i+1:]...)
-				b.waitingN -= len(r.msgs)
+				b.waitingN.Add(-int64(len(r.msgs)))
 				b.mu.Unlock()
 				return fmt.Errorf("%w (nothing was sent)", ctx.Err())
 			}
@@ -364,7 +364,7 @@ func (b *batcher) take() []*sendReq {
 	}
 	batch := b.waiting[:i:i]
 	b.waiting = b.waiting[i:]
-	b.waitingN -= n
+	b.waitingN.Add(-int64(n))
 	return batch
 }
 
@@ -436,9 +436,7 @@ func (b *batcher) run(batch []*sendReq) {
 		for _, r := range batch {
 			expect += len(r.msgs)
 		}
-		b.mu.Lock()
-		expect += b.waitingN
-		b.mu.Unlock()
+		expect += int(b.waitingN.Load())
 		for _, r := range batch {
 			r.done <- err
 		}
@@ -482,9 +480,7 @@ func (b *batcher) gather(expect int, took time.Duration) {
 	var last time.Time // when the queue was last seen to stop growing
 	prev := -1
 	for {
-		b.mu.Lock()
-		n := b.waitingN
-		b.mu.Unlock()
+		n := int(b.waitingN.Load())
 		if n >= expect || n >= b.maxBatch {
 			return
 		}

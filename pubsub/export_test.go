@@ -10,7 +10,5 @@ func WaitingMessages(c *Client, topic string) int {
 	if b == nil {
 		return 0
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.waitingN
+	return int(b.waitingN.Load())
 }

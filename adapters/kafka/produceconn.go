@@ -1,9 +1,12 @@
 package kafka
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -36,8 +39,10 @@ const maxIdleProduceConns = 16
 // address. A produce request is written and its answer read by the sending
 // goroutine itself on a connection it holds alone: no hand-off to a
 // connection goroutine and back, which is most of a small request's client
-// side on loopback (measured: docs/benchmarks.md). A connection that failed
-// a round trip is closed, never reused.
+// side on loopback (measured: docs/benchmarks.md). Requests are encoded and
+// answers parsed by producewire.go, versions 3–8 (agreed per connection);
+// kafka-go's protocol package serves only the handshake (ApiVersions,
+// SASL). A connection that failed an exchange is closed, never reused.
 type produceConns struct {
 	opts Options
 
@@ -48,8 +53,10 @@ type produceConns struct {
 
 type produceConn struct {
 	nc      net.Conn
-	pc      *protocol.Conn
-	version int16 // produce request version
+	r       *bufio.Reader // answers
+	rbuf    []byte        // the last answer's body
+	version int16         // produce request version
+	corr    int32         // correlation ID of the last request
 	used    time.Time
 	spoiled bool // an ended context set a past deadline on nc
 }
@@ -166,7 +173,9 @@ func (p *produceConns) handshake(ctx context.Context, nc net.Conn, addr string) 
 		}
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return &produceConn{nc: nc, pc: pc, version: version}, nil
+	// Requests and answers alternate, so pc's reader holds nothing more:
+	// from here on requests are written and answers read directly.
+	return &produceConn{nc: nc, r: bufio.NewReaderSize(nc, 4096), version: version, corr: 1 << 16}, nil
 }
 
 // authenticate runs the SASL exchange of p.opts.SASL on pc. Errors name the
@@ -209,17 +218,41 @@ func authenticate(ctx context.Context, pc *protocol.Conn, o Options) error {
 	}
 }
 
-// roundTrip writes msg and reads its answer. The connection's deadline is
-// the context's, and an ended context interrupts the exchange; a connection
-// whose exchange was interrupted (or raced with the context's end) is
-// spoiled and must be closed.
-func (c *produceConn) roundTrip(ctx context.Context, msg protocol.Message) (protocol.Message, error) {
+// exchange writes the request req (size first) and returns the body of its
+// answer (after the size), valid until the next exchange. The connection's
+// deadline is the context's, and an ended context interrupts the exchange;
+// after an error the connection must be closed.
+func (c *produceConn) exchange(ctx context.Context, req []byte) ([]byte, error) {
 	dl, _ := ctx.Deadline()
 	_ = c.nc.SetDeadline(dl)
 	stop := context.AfterFunc(ctx, func() { _ = c.nc.SetDeadline(time.Unix(1, 0)) })
-	m, err := c.pc.RoundTrip(msg)
+	body, err := c.writeRead(req)
 	if !stop() {
+		// The context ended during the exchange: an answer read in full
+		// stands, but the connection now has a past deadline.
 		c.spoiled = true
 	}
-	return m, err
+	return body, err
+}
+
+func (c *produceConn) writeRead(req []byte) ([]byte, error) {
+	if _, err := c.nc.Write(req); err != nil {
+		return nil, err
+	}
+	var size [4]byte
+	if _, err := io.ReadFull(c.r, size[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint32(size[:]))
+	if n < 4 || n > maxResponse {
+		return nil, fmt.Errorf("%w: size %d", errMalformed, n)
+	}
+	if cap(c.rbuf) < n {
+		c.rbuf = make([]byte, n)
+	}
+	body := c.rbuf[:n]
+	if _, err := io.ReadFull(c.r, body); err != nil {
+		return nil, err
+	}
+	return body, nil
 }

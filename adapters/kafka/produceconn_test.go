@@ -94,8 +94,8 @@ func TestProduceConnectionIsReusedAndABrokenOneIsReplacedWithoutLoss(t *testing.
 
 func TestProduceToALeaderWithoutAddressIsRetriable(t *testing.T) {
 	b := &Broker{conns: &produceConns{idle: map[string][]*produceConn{}}}
-	_, err := b.roundTrip(context.Background(), "", nil)
-	if !errors.Is(err, kafkago.LeaderNotAvailable) || !retriable(err) {
-		t.Fatalf("roundTrip to no address: %v (retriable %v), want LeaderNotAvailable, retriable", err, retriable(err))
+	errs := b.produce(context.Background(), "", "t", []*chunk{{partition: 3}}, nil, 0)
+	if len(errs) != 1 || !errors.Is(errs[0], kafkago.LeaderNotAvailable) || !retriable(errs[0]) {
+		t.Fatalf("produce to no address: %v, want LeaderNotAvailable, retriable", errs)
 	}
 }

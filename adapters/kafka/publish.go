@@ -1,9 +1,7 @@
 package kafka
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -11,9 +9,6 @@ import (
 	"time"
 
 	kafkago "github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/protocol"
-	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
-	"github.com/segmentio/kafka-go/protocol/rawproduce"
 
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
@@ -204,6 +199,16 @@ func (b *Broker) partitionChunks(tm *topicMeta, msgs []*driver.Message, sizes []
 // here, from the messages, as one record batch (see appendRecordBatch), so
 // a retry re-encodes it and never depends on consumed buffers.
 func (b *Broker) produce(ctx context.Context, addr, topic string, cs []*chunk, msgs []*driver.Message, now int64) []error {
+	errs := make([]error, len(cs))
+	fail := func(err error) []error {
+		for i := range errs {
+			errs[i] = err
+		}
+		return errs
+	}
+	if addr == "" {
+		return fail(kafkago.LeaderNotAvailable) // retried after a metadata refresh
+	}
 	acks := int16(-1)
 	if b.opts.Acks == AcksLeader {
 		acks = 1
@@ -212,86 +217,72 @@ func (b *Broker) produce(ctx context.Context, addr, topic string, cs []*chunk, m
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = int32(max(time.Until(dl), time.Millisecond) / time.Millisecond)
 	}
-	req := &rawproduce.Request{
-		Acks:    acks,
-		Timeout: timeout,
-		Topics:  []rawproduce.RequestTopic{{Topic: topic, Partitions: make([]rawproduce.RequestPartition, len(cs))}},
-	}
-	errs := make([]error, len(cs))
-	n := 0
-	for _, c := range cs {
-		n += 4 + batchOverhead + c.bytes
-	}
-	buf := make([]byte, 0, n)
-	for i, c := range cs {
-		// The raw record set is sent as is: its int32 size goes first.
-		start := len(buf)
-		buf = append(buf, 0, 0, 0, 0)
-		var err error
-		buf, err = appendRecordBatch(buf, msgs, c.idx, now, b.codec)
-		if err != nil {
-			for i := range errs {
-				errs[i] = err
-			}
-			return errs
-		}
-		binary.BigEndian.PutUint32(buf[start:], uint32(len(buf)-start-4))
-		req.Topics[0].Partitions[i] = rawproduce.RequestPartition{
-			Partition: int32(c.partition),
-			RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(buf[start:len(buf):len(buf)])},
-		}
-	}
-	m, err := b.roundTrip(ctx, addr, req)
+	c, err := b.conns.get(ctx, addr)
 	if err != nil {
-		for i := range errs {
-			errs[i] = err
-		}
-		return errs
+		return fail(err)
 	}
-	res, ok := m.(*produceAPI.Response)
-	if !ok {
-		for i := range errs {
-			errs[i] = fmt.Errorf("unexpected response %T to a produce request", m)
+	bp := requestBuffers.Get().(*[]byte)
+	buf := (*bp)[:0]
+	defer func() {
+		if cap(buf) <= maxPooledRequest {
+			*bp = buf[:0]
+			requestBuffers.Put(bp)
 		}
-		return errs
+	}()
+	c.corr++
+	buf = produceHeader(buf, c.version, c.corr, b.opts.ClientID, acks, timeout, topic, len(cs))
+	for _, ch := range cs {
+		var at int
+		buf, at = startPartition(buf, int32(ch.partition))
+		if buf, err = appendRecordBatch(buf, msgs, ch.idx, now, b.codec); err != nil {
+			b.conns.put(addr, c)
+			return fail(err)
+		}
+		finishPartition(buf, at)
 	}
+	finishRequest(buf)
+	body, err := c.exchange(ctx, buf)
+	if err == nil {
+		var got string
+		var results []partitionResult
+		if got, results, err = parseProduceResponse(body, c.version, c.corr); err == nil {
+			if c.spoiled {
+				_ = c.nc.Close()
+			} else {
+				b.conns.put(addr, c)
+			}
+			return chunkErrors(errs, cs, topic, got, results)
+		}
+	}
+	_ = c.nc.Close()
+	return fail(err)
+}
+
+// chunkErrors sets each chunk's error from the broker's per-partition
+// answers.
+func chunkErrors(errs []error, cs []*chunk, topic, got string, results []partitionResult) []error {
 	for i, c := range cs {
-		var p *produceAPI.ResponsePartition
-		for ti := range res.Topics {
-			for pi := range res.Topics[ti].Partitions {
-				if rp := &res.Topics[ti].Partitions[pi]; rp.Partition == int32(c.partition) && res.Topics[ti].Topic == topic {
-					p = rp
-				}
+		var p *partitionResult
+		for j := range results {
+			if int(results[j].partition) == c.partition && got == topic {
+				p = &results[j]
 			}
 		}
 		switch {
 		case p == nil:
 			errs[i] = fmt.Errorf("the broker's answer has no result for partition %d", c.partition)
-		case p.ErrorCode != 0:
-			errs[i] = kafkago.Error(p.ErrorCode)
-			if p.ErrorMessage != "" {
-				errs[i] = fmt.Errorf("%w: %s", errs[i], p.ErrorMessage)
+		case p.code != 0:
+			errs[i] = kafkago.Error(p.code)
+			if p.message != "" {
+				errs[i] = fmt.Errorf("%w: %s", errs[i], p.message)
 			}
 		}
 	}
 	return errs
 }
 
-// roundTrip sends req on a produce connection of its own to the broker at
-// addr (the partitions' leader) and returns the answer.
-func (b *Broker) roundTrip(ctx context.Context, addr string, req protocol.Message) (protocol.Message, error) {
-	if addr == "" {
-		return nil, kafkago.LeaderNotAvailable // retried after a metadata refresh
-	}
-	c, err := b.conns.get(ctx, addr)
-	if err != nil {
-		return nil, err
-	}
-	m, err := c.roundTrip(ctx, req)
-	if err != nil || c.spoiled {
-		_ = c.nc.Close()
-		return m, err
-	}
-	b.conns.put(addr, c)
-	return m, nil
-}
+// requestBuffers holds produce request buffers for reuse; one larger than
+// maxPooledRequest is left to the garbage collector.
+var requestBuffers = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
+
+const maxPooledRequest = 1 << 20
