@@ -300,6 +300,10 @@ type sendReq struct {
 	onGone func() // set while its batch is being sent
 }
 
+// sendReqs recycles answered requests with their done channels: two
+// allocations fewer per Publish call.
+var sendReqs = sync.Pool{New: func() any { return &sendReq{done: make(chan error, 1)} }}
+
 // giveUp records that the caller stopped waiting, before Publish returns:
 // a send whose every caller gave up is cancelled by then.
 func (r *sendReq) giveUp() {
@@ -320,7 +324,8 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	r := &sendReq{ctx: ctx, msgs: msgs, done: make(chan error, 1)}
+	r := sendReqs.Get().(*sendReq)
+	r.ctx, r.msgs = ctx, msgs
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
 	b.waitingN.Add(int64(len(msgs)))
@@ -334,6 +339,10 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	}
 	select {
 	case err := <-r.done:
+		// Answered: the batcher is done with r (it sends on done last),
+		// so r is reused. A request whose caller gave up is not.
+		r.ctx, r.msgs = nil, nil
+		sendReqs.Put(r)
 		return err
 	case <-ctx.Done():
 		b.mu.Lock()
