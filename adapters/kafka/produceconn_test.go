@@ -1,9 +1,13 @@
 package kafka
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +101,43 @@ func TestProduceToALeaderWithoutAddressIsRetriable(t *testing.T) {
 	errs := b.produce(context.Background(), "", "t", []*chunk{{partition: 3}}, nil, 0)
 	if len(errs) != 1 || !errors.Is(errs[0], kafkago.LeaderNotAvailable) || !retriable(errs[0]) {
 		t.Fatalf("produce to no address: %v, want LeaderNotAvailable, retriable", errs)
+	}
+}
+
+func TestExchangeEndsWhenItsContextEndsAndSpoilsTheConnection(t *testing.T) {
+	client, server := net.Pipe()
+	defer client.Close()
+	defer server.Close()
+	c := &produceConn{nc: client, r: bufio.NewReader(client)}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req := []byte{0, 0, 0, 4, 1, 2, 3, 4}
+	go func() {
+		// The broker takes the request and never answers; the caller
+		// gives up.
+		_, _ = io.ReadFull(server, make([]byte, len(req)))
+		cancel()
+	}()
+	if _, err := c.exchange(ctx, req); err == nil {
+		t.Fatal("exchange with no answer returned no error after its context ended")
+	}
+	if !c.spoiled {
+		t.Fatal("a connection whose exchange was interrupted is not marked spoiled")
+	}
+}
+
+func TestExchangeRejectsAnAnswerSizeOutOfBounds(t *testing.T) {
+	for _, size := range []uint32{0, 3, maxResponse + 1} {
+		client, server := net.Pipe()
+		c := &produceConn{nc: client, r: bufio.NewReader(client)}
+		go func() {
+			_, _ = io.ReadFull(server, make([]byte, 4))
+			_, _ = server.Write(binary.BigEndian.AppendUint32(nil, size))
+		}()
+		if _, err := c.exchange(context.Background(), []byte{0, 0, 0, 0}); !errors.Is(err, errMalformed) {
+			t.Errorf("answer size %d: err %v, want errMalformed", size, err)
+		}
+		client.Close()
+		server.Close()
 	}
 }
