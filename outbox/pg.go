@@ -153,24 +153,7 @@ func scanRows(rs pgx.Rows, err error) ([]row, error) {
 		return nil, err
 	}
 	defer rs.Close()
-	var out []row
-	for rs.Next() {
-		var (
-			id                int64
-			topic, msgID, key string
-			payload           []byte
-			meta              *string
-		)
-		if err := rs.Scan(&id, &topic, &msgID, &key, &payload, &meta); err != nil {
-			return nil, err
-		}
-		r, err := decodeRow(id, topic, msgID, key, payload, meta)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rs.Err()
+	return readRows(rs)
 }
 
 func (s *pgxSession) remove(ctx context.Context, ids []int64) error {

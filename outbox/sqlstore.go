@@ -125,28 +125,8 @@ func (s *sqlSession) fetch(ctx context.Context, n int) ([]row, bool, error) {
 		return nil, false, err
 	}
 	defer rs.Close()
-	var out []row
-	for rs.Next() {
-		var (
-			id                int64
-			topic, msgID, key string
-			payload           []byte
-			meta              sql.NullString
-		)
-		if err := rs.Scan(&id, &topic, &msgID, &key, &payload, &meta); err != nil {
-			return nil, false, err
-		}
-		var mp *string
-		if meta.Valid {
-			mp = &meta.String
-		}
-		r, err := decodeRow(id, topic, msgID, key, payload, mp)
-		if err != nil {
-			return nil, false, err
-		}
-		out = append(out, r)
-	}
-	if err := rs.Err(); err != nil {
+	out, err := readRows(rs)
+	if err != nil {
 		return nil, false, err
 	}
 	rs.Close()

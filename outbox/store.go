@@ -79,6 +79,37 @@ type row struct {
 	msg   *pubsub.Message
 }
 
+// rowCursor is what pgx.Rows and *sql.Rows share for reading outbox rows.
+type rowCursor interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
+
+// readRows reads every row of rs, whose columns are id, topic, msg_id,
+// msg_key, payload and metadata (NULL or a JSON object of strings). The
+// caller closes rs.
+func readRows(rs rowCursor) ([]row, error) {
+	var out []row
+	for rs.Next() {
+		var (
+			id                int64
+			topic, msgID, key string
+			payload           []byte
+			meta              *string
+		)
+		if err := rs.Scan(&id, &topic, &msgID, &key, &payload, &meta); err != nil {
+			return nil, err
+		}
+		r, err := decodeRow(id, topic, msgID, key, payload, meta)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
 func decodeRow(id int64, topic, msgID, key string, payload []byte, meta *string) (row, error) {
 	m := &pubsub.Message{ID: msgID, Key: key, Payload: payload}
 	if meta != nil && *meta != "" {

@@ -20,8 +20,8 @@ import (
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
-// Produce versions the raw produce request supports (kafka-go's rawproduce);
-// Kafka 4 accepts 3 and later.
+// Produce versions producewire.go writes and reads; Kafka 4 accepts 3 and
+// later.
 const (
 	minProduceVersion = 3
 	maxProduceVersion = 8
@@ -81,11 +81,13 @@ func (p *produceConns) get(ctx context.Context, addr string) (*produceConn, erro
 	return p.dial(ctx, addr)
 }
 
-// put returns a healthy connection to the pool.
-func (p *produceConns) put(addr string, c *produceConn) {
+// release ends the use of c: a healthy connection goes back to the pool,
+// one that failed an exchange (healthy false) or whose exchange an ended
+// context interrupted is closed.
+func (p *produceConns) release(addr string, c *produceConn, healthy bool) {
 	c.used = time.Now()
 	p.mu.Lock()
-	if !p.closed && len(p.idle[addr]) < maxIdleProduceConns {
+	if healthy && !c.spoiled && !p.closed && len(p.idle[addr]) < maxIdleProduceConns {
 		p.idle[addr] = append(p.idle[addr], c)
 		p.mu.Unlock()
 		return
@@ -95,7 +97,7 @@ func (p *produceConns) put(addr string, c *produceConn) {
 }
 
 // close closes every idle connection; connections in use are closed when
-// they are put back.
+// they are released.
 func (p *produceConns) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -220,8 +222,9 @@ func authenticate(ctx context.Context, pc *protocol.Conn, o Options) error {
 
 // exchange writes the request req (size first) and returns the body of its
 // answer (after the size), valid until the next exchange. The connection's
-// deadline is the context's, and an ended context interrupts the exchange;
-// after an error the connection must be closed.
+// deadline is the context's, and an ended context interrupts the exchange
+// (and spoils the connection); after an error the connection must not be
+// reused.
 func (c *produceConn) exchange(ctx context.Context, req []byte) ([]byte, error) {
 	dl, _ := ctx.Deadline()
 	_ = c.nc.SetDeadline(dl)

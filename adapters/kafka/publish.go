@@ -235,36 +235,35 @@ func (b *Broker) produce(ctx context.Context, addr, topic string, cs []*chunk, m
 		var at int
 		buf, at = startPartition(buf, int32(ch.partition))
 		if buf, err = appendRecordBatch(buf, msgs, ch.idx, now, b.codec); err != nil {
-			b.conns.put(addr, c)
+			b.conns.release(addr, c, true) // nothing was written
 			return fail(err)
 		}
 		finishPartition(buf, at)
 	}
 	finishRequest(buf)
 	body, err := c.exchange(ctx, buf)
+	var got string
+	var results []partitionResult
 	if err == nil {
-		var got string
-		var results []partitionResult
-		if got, results, err = parseProduceResponse(body, c.version, c.corr); err == nil {
-			if c.spoiled {
-				_ = c.nc.Close()
-			} else {
-				b.conns.put(addr, c)
-			}
-			return chunkErrors(errs, cs, topic, got, results)
-		}
+		got, results, err = parseProduceResponse(body, c.version, c.corr)
 	}
-	_ = c.nc.Close()
-	return fail(err)
+	b.conns.release(addr, c, err == nil)
+	if err != nil {
+		return fail(err)
+	}
+	if got != topic {
+		results = nil // every chunk: no result
+	}
+	return chunkErrors(errs, cs, results)
 }
 
 // chunkErrors sets each chunk's error from the broker's per-partition
 // answers.
-func chunkErrors(errs []error, cs []*chunk, topic, got string, results []partitionResult) []error {
+func chunkErrors(errs []error, cs []*chunk, results []partitionResult) []error {
 	for i, c := range cs {
 		var p *partitionResult
 		for j := range results {
-			if int(results[j].partition) == c.partition && got == topic {
+			if int(results[j].partition) == c.partition {
 				p = &results[j]
 			}
 		}

@@ -130,14 +130,11 @@ func rawPublishing(i int) amqp.Publishing {
 // rawPublishSync publishes n messages on one confirm channel in calls of
 // benchBatch, each waiting until all its messages are confirmed.
 func rawPublishSync(ctx context.Context, conn *amqp.Connection, topic string, from, n int) error {
-	ch, err := conn.Channel()
+	ch, err := confirmChannel(conn)
 	if err != nil {
 		return err
 	}
 	defer ch.Close()
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
 	dcs := make([]*amqp.DeferredConfirmation, 0, benchBatch)
 	for i := 0; i < n; i += benchBatch {
 		dcs = dcs[:0]
@@ -148,10 +145,31 @@ func rawPublishSync(ctx context.Context, conn *amqp.Connection, topic string, fr
 			}
 			dcs = append(dcs, dc)
 		}
-		for _, dc := range dcs {
-			if !dc.Wait() {
-				return fmt.Errorf("nacked")
-			}
+		if err := confirmed(dcs...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// confirmChannel opens a channel of conn in confirm mode.
+func confirmChannel(conn *amqp.Connection) (*amqp.Channel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, err
+	}
+	if err := ch.Confirm(false); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	return ch, nil
+}
+
+// confirmed waits for every confirmation in dcs; a nack is an error.
+func confirmed(dcs ...*amqp.DeferredConfirmation) error {
+	for _, dc := range dcs {
+		if !dc.Wait() {
+			return fmt.Errorf("nacked")
 		}
 	}
 	return nil
@@ -159,20 +177,17 @@ func rawPublishSync(ctx context.Context, conn *amqp.Connection, topic string, fr
 
 // rawPublish streams n messages on one confirm channel with a sliding window.
 func rawPublish(ctx context.Context, conn *amqp.Connection, topic string, from, n int) error {
-	ch, err := conn.Channel()
+	ch, err := confirmChannel(conn)
 	if err != nil {
 		return err
 	}
 	defer ch.Close()
-	if err := ch.Confirm(false); err != nil {
-		return err
-	}
 	window := make([]*amqp.DeferredConfirmation, 0, n)
 	oldest := 0
 	for i := 0; i < n; i++ {
 		if i-oldest >= benchWindow {
-			if !window[oldest].Wait() {
-				return fmt.Errorf("nacked")
+			if err := confirmed(window[oldest]); err != nil {
+				return err
 			}
 			oldest++
 		}
@@ -182,12 +197,7 @@ func rawPublish(ctx context.Context, conn *amqp.Connection, topic string, from, 
 		}
 		window = append(window, dc)
 	}
-	for ; oldest < len(window); oldest++ {
-		if !window[oldest].Wait() {
-			return fmt.Errorf("nacked")
-		}
-	}
-	return nil
+	return confirmed(window[oldest:]...)
 }
 
 // split runs fn for benchPublishers shares of n.
