@@ -1,6 +1,6 @@
-# PostgreSQL: Debian's server binaries, a throwaway cluster on 127.0.0.1:55432.
+# PostgreSQL: Debian's server binaries, a throwaway cluster on 127.0.0.1:15432.
 # Sourced by scripts/brokers; see the contract there.
-PG_PORT=${OMNIBUS_PG_PORT:-55432}
+PG_PORT=${OMNIBUS_PG_PORT:-15432}
 
 pg_bin() {
   local d

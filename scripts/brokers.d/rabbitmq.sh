@@ -1,6 +1,6 @@
 # RabbitMQ: Debian's rabbitmq-server, one node omnibus@localhost on
-# 127.0.0.1:56720 (distribution 56721, its own epmd on 127.0.0.1:56722, AMQP
-# over TLS on 56723), run as the rabbitmq user with every file (HOME and
+# 127.0.0.1:16720 (distribution 16721, its own epmd on 127.0.0.1:16722, AMQP
+# over TLS on 16723), run as the rabbitmq user with every file (HOME and
 # cookie, mnesia, logs, config, plugins, certificates) under the state dir.
 # Sourced by scripts/brokers; see the contract there.
 #
@@ -17,7 +17,7 @@
 # restart the broker without knowing any of this:
 #   "$OMNIBUS_AMQP_CTL" stop_app    # closes every client connection and the listener
 #   "$OMNIBUS_AMQP_CTL" start_app   # back up, durable queues recovered
-RMQ_PORT=${OMNIBUS_RABBITMQ_PORT:-56720}
+RMQ_PORT=${OMNIBUS_RABBITMQ_PORT:-16720}
 RMQ_TLS_PORT=$((RMQ_PORT + 3))
 RMQ_NODE=omnibus@localhost
 RMQ_BIN=/usr/lib/rabbitmq/bin
@@ -33,6 +33,8 @@ export RABBITMQ_NODE_PORT=$RMQ_PORT
 export RABBITMQ_DIST_PORT=$((RMQ_PORT + 1))
 export ERL_EPMD_ADDRESS=127.0.0.1
 export ERL_EPMD_PORT=$((RMQ_PORT + 2))
+export RABBITMQ_CTL_DIST_PORT_MIN=$((RMQ_PORT + 10))
+export RABBITMQ_CTL_DIST_PORT_MAX=$((RMQ_PORT + 19))
 export HOME=$dir/home
 export RABBITMQ_MNESIA_BASE=$dir/mnesia
 export RABBITMQ_LOG_BASE=$dir/log
