@@ -1,24 +1,16 @@
 // Package integration finds a real broker for a test: an environment
-// variable set by `scripts/brokers up` (or by hand) first, then a container
-// started with testcontainers-go when a Docker engine is healthy, otherwise
+// variable set by `scripts/brokers up`, by `go run ./integration/containers`
+// (testcontainers-go, where a Docker engine is healthy) or by hand; otherwise
 // a loud t.Skip naming the variable and the command that would run the test.
 // Under CI=true a missing broker fails the test instead: CI must never count
 // a skipped broker test as passing.
 package integration
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"strings"
-	"sync"
 	"testing"
-	"time"
-
-	"github.com/testcontainers/testcontainers-go"
-	tckafka "github.com/testcontainers/testcontainers-go/modules/kafka"
-	tcpostgres "github.com/testcontainers/testcontainers-go/modules/postgres"
-	tcrabbit "github.com/testcontainers/testcontainers-go/modules/rabbitmq"
 )
 
 // Environment variables the tests read (printed by scripts/brokers up).
@@ -51,19 +43,7 @@ const (
 )
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.
-func Kafka(t testing.TB) string {
-	return find(t, "kafka", EnvKafka, func(ctx context.Context) (string, error) {
-		c, err := tckafka.Run(ctx, "confluentinc/confluent-local:7.5.0", tckafka.WithClusterID("omnibus-test"))
-		if err != nil {
-			return "", err
-		}
-		b, err := c.Brokers(ctx)
-		if err != nil {
-			return "", err
-		}
-		return strings.Join(b, ","), nil
-	})
-}
+func Kafka(t testing.TB) string { return find(t, "kafka", EnvKafka) }
 
 // KafkaSASL returns the SASL_PLAINTEXT listener of the test Kafka broker and
 // the user and password it accepts with PLAIN, SCRAM-SHA-256 and
@@ -136,28 +116,10 @@ func missing(t testing.TB, msg string) {
 }
 
 // AMQP returns an amqp:// URL of a RabbitMQ broker.
-func AMQP(t testing.TB) string {
-	return find(t, "rabbitmq", EnvAMQP, func(ctx context.Context) (string, error) {
-		c, err := tcrabbit.Run(ctx, "rabbitmq:3.12-alpine")
-		if err != nil {
-			return "", err
-		}
-		return c.AmqpURL(ctx)
-	})
-}
+func AMQP(t testing.TB) string { return find(t, "rabbitmq", EnvAMQP) }
 
 // Postgres returns a postgres:// URL of a database the test may write to.
-func Postgres(t testing.TB) string {
-	return find(t, "postgres", EnvPostgres, func(ctx context.Context) (string, error) {
-		c, err := tcpostgres.Run(ctx, "postgres:16-alpine",
-			tcpostgres.WithDatabase("omnibus"), tcpostgres.WithUsername("postgres"), tcpostgres.WithPassword("postgres"),
-			tcpostgres.BasicWaitStrategies())
-		if err != nil {
-			return "", err
-		}
-		return c.ConnectionString(ctx, "sslmode=disable")
-	})
-}
+func Postgres(t testing.TB) string { return find(t, "postgres", EnvPostgres) }
 
 // InCI reports whether CI=true, where a missing broker is a failure.
 func InCI() bool {
@@ -165,55 +127,12 @@ func InCI() bool {
 	return v == "true" || v == "1"
 }
 
-var containers = struct {
-	sync.Mutex
-	addr map[string]string
-	err  map[string]error
-}{addr: map[string]string{}, err: map[string]error{}}
-
-func find(t testing.TB, name, env string, start func(context.Context) (string, error)) string {
+func find(t testing.TB, name, env string) string {
 	t.Helper()
 	if v := os.Getenv(env); v != "" {
 		return v
 	}
-	addr, err := fromContainer(name, start)
-	if err == nil {
-		return addr
-	}
-	msg := fmt.Sprintf("no %s broker: set %s, or run `eval \"$(scripts/brokers up %s)\"` first (no Docker engine for testcontainers-go: %v)",
-		name, env, name, err)
-	missing(t, msg)
+	missing(t, fmt.Sprintf("no %s broker: run the suite with `scripts/test`, or set %s (`eval \"$(scripts/brokers up %s)\"`, or `go run ./integration/containers` where Docker works)",
+		name, env, name))
 	return ""
-}
-
-func fromContainer(name string, start func(context.Context) (string, error)) (addr string, err error) {
-	containers.Lock()
-	defer containers.Unlock()
-	if a, ok := containers.addr[name]; ok {
-		return a, nil
-	}
-	if e, ok := containers.err[name]; ok {
-		return "", e
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("testcontainers panicked: %v", r)
-		}
-		if err != nil {
-			containers.err[name] = err
-		} else {
-			containers.addr[name] = addr
-		}
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	provider, err := testcontainers.ProviderDefault.GetProvider()
-	if err != nil {
-		return "", err
-	}
-	defer provider.Close()
-	if err := provider.Health(ctx); err != nil {
-		return "", err
-	}
-	return start(ctx)
 }

@@ -1,0 +1,74 @@
+module github.com/omnibusmq/omnibus/examples
+
+go 1.26.0
+
+require (
+	github.com/google/uuid v1.6.0 // indirect
+	github.com/jackc/pgx/v5 v5.12.0
+	github.com/prometheus/client_golang v1.25.0
+	github.com/rabbitmq/amqp091-go v1.16.0 // indirect
+	github.com/segmentio/kafka-go v0.4.51 // indirect
+	go.opentelemetry.io/otel v1.47.0 // indirect
+	go.opentelemetry.io/otel/exporters/prometheus v0.69.0
+	go.opentelemetry.io/otel/metric v1.47.0 // indirect
+	go.opentelemetry.io/otel/sdk v1.47.0 // indirect
+	go.opentelemetry.io/otel/sdk/metric v1.47.0
+	go.opentelemetry.io/otel/trace v1.47.0 // indirect
+	go.yaml.in/yaml/v3 v3.0.6 // indirect
+	golang.org/x/time v0.16.0 // indirect
+	modernc.org/sqlite v1.62.0
+)
+
+require (
+	github.com/beorn7/perks v1.0.1 // indirect
+	github.com/cespare/xxhash/v2 v2.3.0 // indirect
+	github.com/dustin/go-humanize v1.1.0 // indirect
+	github.com/go-logr/logr v1.4.4 // indirect
+	github.com/go-logr/stdr v1.2.2 // indirect
+	github.com/jackc/pgpassfile v1.0.0 // indirect
+	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
+	github.com/jackc/puddle/v2 v2.2.3 // indirect
+	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/mattn/go-isatty v0.0.24 // indirect
+	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
+	github.com/ncruces/go-strftime v1.1.0 // indirect
+	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000 // indirect
+	github.com/omnibusmq/omnibus/adapters/postgres v0.0.0-00010101000000-000000000000 // indirect
+	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000 // indirect
+	github.com/pierrec/lz4/v4 v4.1.21 // indirect
+	github.com/prometheus/client_model v0.6.3 // indirect
+	github.com/prometheus/common v0.72.0 // indirect
+	github.com/prometheus/otlptranslator v1.0.0 // indirect
+	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
+	github.com/xdg-go/pbkdf2 v1.0.0 // indirect
+	github.com/xdg-go/scram v1.1.2 // indirect
+	github.com/xdg-go/stringprep v1.0.4 // indirect
+	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
+	go.opentelemetry.io/otel/log v1.47.0 // indirect
+	golang.org/x/sync v0.25.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	golang.org/x/text v0.44.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+	modernc.org/libc v1.80.1 // indirect
+	modernc.org/mathutil v1.7.1 // indirect
+	modernc.org/memory v1.12.1 // indirect
+)
+
+require (
+	github.com/omnibusmq/omnibus v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/adapters/all v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/middleware/telemetry v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/outbox v0.0.0-00010101000000-000000000000
+)
+
+replace (
+	github.com/omnibusmq/omnibus => ..
+	github.com/omnibusmq/omnibus/adapters/all => ../adapters/all
+	github.com/omnibusmq/omnibus/adapters/kafka => ../adapters/kafka
+	github.com/omnibusmq/omnibus/adapters/postgres => ../adapters/postgres
+	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../adapters/rabbitmq
+	github.com/omnibusmq/omnibus/middleware/pgdedup => ../middleware/pgdedup
+	github.com/omnibusmq/omnibus/middleware/telemetry => ../middleware/telemetry
+	github.com/omnibusmq/omnibus/outbox => ../outbox
+)
