@@ -33,6 +33,7 @@ type handlerConfig struct {
 	maxInFlight    int
 	maxBatch       int
 	maxWait        time.Duration
+	outOfOrder     bool
 	mws            []Middleware
 	err            error
 }
@@ -60,18 +61,31 @@ func Concurrency(n int) HandlerOption {
 
 // OrderedByKey keeps the order of messages that share a Key while running
 // different keys in parallel (up to Concurrency at once). Each key is its
-// own lane: a slow or retrying message holds back only the later messages
+// own lane: a slow or failing message holds back only the later messages
 // of its key, never other keys. Messages with an empty Key are unordered.
 //
-// Order holds across in-process retries. A message given back to the broker
-// (a nack: no Retry, Retry in redelivery mode, shutdown) may be overtaken by
-// later messages of its key.
+// Order holds for first effects under failure: a message whose handler
+// fails (an error, Redeliver, a busy Dedup claim) is not given back to the
+// broker, where later messages of its key would overtake it; it is handled
+// again in place after its redelivery delay (Options.NackDelay, or the
+// delay Redeliver names), with Message.Attempt counting up, until it
+// succeeds or a middleware settles it (Poison after the last attempt).
+// Only a shutdown nacks it, followed by the rest of its key in order. The
+// broker must keep key order too (Capabilities.OrderingPerKey).
+// RedeliverOutOfOrder restores nack-and-move-on.
 func OrderedByKey() HandlerOption { return func(c *handlerConfig) { c.mode = modeByKey } }
 
 // StrictOrder processes one message at a time in the order received, keys or
-// not. It cannot be combined with Concurrency above 1. The same caveat about
-// nacked messages as for OrderedByKey applies.
+// not. It cannot be combined with Concurrency above 1. A failed message
+// holds the whole stream, as a failed message holds its key with
+// OrderedByKey.
 func StrictOrder() HandlerOption { return func(c *handlerConfig) { c.mode = modeStrict } }
+
+// RedeliverOutOfOrder makes an OrderedByKey or StrictOrder handler nack a
+// failed message to the broker and go on with the next message of its key,
+// instead of holding the key until the message is handled. Use it only
+// where later messages may take effect before an earlier failed one.
+func RedeliverOutOfOrder() HandlerOption { return func(c *handlerConfig) { c.outOfOrder = true } }
 
 // MaxInFlight bounds how many received messages of an OrderedByKey or
 // StrictOrder handler may wait for or be in their handler at once (default

@@ -578,10 +578,56 @@ func (rt *route) keyWorker(i int) {
 			_ = d.Nack(0)
 		} else {
 			rt.cur[i].Store(d)
-			rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+			rt.runInLane(d)
 			rt.cur[i].Store(nil)
 		}
 		settled = 1
+	}
+}
+
+// runInLane runs the handler on d, a message of an ordered lane, and
+// settles it. A failed message holds its lane: unless the handler was
+// registered with RedeliverOutOfOrder, it is not nacked but handled again
+// in place after its redelivery delay (Attempt counting up), until it
+// succeeds or a middleware settles it (Poison acks it after writing it to
+// the poison topic), so that no later message of its key takes effect
+// first. Only a shutdown gives it back to the broker, and then the later
+// messages of its key follow it (keyWorker nacks them in order).
+func (rt *route) runInLane(d *pubsub.Delivery) {
+	for {
+		err := call(rt.chain, rt.ctx, d.Message)
+		if err == nil || rt.cfg.outOfOrder || rt.isDraining() || rt.ctx.Err() != nil {
+			rt.settle(d, err)
+			return
+		}
+		delay, marked := RedeliverDelay(err)
+		if !marked {
+			delay = max(rt.r.nackDelay, 0)
+			rt.r.log.Error("router: handler failed; holding its key and retrying in place", "topic", rt.topic, "handler", rt.name, "id", d.Message.ID, "key", d.Message.Key, "attempt", d.Message.Attempt, "retry_in", delay, "error", err)
+		}
+		if !rt.holdFor(delay) {
+			rt.settle(d, err) // shutdown: nacked at once
+			return
+		}
+		d.Message.Attempt++
+	}
+}
+
+// holdFor waits d and reports true, or false as soon as the router starts
+// draining or the handler context ends.
+func (rt *route) holdFor(d time.Duration) bool {
+	if d <= 0 {
+		return !rt.isDraining() && rt.ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-rt.draining:
+		return false
+	case <-rt.ctx.Done():
+		return false
 	}
 }
 

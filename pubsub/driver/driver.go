@@ -58,8 +58,10 @@ type AckID any
 // brokers by configuration cannot silently change behaviour.
 type Capabilities struct {
 	// OrderingPerKey: messages published with the same non-empty Key are
-	// delivered to a group in publish order (first deliveries; a nacked
-	// message is redelivered after its successors on every broker).
+	// delivered to a group in publish order (first deliveries), also when
+	// the group has competing members. A message nacked through the
+	// portable API may come back after its successors; the router's
+	// ordered lanes never nack while they run (they hold the key).
 	OrderingPerKey bool
 	// Persistence: messages and group positions survive a subscriber
 	// restart and a broker restart.
