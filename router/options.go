@@ -34,6 +34,7 @@ type handlerConfig struct {
 	maxBatch       int
 	maxWait        time.Duration
 	outOfOrder     bool
+	subOpts        []pubsub.SubscribeOption
 	mws            []Middleware
 	err            error
 }
@@ -120,6 +121,13 @@ func MaxWait(d time.Duration) HandlerOption {
 		}
 		c.maxWait = d
 	}
+}
+
+// Subscribe adds subscription options to this handler's subscription, after
+// the router's own (the group and the prefetch), so they may override them:
+// for example pubsub.FromOldest() for a new group on a log-based broker.
+func Subscribe(opts ...pubsub.SubscribeOption) HandlerOption {
+	return func(c *handlerConfig) { c.subOpts = append(c.subOpts, opts...) }
 }
 
 // With adds middleware to this handler only, inside the router's (Use).

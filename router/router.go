@@ -199,7 +199,8 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 
 	for i, rt := range routes {
-		sub, err := r.client.Subscribe(ctx, rt.topic, pubsub.Group(rt.name), pubsub.Prefetch(rt.prefetch()))
+		sopts := append([]pubsub.SubscribeOption{pubsub.Group(rt.name), pubsub.Prefetch(rt.prefetch())}, rt.cfg.subOpts...)
+		sub, err := r.client.Subscribe(ctx, rt.topic, sopts...)
 		if err != nil {
 			for _, prev := range routes[:i] {
 				_ = prev.sub.Close()
