@@ -181,8 +181,8 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 // runLeased runs next under a context that ends at deadline (the claim's
 // lease), turning a panic into a *PanicError.
 func runLeased(ctx context.Context, next router.Handler, m *pubsub.Message, deadline time.Time) (err error) {
-	lctx := newLeaseCtx(ctx, deadline)
-	defer lctx.end()
+	lctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	defer func() {
 		if p := recover(); p != nil {
 			err = router.NewPanicError(p)
@@ -208,8 +208,7 @@ type MemoryDedupOptions struct {
 // protects one process only; use a shared store (Postgres, Redis) when
 // several processes consume the same group.
 //
-// One table holds every key, claimed or done (see keyTable); completed keys
-// also queue in completion order (a ring), so forgetting the oldest is a
+// One map holds every key, claimed or done; completed keys also queue in completion order (a ring), so forgetting the oldest is a
 // pop.
 type MemoryDedupStore struct {
 	opts      MemoryDedupOptions
@@ -217,7 +216,7 @@ type MemoryDedupStore struct {
 	realClock bool      // opts.Now is time.Now: durations come from the monotonic clock alone
 
 	mu      sync.Mutex
-	keys    keyTable
+	keys    map[string]*dedupEntry
 	claimed int       // entries in state claimed
 	done    int       // entries in state done
 	order   dedupRing // done entries, oldest completion first; may hold stale items
@@ -234,7 +233,6 @@ const (
 // dedupEntry is a key in the store. Its state is 0 once it left the map.
 type dedupEntry struct {
 	key   string
-	h     uint64 // key's hash in keys
 	state dedupState
 	at    time.Duration // claimed: lease expiry; done: completion time (since base)
 	token uint64        // claimed: which acquisition holds it
@@ -259,7 +257,7 @@ func NewMemoryDedupStore(opts MemoryDedupOptions) *MemoryDedupStore {
 	if realClock {
 		opts.Now = time.Now
 	}
-	return &MemoryDedupStore{opts: opts, base: opts.Now(), realClock: realClock, keys: newKeyTable()}
+	return &MemoryDedupStore{opts: opts, base: opts.Now(), realClock: realClock, keys: map[string]*dedupEntry{}}
 }
 
 func (s *MemoryDedupStore) now() time.Duration {
@@ -271,7 +269,7 @@ func (s *MemoryDedupStore) now() time.Duration {
 
 // forget removes a done entry from the map. s.mu must be held.
 func (s *MemoryDedupStore) forget(e *dedupEntry) {
-	s.keys.remove(e)
+	delete(s.keys, e.key)
 	e.state = 0
 	s.done--
 }
@@ -308,18 +306,17 @@ func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Dur
 		return 0, memClaim{}, time.Time{}, err
 	}
 	now := s.now()
-	h := s.keys.hash(key)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.trim(now)
-	e, slot := s.keys.find(key, h)
+	e := s.keys[key]
 	switch {
 	case e == nil:
-		if s.claimed >= s.opts.MaxKeys && s.sweepClaims(now) {
-			_, slot = s.keys.find(key, h)
+		if s.claimed >= s.opts.MaxKeys {
+			s.sweepClaims(now)
 		}
-		e = &dedupEntry{key: key, h: h, state: stateClaimed}
-		s.keys.insert(e, slot)
+		e = &dedupEntry{key: key, state: stateClaimed}
+		s.keys[key] = e
 		s.claimed++
 	case e.state == stateDone:
 		return ClaimDone, memClaim{}, time.Time{}, nil
@@ -333,18 +330,13 @@ func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Dur
 }
 
 // sweepClaims forgets expired claims (their holders never completed or
-// released them) and reports whether there were any. s.mu must be held.
-func (s *MemoryDedupStore) sweepClaims(now time.Duration) bool {
-	var expired []*dedupEntry
-	s.keys.each(func(e *dedupEntry) {
+// released them). s.mu must be held.
+func (s *MemoryDedupStore) sweepClaims(now time.Duration) {
+	for _, e := range s.keys {
 		if e.state == stateClaimed && now >= e.at {
-			expired = append(expired, e)
+			s.drop(e)
 		}
-	})
-	for _, e := range expired {
-		s.drop(e)
 	}
-	return len(expired) > 0
 }
 
 // Complete implements DedupStore.
@@ -361,11 +353,9 @@ func (s *MemoryDedupStore) complete(held memClaim, key string) {
 	defer s.mu.Unlock()
 	e := held.e
 	if e == nil || e.state == 0 {
-		h := s.keys.hash(key)
-		var slot int
-		if e, slot = s.keys.find(key, h); e == nil {
-			e = &dedupEntry{key: key, h: h}
-			s.keys.insert(e, slot)
+		if e = s.keys[key]; e == nil {
+			e = &dedupEntry{key: key}
+			s.keys[key] = e
 		}
 	}
 	switch e.state {
@@ -387,7 +377,7 @@ func (s *MemoryDedupStore) complete(held memClaim, key string) {
 func (s *MemoryDedupStore) Release(ctx context.Context, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.keys.get(key); e != nil && e.state == stateClaimed {
+	if e := s.keys[key]; e != nil && e.state == stateClaimed {
 		s.drop(e)
 	}
 	return nil
@@ -405,7 +395,7 @@ func (s *MemoryDedupStore) release(held memClaim, key string) {
 
 // drop removes a claimed entry. s.mu must be held.
 func (s *MemoryDedupStore) drop(e *dedupEntry) {
-	s.keys.remove(e)
+	delete(s.keys, e.key)
 	e.state = 0
 	s.claimed--
 }
