@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/router"
 )
@@ -106,15 +105,7 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 // in [0, min(MaxInterval, InitialInterval×Multiplier^(attempt-1))].
 func (p RetryPolicy) Backoff(attempt int) time.Duration {
 	p = p.withDefaults()
-	capf := float64(p.InitialInterval) * math.Pow(p.Multiplier, float64(max(attempt-1, 0)))
-	c := p.MaxInterval
-	if capf < float64(p.MaxInterval) {
-		c = time.Duration(capf)
-	}
-	if c <= 0 {
-		return 0
-	}
-	return time.Duration(rand.Int64N(int64(c) + 1))
+	return backoff.Policy{Initial: p.InitialInterval, Max: p.MaxInterval, Multiplier: p.Multiplier}.Delay(attempt)
 }
 
 // giveUp returns the reason to stop after a failed attempt, or "".

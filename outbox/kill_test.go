@@ -140,6 +140,8 @@ SELECT $1, u.i, u.k, u.p FROM unnest($2::text[], $3::text[], $4::bytea[]) WITH O
 func (s *sinkBroker) OpenSubscription(context.Context, string, driver.SubscriptionOptions) (driver.Subscription, error) {
 	return nil, fmt.Errorf("sink: subscribe: %w", driver.ErrUnsupported)
 }
+func (s *sinkBroker) Traits() driver.Traits { return driver.Traits{} }
+
 func (s *sinkBroker) Capabilities() driver.Capabilities {
 	return driver.Capabilities{OrderingPerKey: true, Persistence: true}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,6 +21,7 @@ type Client struct {
 
 	maxBatch, maxConc int
 	groupSends        bool
+	inlineAcks        bool
 	observers         []Observer
 
 	mu       sync.Mutex
@@ -56,19 +56,15 @@ func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
 		batchers: map[string]*batcher{},
 		subs:     map[*Subscription]struct{}{},
 	}
-	if t, ok := drv.(driver.SendTuning); ok {
-		if b, n := t.SendBatching(); b > 0 || n > 0 {
-			if b > 0 {
-				c.maxBatch = b
-			}
-			if n > 0 {
-				c.maxConc = n
-			}
-		}
+	tr := drv.Traits()
+	if tr.MaxSendBatch > 0 {
+		c.maxBatch = tr.MaxSendBatch
 	}
-	if g, ok := drv.(driver.SendGrouping); ok {
-		c.groupSends = g.GroupSends()
+	if tr.MaxConcurrentSends > 0 {
+		c.maxConc = tr.MaxConcurrentSends
 	}
+	c.groupSends = tr.GroupSends
+	c.inlineAcks = tr.InlineAcks
 	for _, o := range opts {
 		o(c)
 	}
@@ -278,7 +274,7 @@ type batcher struct {
 	mu       sync.Mutex
 	active   int
 	waiting  []*sendReq
-	waitingN atomic.Int64 // messages in waiting: changed under mu, read by gather without it
+	waitingN int // messages in waiting
 }
 
 // startable reports whether another concurrent send should start now. b.mu
@@ -287,7 +283,7 @@ func (b *batcher) startable() bool {
 	if len(b.waiting) == 0 || b.active >= b.maxConc {
 		return false
 	}
-	return b.active == 0 || !b.group || b.waitingN.Load() >= int64(b.maxBatch)
+	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
 }
 
 type sendReq struct {
@@ -328,7 +324,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	r.ctx, r.msgs = ctx, msgs
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
-	b.waitingN.Add(int64(len(msgs)))
+	b.waitingN += len(msgs)
 	if b.startable() {
 		b.active++
 		batch := b.take()
@@ -349,7 +345,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 		for i, w := range b.waiting {
 			if w == r { // not taken into a send yet: withdraw it
 				b.waiting = append(b.waiting[:i:i], b.waiting[i+1:]...)
-				b.waitingN.Add(-int64(len(r.msgs)))
+				b.waitingN -= len(r.msgs)
 				b.mu.Unlock()
 				return fmt.Errorf("%w (nothing was sent)", ctx.Err())
 			}
@@ -373,7 +369,7 @@ func (b *batcher) take() []*sendReq {
 	}
 	batch := b.waiting[:i:i]
 	b.waiting = b.waiting[i:]
-	b.waitingN.Add(-int64(n))
+	b.waitingN -= n
 	return batch
 }
 
@@ -434,23 +430,9 @@ func (b *batcher) sendAll(batch []*sendReq) error {
 
 func (b *batcher) run(batch []*sendReq) {
 	for {
-		start := time.Now()
 		err := b.sendAll(batch)
-		took := time.Since(start)
-		// The next batch should hold every caller of this one and every
-		// caller that queued during its send (they are all in the same
-		// loop): without the latter, 32 callers can settle into two
-		// alternating batches of 16, each waiting for the other's send.
-		expect := 0
-		for _, r := range batch {
-			expect += len(r.msgs)
-		}
-		expect += int(b.waitingN.Load())
 		for _, r := range batch {
 			r.done <- err
-		}
-		if b.group {
-			b.gather(expect, took)
 		}
 		b.mu.Lock()
 		if len(b.waiting) == 0 {
@@ -465,44 +447,5 @@ func (b *batcher) run(batch []*sendReq) {
 			go b.run(b.take())
 		}
 		b.mu.Unlock()
-	}
-}
-
-// Bounds of the pause in gather.
-const (
-	gatherQuiet = 20 * time.Microsecond  // give up after this long without a new call
-	gatherMax   = 200 * time.Microsecond // never pause longer than this
-)
-
-// gather lets the callers a send just released queue their next calls
-// before the next batch is cut (group commit), so that the next request is
-// not a few early callers followed by another with everyone else: it yields
-// the processor while fewer than expect messages wait (those just released
-// plus those that queued during the send), until no new
-// call came for gatherQuiet, or for at most half the send's duration
-// (capped at gatherMax). Callers that do not come back cost at most
-// gatherQuiet of this goroutine's time; a caller already queued waits at
-// most half a round trip longer. Batch size only, never correctness.
-func (b *batcher) gather(expect int, took time.Duration) {
-	limit := min(took/2, gatherMax)
-	start := time.Now()
-	var last time.Time // when the queue was last seen to stop growing
-	prev := -1
-	for {
-		n := int(b.waitingN.Load())
-		if n >= expect || n >= b.maxBatch {
-			return
-		}
-		if n != prev {
-			prev, last = n, time.Time{}
-			if time.Since(start) > limit {
-				return
-			}
-		} else if now := time.Now(); last.IsZero() {
-			last = now
-		} else if now.Sub(last) > gatherQuiet || now.Sub(start) > limit {
-			return
-		}
-		runtime.Gosched()
 	}
 }

@@ -10,5 +10,7 @@ func WaitingMessages(c *Client, topic string) int {
 	if b == nil {
 		return 0
 	}
-	return int(b.waitingN.Load())
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.waitingN
 }

@@ -100,7 +100,7 @@ func TestPermanentIsDetectableAndKeepsCause(t *testing.T) {
 }
 
 // gatedBroker wraps a memory broker: one SendBatch in flight per topic
-// (driver.SendTuning), the first of which waits until gate is closed; it
+// (driver.Traits), the first of which waits until gate is closed; it
 // reports the size of every SendBatch on calls.
 type gatedBroker struct {
 	driver.Broker
@@ -110,7 +110,11 @@ type gatedBroker struct {
 	calls   chan int
 }
 
-func (b *gatedBroker) SendBatching() (maxBatch, maxConcurrency int) { return 0, 1 }
+func (b *gatedBroker) Traits() driver.Traits {
+	tr := b.Broker.Traits()
+	tr.MaxConcurrentSends = 1
+	return tr
+}
 
 func (b *gatedBroker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	b.calls <- len(msgs)

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -59,10 +59,7 @@ func Prefetch(n int) SubscribeOption {
 //
 // A background fetch loop calls the driver's ReceiveBatch and appends whole
 // batches to a buffer that Receive takes from under a mutex: a delivery costs
-// no goroutine hand-off of its own, only a batch does. A driver whose
-// messages are already pushed into the process (driver.DirectReceiver) gets
-// no fetch loop: Receive calls ReceiveBatch itself when the buffer is empty,
-// one caller at a time, which saves the hand-off per batch.
+// no goroutine hand-off of its own, only a batch does.
 type Subscription struct {
 	c     *Client
 	topic string
@@ -84,28 +81,19 @@ type Subscription struct {
 	avail    chan struct{} // cap 1: buf has deliveries, or the fetching turn is free (a hint; re-check)
 	room     chan struct{} // cap 1: buf dropped below prefetch
 
-	// Direct mode (driver.DirectReceiver): no fetch loop; the Receive call
-	// holding the fetching turn calls ReceiveBatch itself.
-	direct    bool
-	life      context.Context // ends when Close begins
-	fetching  bool            // a Receive call holds the turn (bufMu)
-	fetchWait chan struct{}   // closed when that turn ends, for Close (bufMu)
-	ended     bool            // a terminal receive error ended the stream (bufMu)
-	backoff   time.Duration   // after a transient error (held by the turn)
-
 	closeOnce sync.Once
 	closing   chan struct{}
 	closeErr  error
 
-	// ackMu guards acks, nacks and ackDone; inline acks (driver.InlineAcker)
-	// hold it for reading so that none is sent after Close began.
+	// ackMu guards acks, nacks and ackDone; inline acks
+	// (driver.Traits.InlineAcks) hold it for reading so that none is sent
+	// after Close began.
 	ackMu   sync.RWMutex
 	acks    []driver.AckID
 	nacks   map[time.Duration][]driver.AckID
 	ackDone bool
 	ackWake chan struct{}
 	ackWG   sync.WaitGroup
-	inline  driver.InlineAcker // nil unless the driver takes acks inline
 }
 
 func newSubscription(c *Client, topic string, so subscribeOptions, ds driver.Subscription) *Subscription {
@@ -121,15 +109,8 @@ func newSubscription(c *Client, topic string, so subscribeOptions, ds driver.Sub
 		nacks:     map[time.Duration][]driver.AckID{},
 		ackWake:   make(chan struct{}, 1),
 	}
-	if ia, ok := ds.(driver.InlineAcker); ok {
-		s.inline = ia
-	}
-	if dr, ok := ds.(driver.DirectReceiver); ok && dr.DirectReceive() {
-		s.direct, s.life = true, ctx
-	} else {
-		s.loopWG.Add(1)
-		go s.fetchLoop(ctx, so.prefetch)
-	}
+	s.loopWG.Add(1)
+	go s.fetchLoop(ctx, so.prefetch)
 	s.ackWG.Add(1)
 	go s.ackLoop()
 	return s
@@ -141,10 +122,12 @@ func (s *Subscription) Topic() string { return s.topic }
 // Group returns the consumer group ("" for an anonymous subscription).
 func (s *Subscription) Group() string { return s.group }
 
+// terminal reports whether a ReceiveBatch error ends the subscription:
+// errors marked driver.Transient never do; the sentinels of a closed,
+// missing, permanent or invalid thing do; anything else is retried.
 func terminal(err error) bool {
-	var r driver.Retryable
-	if errors.As(err, &r) {
-		return !r.Retryable()
+	if driver.IsTransient(err) {
+		return false
 	}
 	return errors.Is(err, ErrClosed) || errors.Is(err, ErrNotFound) || errors.Is(err, ErrPermanent) || errors.Is(err, ErrInvalid)
 }
@@ -152,10 +135,12 @@ func terminal(err error) bool {
 // fetchLoop fills the buffer: it asks the driver for up to max messages
 // whenever fewer than prefetch (= max) are buffered, so at most 2×prefetch
 // deliveries wait at any time.
+var receiveRetry = backoff.Policy{Initial: 10 * time.Millisecond, Max: 5 * time.Second}
+
 func (s *Subscription) fetchLoop(ctx context.Context, max int) {
 	defer s.loopWG.Done()
 	defer close(s.fetchDone)
-	backoff := 10 * time.Millisecond
+	failures := 0
 	for {
 		msgs, err := s.ds.ReceiveBatch(ctx, max)
 		if ctx.Err() != nil {
@@ -169,18 +154,14 @@ func (s *Subscription) fetchLoop(ctx context.Context, max int) {
 				s.errMu.Unlock()
 				return
 			}
-			s.c.logger.Warn("omnibus: receive failed, retrying", "topic", s.topic, "group", s.group, "error", err, "backoff", backoff)
-			t := time.NewTimer(time.Duration(rand.Int64N(int64(backoff))) + backoff/2)
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			failures++
+			s.c.logger.Warn("omnibus: receive failed, retrying", "topic", s.topic, "group", s.group, "error", err, "failures", failures)
+			if !receiveRetry.Sleep(ctx, failures) {
 				return
-			case <-t.C:
 			}
-			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
-		backoff = 10 * time.Millisecond
+		failures = 0
 		if len(msgs) == 0 {
 			continue
 		}
@@ -314,19 +295,6 @@ func (s *Subscription) Receive(ctx context.Context) (*Delivery, error) {
 			s.bufMu.Unlock()
 			return d, nil
 		}
-		if s.direct && !s.fetching && !s.ended && s.life.Err() == nil && ctx.Err() == nil {
-			// Take the fetching turn (fetchDirect gives it back).
-			s.fetching = true
-			if waiting {
-				s.waiters--
-				waiting = false
-			}
-			s.bufMu.Unlock()
-			if d, err := s.fetchDirect(ctx); d != nil || err != nil {
-				return d, err
-			}
-			continue
-		}
 		if !waiting {
 			s.waiters++
 			waiting = true
@@ -388,75 +356,6 @@ func (s *Subscription) ReceiveBatch(ctx context.Context, dst []*Delivery, max in
 	return dst, nil
 }
 
-// fetchDirect runs one ReceiveBatch on the caller's goroutine (direct
-// mode), buffers what it returns and takes the oldest delivery. The caller
-// holds the fetching turn; fetchDirect gives it back. It returns nil and
-// nil when the caller should look again (an empty batch, a retried error).
-func (s *Subscription) fetchDirect(ctx context.Context) (*Delivery, error) {
-	if s.backoff > 0 {
-		t := time.NewTimer(time.Duration(rand.Int64N(int64(s.backoff))) + s.backoff/2)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-		case <-s.life.Done():
-		}
-		t.Stop()
-	}
-	rctx := s.life
-	if ctx.Done() != nil {
-		c, cancel := context.WithCancel(ctx)
-		stop := context.AfterFunc(s.life, cancel)
-		defer func() {
-			stop()
-			cancel()
-		}()
-		rctx = c
-	}
-	var msgs []*driver.Message
-	err := rctx.Err()
-	if err == nil {
-		msgs, err = s.ds.ReceiveBatch(rctx, s.prefetch)
-	}
-	var ds []Delivery
-	if len(msgs) > 0 {
-		ds = make([]Delivery, len(msgs)) // one allocation per batch
-	}
-	s.bufMu.Lock()
-	defer s.bufMu.Unlock()
-	s.fetching = false
-	if s.fetchWait != nil {
-		close(s.fetchWait)
-		s.fetchWait = nil
-	}
-	for i, dm := range msgs {
-		s.buf = append(s.buf, s.delivery(&ds[i], dm))
-	}
-	if s.waiters > 0 {
-		// Pass the buffer or the fetching turn on to a waiting Receive.
-		s.signal(s.avail)
-	}
-	switch {
-	case s.life.Err() != nil:
-		// Close began: it gives back what was buffered.
-		return nil, fmt.Errorf("pubsub: receive from %q: %w", s.topic, ErrClosed)
-	case err != nil && ctx.Err() != nil:
-		return nil, ctx.Err()
-	case err != nil && terminal(err):
-		s.errMu.Lock()
-		s.err = fmt.Errorf("pubsub: receive from %q (group %q): %w", s.topic, s.group, err)
-		s.errMu.Unlock()
-		s.ended = true
-		close(s.fetchDone) // Receive returns what is buffered, then the error
-		return nil, nil
-	case err != nil:
-		s.backoff = min(max(2*s.backoff, 10*time.Millisecond), 5*time.Second)
-		s.c.logger.Warn("omnibus: receive failed, retrying", "topic", s.topic, "group", s.group, "error", err, "backoff", s.backoff)
-		return nil, nil
-	}
-	s.backoff = 0
-	return s.take(), nil
-}
-
 func (s *Subscription) termErr() error {
 	s.errMu.Lock()
 	defer s.errMu.Unlock()
@@ -491,13 +390,21 @@ func (s *Subscription) ackLoop() {
 	}
 }
 
+// A SendAcks or SendNacks that fails with a driver.Transient error is sent
+// again, up to ackAttempts times in all (within the flush's 30 s), before
+// the failure is logged and left to the broker's redelivery.
+const ackAttempts = 5
+
+var ackRetry = backoff.Policy{Initial: 20 * time.Millisecond, Max: time.Second}
+
 func (s *Subscription) flush(acks []driver.AckID, nacks map[time.Duration][]driver.AckID) {
 	const chunk = 1000
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for len(acks) > 0 {
 		n := min(len(acks), chunk)
-		if err := s.ds.SendAcks(ctx, acks[:n]); err != nil {
+		part := acks[:n]
+		if err := ackRetry.Retry(ctx, ackAttempts, driver.IsTransient, func() error { return s.ds.SendAcks(ctx, part) }); err != nil {
 			s.c.logger.Error("omnibus: ack failed; the messages will be redelivered", "topic", s.topic, "group", s.group, "count", n, "error", err)
 		}
 		acks = acks[n:]
@@ -505,7 +412,8 @@ func (s *Subscription) flush(acks []driver.AckID, nacks map[time.Duration][]driv
 	for delay, ids := range nacks {
 		for len(ids) > 0 {
 			n := min(len(ids), chunk)
-			if err := s.ds.SendNacks(ctx, ids[:n], delay); err != nil {
+			part := ids[:n]
+			if err := ackRetry.Retry(ctx, ackAttempts, driver.IsTransient, func() error { return s.ds.SendNacks(ctx, part, delay) }); err != nil {
 				s.c.logger.Error("omnibus: nack failed; the messages will be redelivered when the broker notices", "topic", s.topic, "group", s.group, "count", n, "error", err)
 			}
 			ids = ids[n:]
@@ -513,20 +421,35 @@ func (s *Subscription) flush(acks []driver.AckID, nacks map[time.Duration][]driv
 	}
 }
 
+// ackInline sends one ack on the caller's goroutine (Traits.InlineAcks). It
+// reports done=false when the ack failed transiently and should go to the
+// background flush, which retries it.
+func (s *Subscription) ackInline(id driver.AckID) (done bool, err error) {
+	s.ackMu.RLock()
+	defer s.ackMu.RUnlock()
+	if s.ackDone {
+		return true, fmt.Errorf("pubsub: ack on %q: subscription closed, the message will be redelivered: %w", s.topic, ErrClosed)
+	}
+	ids := [1]driver.AckID{id}
+	err = s.ds.SendAcks(context.Background(), ids[:])
+	switch {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, ErrRevoked):
+		return true, fmt.Errorf("pubsub: ack on %q: %w", s.topic, err)
+	case driver.IsTransient(err):
+		return false, nil
+	}
+	s.c.logger.Error("omnibus: ack failed; the message will be redelivered", "topic", s.topic, "group", s.group, "error", err)
+	return true, nil
+}
+
 func (s *Subscription) enqueue(id driver.AckID, nack bool, delay time.Duration) error {
-	if !nack && s.inline != nil {
-		s.ackMu.RLock()
-		defer s.ackMu.RUnlock()
-		if s.ackDone {
-			return fmt.Errorf("pubsub: ack on %q: subscription closed, the message will be redelivered: %w", s.topic, ErrClosed)
+	if !nack && s.c.inlineAcks {
+		if done, err := s.ackInline(id); done {
+			return err
 		}
-		if err := s.inline.AckInline(id); err != nil {
-			if errors.Is(err, ErrRevoked) {
-				return fmt.Errorf("pubsub: ack on %q: %w", s.topic, err)
-			}
-			s.c.logger.Error("omnibus: ack failed; the message will be redelivered", "topic", s.topic, "group", s.group, "error", err)
-		}
-		return nil
+		// A transient failure: the background flush sends it again.
 	}
 	s.ackMu.Lock()
 	if s.ackDone {
@@ -552,20 +475,6 @@ func (s *Subscription) Close() error {
 		close(s.closing)
 		s.stop()
 		s.loopWG.Wait()
-		if s.direct {
-			// Wait for a Receive call inside ReceiveBatch (it returns
-			// promptly now that s.life ended) to buffer what it got.
-			s.bufMu.Lock()
-			var w chan struct{}
-			if s.fetching {
-				s.fetchWait = make(chan struct{})
-				w = s.fetchWait
-			}
-			s.bufMu.Unlock()
-			if w != nil {
-				<-w
-			}
-		}
 		// Give back what the fetch loop had buffered and nobody received.
 		s.bufMu.Lock()
 		var left []*driver.Message

@@ -774,3 +774,8 @@ func sortInts(a []int) {
 		}
 	}
 }
+
+// Traits implements driver.Broker.
+func (b *Broker) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: b.opts.MaxBatch, MaxConcurrentSends: b.opts.MaxInFlight, GroupSends: true, InlineAcks: true}
+}

@@ -251,9 +251,13 @@ func (c *Conn) Capabilities() driver.Capabilities {
 	}
 }
 
-// SendBatching implements driver.SendTuning: sends are memory copies, so
-// large batches and one sender per topic keep order cheap.
-func (c *Conn) SendBatching() (int, int) { return 1000, 2 }
+// Traits implements driver.Broker: sends are memory copies, so large
+// batches and two senders per topic are cheap; an ack is bookkeeping under
+// the broker's lock, cheaper than a hand-off to the portable layer's ack
+// loop (InlineAcks).
+func (c *Conn) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 2, InlineAcks: true}
+}
 
 func (c *Conn) isClosed() bool {
 	c.mu.Lock()
@@ -554,20 +558,8 @@ func (s *sub) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, err
 	}
 }
 
-// AckInline implements driver.InlineAcker: an ack is bookkeeping under the
-// broker's lock, cheaper than a hand-off to the portable layer's ack loop.
-func (s *sub) AckInline(id driver.AckID) error {
-	b := s.c.b
-	b.mu.Lock()
-	if _, ok := s.unhold(id); ok {
-		s.g.unacked--
-		s.g.writersRoom()
-	}
-	b.mu.Unlock()
-	return nil
-}
-
-// SendAcks implements driver.Subscription.
+// SendAcks implements driver.Subscription; with Traits.InlineAcks the
+// portable layer calls it from Delivery.Ack, one delivery at a time.
 func (s *sub) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	b := s.c.b
 	b.mu.Lock()

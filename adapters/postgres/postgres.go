@@ -386,9 +386,11 @@ func (b *Broker) Capabilities() driver.Capabilities {
 	}
 }
 
-// SendBatching implements driver.SendTuning: one INSERT carries up to 1000
+// Traits implements driver.Broker: one INSERT carries up to 1000
 // messages; four run concurrently per topic.
-func (b *Broker) SendBatching() (int, int) { return 1000, 4 }
+func (b *Broker) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 4}
+}
 
 func (b *Broker) isClosed() bool {
 	b.mu.Lock()

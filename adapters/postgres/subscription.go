@@ -120,13 +120,6 @@ func (s *subscription) poke() {
 	}
 }
 
-// retryable marks transient database errors for the portable layer.
-type retryable struct{ err error }
-
-func (e retryable) Error() string   { return e.err.Error() }
-func (e retryable) Unwrap() error   { return e.err }
-func (e retryable) Retryable() bool { return true }
-
 // ReceiveBatch implements driver.Subscription: it claims up to max ready
 // rows of the group, waiting for a NOTIFY, a local wake-up or the poll
 // interval while there are none.
@@ -151,7 +144,7 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, retryable{fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err)}
+			return nil, driver.Transient(fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err))
 		}
 		if len(msgs) > 0 {
 			return msgs, nil

@@ -534,10 +534,11 @@ func (b *Broker) dialURL() string {
 // its queue was declared.
 func (b *Broker) Capabilities() driver.Capabilities { return b.caps }
 
-// SendBatching tells the portable layer to run up to PublishChannels
-// SendBatch calls per topic, of up to 1000 messages each.
-func (b *Broker) SendBatching() (maxBatch, maxConcurrency int) {
-	return 1000, b.opts.PublishChannels
+// Traits implements driver.Broker: up to PublishChannels SendBatch calls
+// per topic, of up to 1000 messages each; acks are recorded on the caller's
+// goroutine and coalesced by each consumer's flusher (InlineAcks).
+func (b *Broker) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: b.opts.PublishChannels, InlineAcks: true}
 }
 
 // Reconnects returns how many times a lost connection (publish or consume)

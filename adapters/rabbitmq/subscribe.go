@@ -32,7 +32,7 @@ type subscription struct {
 // are per channel, so acks for a consumer whose channel died are void (the
 // broker redelivers those messages).
 //
-// Acks are recorded by AckInline (on the caller's goroutine, no network) and
+// Acks are recorded by SendAcks (on the caller's goroutine, no network) and
 // sent by the consumer's flusher goroutine: a run of acked tags starting at
 // the lowest unsettled one goes out as one basic.ack multiple=true, an ack
 // above a gap as a basic.ack of its own. The flusher sends as soon as
@@ -85,7 +85,7 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// run is the flusher: it sends pending acks when AckInline asks, and the
+// run is the flusher: it sends pending acks when SendAcks asks, and the
 // last ones when the consumer stops.
 func (c *consumer) run() {
 	defer close(c.stopped)
@@ -153,13 +153,6 @@ type kept struct {
 	Timestamp                               time.Time
 	Body                                    []byte
 }
-
-// retryable marks a receive error the portable layer should retry.
-type retryable struct{ err error }
-
-func (r retryable) Error() string   { return r.err.Error() }
-func (r retryable) Unwrap() error   { return r.err }
-func (r retryable) Retryable() bool { return true }
 
 // OpenSubscription declares the subscription's queue (bound to the topic's
 // exchange) and starts consuming it before returning, so every message
@@ -238,11 +231,6 @@ func (s *subscription) lost(c *consumer) {
 	_ = c.ch.Close()
 }
 
-// DirectReceive implements driver.DirectReceiver: deliveries are pushed by
-// the broker (up to the basic.qos prefetch) into amqp091-go's buffer, so
-// the portable layer takes them from Receive without a fetch goroutine.
-func (s *subscription) DirectReceive() bool { return true }
-
 // ReceiveBatch returns up to max deliveries, waiting for the first. When the
 // channel or connection is lost it starts a new consumer (after the
 // connection is back) and carries on.
@@ -252,7 +240,7 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 		if errors.Is(err, driver.ErrClosed) || errors.Is(err, driver.ErrInvalid) || ctx.Err() != nil {
 			return nil, err
 		}
-		return nil, retryable{fmt.Errorf("rabbitmq: resume consuming %q: %w", s.queue, err)}
+		return nil, driver.Transient(fmt.Errorf("rabbitmq: resume consuming %q: %w", s.queue, err))
 	}
 	var out []*driver.Message
 	select {
@@ -380,21 +368,6 @@ func tags(ts []*ackToken) []uint64 {
 	return out
 }
 
-// SendAcks acks the deliveries, coalescing runs into basic.ack multiple.
-func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
-	by, err := tokens(ids)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for c, ts := range by {
-		if err := c.settle(tags(ts), nil); err != nil {
-			errs = append(errs, fmt.Errorf("rabbitmq: ack %d deliveries from %q: %w", len(ts), s.queue, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // SendNacks gives deliveries back: see the package documentation for how
 // each delay is honoured.
 func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay time.Duration) error {
@@ -487,18 +460,21 @@ func errChannelGone(n int) error {
 	return fmt.Errorf("the channel of these %d deliveries was closed; the broker redelivers them", n)
 }
 
-// AckInline implements driver.InlineAcker: it records the ack and leaves
-// the frame to the consumer's flusher (see consumer). It never blocks on the
-// network.
-func (s *subscription) AckInline(id driver.AckID) error {
-	t, ok := id.(*ackToken)
-	if !ok {
-		return fmt.Errorf("rabbitmq: ack id %T is not from this adapter: %w", id, driver.ErrInvalid)
+// SendAcks records the acks and leaves the frames to each consumer's
+// flusher (see consumer); it never blocks on the network. With
+// Traits.InlineAcks the portable layer calls it from Delivery.Ack.
+func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
+	var errs []error
+	for _, id := range ids {
+		t, ok := id.(*ackToken)
+		if !ok {
+			return fmt.Errorf("rabbitmq: ack id %T is not from this adapter: %w", id, driver.ErrInvalid)
+		}
+		if err := t.c.ackInline(t.tag); err != nil {
+			errs = append(errs, fmt.Errorf("rabbitmq: ack delivery from %q: %w", s.queue, err))
+		}
 	}
-	if err := t.c.ackInline(t.tag); err != nil {
-		return fmt.Errorf("rabbitmq: ack delivery from %q: %w", s.queue, err)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (c *consumer) ackInline(tag uint64) error {

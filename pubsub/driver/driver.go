@@ -148,6 +148,9 @@ type Broker interface {
 	OpenSubscription(ctx context.Context, topic string, opts SubscriptionOptions) (Subscription, error)
 	// Capabilities reports what this broker honours; it must not block.
 	Capabilities() Capabilities
+	// Traits tells the portable layer how to drive this adapter; it must
+	// not block.
+	Traits() Traits
 	// Close releases the connection. Subscriptions are closed first by the
 	// portable layer.
 	Close() error
@@ -177,60 +180,59 @@ type Subscription interface {
 	Close() error
 }
 
-// InlineAcker may be implemented by a Subscription whose acks are cheap,
-// local bookkeeping (Kafka: marking an offset that a background loop commits
-// later). The portable layer then calls AckInline from Delivery.Ack, on the
-// caller's goroutine, instead of batching the ack through its background
-// ack goroutine into SendAcks; nacks still go through SendNacks. AckInline
-// must be safe for concurrent use and must not block on the network; it is
-// never called once Close has begun. An error is logged; the message is then redelivered as after any
-// failed ack.
-type InlineAcker interface {
-	AckInline(id AckID) error
+// Traits tell the portable layer how to drive an adapter. Zero values mean
+// the defaults.
+type Traits struct {
+	// MaxSendBatch is the most messages the portable layer puts in one
+	// SendBatch call (default 500). Concurrent Publish calls to a topic are
+	// merged into batches up to this size.
+	MaxSendBatch int
+	// MaxConcurrentSends is the most SendBatch calls in flight per topic
+	// (default 4). Calls beyond it queue and go out together in the next
+	// batch.
+	MaxConcurrentSends int
+	// GroupSends asks for group commit: a Publish call is sent at once
+	// only when no SendBatch is in flight for its topic; otherwise it waits
+	// and goes out with every call that queued meanwhile when the send in
+	// flight returns, and a further concurrent SendBatch (up to
+	// MaxConcurrentSends) starts only while a full batch waits. For
+	// adapters whose SendBatch has a high fixed cost per call (a network
+	// round trip the broker answers per request), where fewer, larger
+	// batches beat more concurrent ones.
+	GroupSends bool
+	// InlineAcks says that SendAcks is cheap local bookkeeping (marking an
+	// offset that a background loop commits, recording a tag that a
+	// flusher sends): the portable layer then calls SendAcks from
+	// Delivery.Ack on the caller's goroutine, one delivery at a time,
+	// instead of batching acks through its background goroutine. SendAcks
+	// must then be safe for concurrent use and must not block on the
+	// network; it is never called once Close has begun. Nacks always go
+	// through the background goroutine.
+	InlineAcks bool
 }
 
-// DirectReceiver may be implemented by a Subscription whose ReceiveBatch
-// only takes messages the broker already pushed into the process (bounded
-// by a broker-side prefetch, as with AMQP basic.qos), so that a fetch-ahead
-// goroutine in the portable layer would add nothing but a goroutine
-// hand-off per batch. When DirectReceive reports true, the portable layer
-// runs no fetch loop: Receive calls ReceiveBatch itself, on the caller's
-// goroutine, one caller at a time, with a context that ends when the
-// caller's does or when Close begins. ReceiveBatch must then return
-// promptly when its context ends.
-type DirectReceiver interface {
-	DirectReceive() bool
+// Transient marks err as worth retrying: the portable layer retries a
+// ReceiveBatch, SendAcks or SendNacks that failed with it (with backoff)
+// instead of ending the subscription or giving up. Adapters wrap errors of
+// a lost connection, a broker failover or a cancelled transaction with it.
+func Transient(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &transientError{err}
 }
 
-// Retryable may be implemented by an error an adapter returns from
-// ReceiveBatch to say that the portable layer should retry (with backoff)
-// instead of ending the subscription. Errors that do not implement it are
-// terminal only if they wrap ErrClosed, ErrNotFound, ErrPermanent or
-// ErrInvalid; everything else is retried.
-type Retryable interface{ Retryable() bool }
-
-// SendTuning may be implemented by a Broker to tune how the portable layer
-// batches concurrent Publish calls into SendBatch calls.
-type SendTuning interface {
-	// SendBatching returns the largest batch (in messages) and the most
-	// concurrent SendBatch calls per topic. Zero means the default.
-	SendBatching() (maxBatch, maxConcurrency int)
+// IsTransient reports whether err, or an error it wraps, was marked by
+// Transient.
+func IsTransient(err error) bool {
+	var t *transientError
+	return errors.As(err, &t)
 }
 
-// SendGrouping may be implemented by a Broker whose SendBatch has a high
-// fixed cost per call (a network request and the broker's work on it), so
-// that fewer, larger batches beat more concurrent ones: the portable layer
-// then sends a Publish call at once only when no SendBatch is in flight for
-// its topic; otherwise the call waits and goes out with every call that
-// queued meanwhile when the send in flight returns (group commit), and a
-// further concurrent SendBatch (up to SendTuning's maxConcurrency) starts
-// only while a full batch waits. Before cutting the next batch the portable
-// layer briefly lets the callers the last send released queue again
-// (bounded by half that send's duration), so a steady set of concurrent
-// callers shares one request per round trip.
-type SendGrouping interface {
-	GroupSends() bool
-}
+type transientError struct{ err error }
+
+func (e *transientError) Error() string { return e.err.Error() }
+func (e *transientError) Unwrap() error { return e.err }
 
 // Opener opens a Broker from a URL. Adapters register one per scheme with
 // pubsub.Register.
