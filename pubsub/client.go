@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -115,6 +116,9 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 		}
 	}
 	var dones []func(error)
+	if len(c.observers) > 0 {
+		msgs = ownCopies(msgs)
+	}
 	for _, o := range c.observers {
 		if done := o.Publish(ctx, topic, msgs); done != nil {
 			dones = append(dones, done)
@@ -125,6 +129,20 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 		done(err)
 	}
 	return err
+}
+
+// ownCopies returns copies of msgs with their own Metadata maps, for the
+// observers to write into: the caller's messages and maps stay as they were
+// (apart from the ID filled in before).
+func ownCopies(msgs []*Message) []*Message {
+	arr := make([]Message, len(msgs))
+	out := make([]*Message, len(msgs))
+	for i, m := range msgs {
+		arr[i] = *m
+		arr[i].Metadata = maps.Clone(m.Metadata)
+		out[i] = &arr[i]
+	}
+	return out
 }
 
 func (c *Client) publish(ctx context.Context, topic string, msgs []*Message) error {

@@ -7,8 +7,9 @@ import "context"
 type Observer interface {
 	// Publish is called once per Publish call, after validation and ID
 	// generation and before sending, with the caller's context. It may add
-	// metadata to msgs (a W3C traceparent, say): msgs are the caller's
-	// messages, and Metadata maps it creates are theirs too. It returns a
+	// metadata to msgs (a W3C traceparent, say): msgs are copies of the
+	// caller's messages with Metadata maps of their own, so the caller's
+	// messages and maps are never written. It returns a
 	// function that Publish calls with the outcome (nil: all accepted).
 	Publish(ctx context.Context, topic string, msgs []*Message) (done func(error))
 }

@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
+	"slices"
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -96,23 +98,40 @@ func Publish(ctx context.Context, topic string, msgs ...*pubsub.Message) error {
 		return fmt.Errorf("router: publish to %q: %w", topic, ErrNoRouter)
 	}
 	if cid := CorrelationID(ctx); cid != "" {
-		for _, m := range msgs {
-			if m == nil {
-				continue
-			}
-			if _, ok := m.Metadata[pubsub.MetaCorrelationID]; ok {
-				continue
-			}
-			if m.Metadata == nil {
-				m.Metadata = make(map[string]string, 1)
-			}
-			m.Metadata[pubsub.MetaCorrelationID] = cid
-		}
+		msgs = withCorrelation(msgs, cid)
 	}
 	if err := i.Publisher.Publish(ctx, topic, msgs...); err != nil {
 		return fmt.Errorf("router: handler %q: publish output: %w", i.Name, err)
 	}
 	return nil
+}
+
+// withCorrelation returns msgs with the correlation ID cid on every message
+// that has none. Such a message is replaced by a copy with its own Metadata
+// map, so that a map the caller shares (a template) is never written; its
+// empty ID is filled first, in the caller's message, as Publish promises.
+func withCorrelation(msgs []*pubsub.Message, cid string) []*pubsub.Message {
+	out, copied := msgs, false
+	for i, m := range msgs {
+		if m == nil {
+			continue
+		}
+		if _, ok := m.Metadata[pubsub.MetaCorrelationID]; ok {
+			continue
+		}
+		if m.ID == "" {
+			m.ID = pubsub.NewID()
+		}
+		if !copied {
+			out, copied = slices.Clone(msgs), true
+		}
+		cp := *m
+		cp.Metadata = make(map[string]string, len(m.Metadata)+1)
+		maps.Copy(cp.Metadata, m.Metadata)
+		cp.Metadata[pubsub.MetaCorrelationID] = cid
+		out[i] = &cp
+	}
+	return out
 }
 
 // redeliverError asks the router to nack with a specific delay.

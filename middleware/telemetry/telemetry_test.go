@@ -3,6 +3,7 @@ package telemetry_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -146,5 +147,33 @@ func TestMetricsCountProcessedRetriedPoisoned(t *testing.T) {
 		if sums[name] != v {
 			t.Errorf("%s = %d, want %d (all: %v)", name, sums[name], v, sums)
 		}
+	}
+}
+
+// Concurrent publishes sharing one Metadata map (a template) through the
+// tracing observer race on nothing: the observer writes the trace context
+// into the call's own copy. Run with -race.
+func TestPublishWithSharedMetadataMapDoesNotWriteIt(t *testing.T) {
+	tel, _, _, tp := setup(t)
+	client := pubsub.NewClient(memory.New(memory.Options{}), pubsub.WithObserver(tel.Observer()))
+	defer client.Close()
+	shared := map[string]string{"tenant": "acme"}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				ctx, span := tp.Tracer("test").Start(context.Background(), "publish")
+				if err := client.Publish(ctx, "orders", &pubsub.Message{Metadata: shared}); err != nil {
+					t.Error(err)
+				}
+				span.End()
+			}
+		}()
+	}
+	wg.Wait()
+	if len(shared) != 1 {
+		t.Fatalf("the shared metadata map was modified: %v", shared)
 	}
 }
