@@ -35,6 +35,7 @@ type handlerConfig struct {
 	maxWait        time.Duration
 	outOfOrder     bool
 	subOpts        []pubsub.SubscribeOption
+	group          string
 	mws            []Middleware
 	err            error
 }
@@ -120,6 +121,18 @@ func MaxWait(d time.Duration) HandlerOption {
 			c.fail("router: MaxWait(%v): want a positive duration", d)
 		}
 		c.maxWait = d
+	}
+}
+
+// Group names the handler's consumer group (default: the handler's name).
+// Name it explicitly so that renaming the handler keeps its group, and with
+// it the group's position on the broker.
+func Group(name string) HandlerOption {
+	return func(c *handlerConfig) {
+		if name == "" {
+			c.fail("router: Group(\"\"): the group name is empty")
+		}
+		c.group = name
 	}
 }
 

@@ -71,7 +71,6 @@ type Router struct {
 	mu      sync.Mutex
 	mws     []Middleware
 	routes  []*route
-	regErr  error
 	running bool
 }
 
@@ -110,17 +109,25 @@ func (r *Router) Use(mw ...Middleware) {
 	r.mws = append(r.mws, mw...)
 }
 
-// Handle registers h for topic under name. name is the consumer group: each
-// message of topic reaches one member of the group (one handler instance
-// across all processes running it), and distinct names each get every
-// message. A registration error (bad option, empty name, duplicate
-// topic+name) is returned by Run.
+// Handle registers h for topic under name. name identifies the handler in
+// logs, metrics and poison records, and is also its consumer group unless
+// Group names another: each message of topic reaches one member of the
+// group (one handler instance across all processes running it), and
+// distinct groups each get every message. Name the group explicitly with
+// Group when the handler's name may change: a new group name is a new
+// group, which on a broker that starts new groups at the newest message
+// (Kafka by default) skips what was published meanwhile.
+//
+// Like net/http's Handle, it panics on a registration mistake (an empty
+// topic or name, a nil handler, an invalid option, a second handler for the
+// same topic and group, registration after Run started); the panic value
+// is an error wrapping pubsub.ErrInvalid.
 func (r *Router) Handle(topic, name string, h Handler, opts ...HandlerOption) {
 	r.add(topic, name, h, nil, opts)
 }
 
-// HandleBatch registers a batch handler for topic under name (the consumer
-// group, as for Handle). The router passes up to MaxBatch messages, waiting
+// HandleBatch registers a batch handler for topic under name (and its
+// consumer group, as for Handle; it panics as Handle does). The router passes up to MaxBatch messages, waiting
 // at most MaxWait after a batch's first message; Concurrency(n) runs n
 // batches at once (default 1: batches in receive order). OrderedByKey is not
 // supported; StrictOrder is the default anyway.
@@ -140,16 +147,14 @@ func (r *Router) add(topic, name string, h Handler, bh BatchHandler, opts []Hand
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	fail := func(err error) {
-		if r.regErr == nil {
-			r.regErr = fmt.Errorf("router: handler %q on %q: %w", name, topic, err)
-		}
+		panic(fmt.Errorf("router: handler %q on %q: %w", name, topic, err))
 	}
 	switch {
 	case err != nil:
 		fail(err)
 		return
 	case r.running:
-		fail(errors.New("registered after Run started"))
+		fail(fmt.Errorf("registered after Run started: %w", pubsub.ErrInvalid))
 		return
 	case topic == "" || name == "":
 		fail(fmt.Errorf("topic and name must not be empty: %w", pubsub.ErrInvalid))
@@ -158,10 +163,15 @@ func (r *Router) add(topic, name string, h Handler, bh BatchHandler, opts []Hand
 		fail(fmt.Errorf("handler is nil: %w", pubsub.ErrInvalid))
 		return
 	}
+	if cfg.group == "" {
+		cfg.group = name
+	}
 	for _, rt := range r.routes {
 		if rt.topic == topic && rt.name == name {
 			fail(fmt.Errorf("registered twice: %w", pubsub.ErrInvalid))
-			return
+		}
+		if rt.topic == topic && rt.cfg.group == cfg.group {
+			fail(fmt.Errorf("group %q already has handler %q on this topic: %w", cfg.group, rt.name, pubsub.ErrInvalid))
 		}
 	}
 	r.routes = append(r.routes, &route{r: r, topic: topic, name: name, h: h, bh: bh, cfg: cfg})
@@ -186,11 +196,8 @@ func (r *Router) Run(ctx context.Context) error {
 		return errors.New("router: Run called twice")
 	}
 	r.running = true
-	routes, mws, regErr := r.routes, append([]Middleware(nil), r.mws...), r.regErr
+	routes, mws := r.routes, append([]Middleware(nil), r.mws...)
 	r.mu.Unlock()
-	if regErr != nil {
-		return regErr
-	}
 	if r.client == nil {
 		return fmt.Errorf("router: no client: %w", pubsub.ErrInvalid)
 	}
@@ -199,7 +206,7 @@ func (r *Router) Run(ctx context.Context) error {
 	}
 
 	for i, rt := range routes {
-		sopts := append([]pubsub.SubscribeOption{pubsub.Group(rt.name), pubsub.Prefetch(rt.prefetch())}, rt.cfg.subOpts...)
+		sopts := append([]pubsub.SubscribeOption{pubsub.Group(rt.cfg.group), pubsub.Prefetch(rt.prefetch())}, rt.cfg.subOpts...)
 		sub, err := r.client.Subscribe(ctx, rt.topic, sopts...)
 		if err != nil {
 			for _, prev := range routes[:i] {

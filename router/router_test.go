@@ -470,16 +470,18 @@ func TestHandleBatchGroupsMessagesAndIsolatesAFailingOne(t *testing.T) {
 	}
 }
 
-func TestRunRejectsBadRegistrations(t *testing.T) {
+func TestHandlePanicsOnBadRegistrations(t *testing.T) {
 	h := func(context.Context, *pubsub.Message) error { return nil }
 	cases := []struct {
 		name string
 		reg  func(r *router.Router)
 	}{
-		{"no handlers", func(r *router.Router) {}},
 		{"empty name", func(r *router.Router) { r.Handle("t", "", h) }},
+		{"empty topic", func(r *router.Router) { r.Handle("", "g", h) }},
 		{"nil handler", func(r *router.Router) { r.Handle("t", "g", nil) }},
 		{"duplicate", func(r *router.Router) { r.Handle("t", "g", h); r.Handle("t", "g", h) }},
+		{"two handlers in one group", func(r *router.Router) { r.Handle("t", "a", h, router.Group("g")); r.Handle("t", "b", h, router.Group("g")) }},
+		{"empty group", func(r *router.Router) { r.Handle("t", "g", h, router.Group("")) }},
 		{"concurrency 0", func(r *router.Router) { r.Handle("t", "g", h, router.Concurrency(0)) }},
 		{"strict with concurrency", func(r *router.Router) { r.Handle("t", "g", h, router.StrictOrder(), router.Concurrency(4)) }},
 		{"batch ordered by key", func(r *router.Router) {
@@ -489,13 +491,54 @@ func TestRunRejectsBadRegistrations(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := router.New(newClient(t), router.Options{})
+			defer func() {
+				err, _ := recover().(error)
+				if !errors.Is(err, pubsub.ErrInvalid) {
+					t.Fatalf("Handle panicked with %v, want an error wrapping ErrInvalid", err)
+				}
+			}()
 			tc.reg(r)
-			ctx, cancel := context.WithTimeout(context.Background(), failAfter)
-			defer cancel()
-			if err := r.Run(ctx); !errors.Is(err, pubsub.ErrInvalid) {
-				t.Fatalf("Run = %v, want ErrInvalid", err)
-			}
 		})
+	}
+}
+
+func TestRunWithoutHandlersIsInvalid(t *testing.T) {
+	r := router.New(newClient(t), router.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), failAfter)
+	defer cancel()
+	if err := r.Run(ctx); !errors.Is(err, pubsub.ErrInvalid) {
+		t.Fatalf("Run = %v, want ErrInvalid", err)
+	}
+}
+
+// A handler renamed in a refactor keeps its group when the group is named
+// with Group: it receives what the group had not consumed yet.
+func TestGroupKeepsTheConsumerGroupAcrossAHandlerRename(t *testing.T) {
+	c := newClient(t)
+	ctx := context.Background()
+	// The group exists (the old handler ran) and has messages waiting.
+	s, err := c.Subscribe(ctx, "orders", pubsub.Group("billing"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	routertest.Publish(t, c, "orders", &pubsub.Message{ID: "waiting"})
+	got := make(chan string, 1)
+	r := router.New(c, router.Options{})
+	r.Handle("orders", "billing-v2", func(ctx context.Context, m *pubsub.Message) error {
+		got <- m.ID
+		return nil
+	}, router.Group("billing"))
+	routertest.Start(t, r)
+	select {
+	case id := <-got:
+		if id != "waiting" {
+			t.Fatalf("got %q, want the message waiting for the group", id)
+		}
+	case <-time.After(failAfter):
+		t.Fatal("the renamed handler did not receive its group's waiting message")
 	}
 }
 
