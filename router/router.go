@@ -127,17 +127,22 @@ func (r *Router) Handle(topic, name string, h Handler, opts ...HandlerOption) {
 }
 
 // HandleBatch registers a batch handler for topic under name (and its
-// consumer group, as for Handle; it panics as Handle does). The router passes up to MaxBatch messages, waiting
-// at most MaxWait after a batch's first message; Concurrency(n) runs n
-// batches at once (default 1: batches in receive order). OrderedByKey is not
-// supported; StrictOrder is the default anyway.
+// consumer group, as for Handle; it panics as Handle does). The router
+// passes up to MaxBatch messages, waiting at most MaxWait after a batch's
+// first message; Concurrency(n) runs n batches at once (default 1: batches
+// in receive order). OrderedByKey is not supported; StrictOrder is the
+// default anyway.
 //
-// Nil acks the whole batch. On an error the router runs each message of the
-// batch alone (a batch of one) through the middleware chain, so Retry, Poison
-// and Dedup apply per message and one bad message cannot hold back the
-// others; each is then acked or nacked by its own result. The batch handler
-// must therefore tolerate seeing a message again (at-least-once). An error
-// marked with Redeliver nacks the whole batch with that delay instead.
+// Every middleware (Use, With) runs for each message of a batch, whether
+// the batch succeeds or fails: each message goes down its own chain to the
+// batch handler, which runs once for the messages that reached it (a
+// message Dedup skips as a duplicate never does), and the result goes back
+// up each chain. Nil acks them. On an error the router runs each of them
+// alone (a batch of one) and gives each its own result, so Retry, Poison
+// and Dedup act per message and one bad message cannot fail the others.
+// The batch handler must therefore tolerate seeing a message again
+// (at-least-once). An error marked with Redeliver nacks the whole batch
+// with that delay instead.
 func (r *Router) HandleBatch(topic, name string, h BatchHandler, opts ...HandlerOption) {
 	r.add(topic, name, nil, h, opts)
 }
@@ -244,7 +249,8 @@ func (r *Router) Run(ctx context.Context) error {
 			bh := rt.bh
 			leaf = func(ctx context.Context, m *pubsub.Message) error { return bh(ctx, []*pubsub.Message{m}) }
 		}
-		rt.chain = compose(leaf, append(append([]Middleware(nil), mws...), rt.cfg.mws...))
+		rt.mws = append(append([]Middleware(nil), mws...), rt.cfg.mws...)
+		rt.chain = compose(leaf, rt.mws)
 		rt.start(recvCtx, &wg)
 		r.log.Debug("router: handler started", "topic", rt.topic, "handler", rt.name, "mode", rt.cfg.mode, "concurrency", rt.cfg.concurrency)
 	}
@@ -320,6 +326,7 @@ type route struct {
 	info     HandlerInfo
 	ctx      context.Context // handler context: values of Run's ctx, cancelled at the shutdown timeout
 	chain    Handler
+	mws      []Middleware // the router's and the handler's, outermost first
 	draining <-chan struct{}
 	fail     func(*route, error)
 
@@ -518,28 +525,25 @@ func (rt *route) batchWorker(i int) {
 			continue
 		}
 		rt.curB[i].Store(&batch)
-		msgs := make([]*pubsub.Message, len(batch))
-		for j, d := range batch {
-			msgs[j] = d.Message
-		}
-		err := callBatch(rt.bh, rt.ctx, msgs)
-		if _, marked := RedeliverDelay(err); err == nil || marked {
-			for _, d := range batch {
-				rt.settle(d, err)
-			}
+		if len(rt.mws) == 0 {
+			rt.runBatch(batch)
 		} else {
-			if rt.ctx.Err() == nil {
-				rt.r.log.Warn("router: batch failed; running its messages one by one", "topic", rt.topic, "handler", rt.name, "size", len(batch), "error", err)
-			}
-			for _, d := range batch {
-				if rt.ctx.Err() != nil {
-					_ = d.Nack(0)
-					continue
-				}
-				rt.settle(d, call(rt.chain, rt.ctx, d.Message))
+			for j, err := range rt.runBatchRound(batch) {
+				rt.settle(batch[j], err)
 			}
 		}
 		rt.curB[i].Store(nil)
+	}
+}
+
+// runBatch runs a batch handler without middleware.
+func (rt *route) runBatch(batch []*pubsub.Delivery) {
+	msgs := make([]*pubsub.Message, len(batch))
+	for j, d := range batch {
+		msgs[j] = d.Message
+	}
+	for j, err := range rt.batchResults(msgs) {
+		rt.settle(batch[j], err)
 	}
 }
 

@@ -480,7 +480,10 @@ func TestHandlePanicsOnBadRegistrations(t *testing.T) {
 		{"empty topic", func(r *router.Router) { r.Handle("", "g", h) }},
 		{"nil handler", func(r *router.Router) { r.Handle("t", "g", nil) }},
 		{"duplicate", func(r *router.Router) { r.Handle("t", "g", h); r.Handle("t", "g", h) }},
-		{"two handlers in one group", func(r *router.Router) { r.Handle("t", "a", h, router.Group("g")); r.Handle("t", "b", h, router.Group("g")) }},
+		{"two handlers in one group", func(r *router.Router) {
+			r.Handle("t", "a", h, router.Group("g"))
+			r.Handle("t", "b", h, router.Group("g"))
+		}},
 		{"empty group", func(r *router.Router) { r.Handle("t", "g", h, router.Group("")) }},
 		{"concurrency 0", func(r *router.Router) { r.Handle("t", "g", h, router.Concurrency(0)) }},
 		{"strict with concurrency", func(r *router.Router) { r.Handle("t", "g", h, router.StrictOrder(), router.Concurrency(4)) }},
