@@ -124,8 +124,8 @@ func ExampleStore_DDL() {
 		log.Fatal(err)
 	}
 	for _, stmt := range store.DDL() {
-		fmt.Println(strings.Fields(stmt)[:5])
+		fmt.Println(strings.Join(strings.Fields(stmt)[:6], " "))
 	}
 	// Output:
-	// [CREATE TABLE IF NOT EXISTS "app_outbox"]
+	// CREATE TABLE IF NOT EXISTS "app_outbox"
 }
