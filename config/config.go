@@ -2,8 +2,9 @@
 // its configuration file, so that moving a service from RabbitMQ to Kafka is a
 // one-line change.
 //
-// Sources, in the order Load consults them: OMNIBUS_URL, when set (the whole
-// broker URL); then a YAML or JSON file (by extension), when a path is given:
+// Sources: a YAML or JSON file (by extension), when a path is given, and
+// OMNIBUS_URL, when set, which overrides the file's url (the file's require
+// and params still apply):
 //
 //	# omnibus.yaml
 //	url: amqp://app:${RABBIT_PASSWORD}@rabbit:5672/orders
@@ -13,7 +14,11 @@
 //
 // Secrets stay out of files and URLs: ${NAME} anywhere in the URL or in a
 // param value is replaced by the environment variable NAME (an unset variable
-// is an error naming it). Print a Config with String: passwords are redacted.
+// is an error naming it). The value arrives byte for byte: it is
+// percent-encoded for the part of the URL it sits in (user info, path,
+// query), inserted as it is in the host part (a broker list; @ / ? # are
+// rejected there) and in param values. Print a Config with String:
+// passwords are redacted.
 package config
 
 import (
@@ -47,21 +52,34 @@ type Config struct {
 	Params map[string]string `yaml:"params,omitempty" json:"params,omitempty"`
 }
 
-// Load returns the configuration from OMNIBUS_URL if set, else from the file
-// at path (YAML for .yaml/.yml, JSON for .json). path may be empty, in which
-// case OMNIBUS_URL must be set.
+// Load returns the configuration from the file at path (YAML for
+// .yaml/.yml, JSON for .json) with OMNIBUS_URL, when set, overriding the
+// file's url: the file's require and params still apply. path may be empty,
+// in which case OMNIBUS_URL must be set.
 func Load(path string) (Config, error) {
-	if v := os.Getenv(EnvURL); v != "" {
-		return Config{URL: v}, nil
-	}
+	env := os.Getenv(EnvURL)
 	if path == "" {
-		return Config{}, fmt.Errorf("config: no broker configured: set %s (e.g. %s=mem://) or give a config file: %w", EnvURL, EnvURL, pubsub.ErrInvalid)
+		if env == "" {
+			return Config{}, fmt.Errorf("config: no broker configured: set %s (e.g. %s=mem://) or give a config file: %w", EnvURL, EnvURL, pubsub.ErrInvalid)
+		}
+		return Config{URL: env}, nil
 	}
-	return LoadFile(path)
+	c, err := loadFile(path, env != "")
+	if err != nil {
+		return Config{}, err
+	}
+	if env != "" {
+		c.URL = env
+	}
+	return c, nil
 }
 
 // LoadFile reads a YAML or JSON config file, rejecting unknown fields.
-func LoadFile(path string) (Config, error) {
+func LoadFile(path string) (Config, error) { return loadFile(path, false) }
+
+// loadFile reads path; urlOptional lets the file leave url out (OMNIBUS_URL
+// gives it).
+func loadFile(path string, urlOptional bool) (Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
@@ -83,7 +101,7 @@ func LoadFile(path string) (Config, error) {
 	default:
 		return Config{}, fmt.Errorf("config: %s: extension %q: want .yaml, .yml or .json: %w", path, ext, pubsub.ErrInvalid)
 	}
-	if c.URL == "" {
+	if c.URL == "" && !urlOptional {
 		return Config{}, fmt.Errorf("config: %s: field url is empty: %w", path, pubsub.ErrInvalid)
 	}
 	return c, nil
@@ -91,20 +109,98 @@ func LoadFile(path string) (Config, error) {
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
-func expand(field, s string) (string, error) {
-	var missing []string
-	out := envRef.ReplaceAllStringFunc(s, func(ref string) string {
-		name := envRef.FindStringSubmatch(ref)[1]
+// urlPart is where in a URL a ${NAME} reference sits; it decides how the
+// variable's value is escaped.
+type urlPart int
+
+const (
+	partRaw      urlPart = iota // a param value: inserted as it is (Resolve encodes the query)
+	partUserInfo                // user or password
+	partHost                    // host[:port][,host:port...]: inserted as it is, structure checked
+	partRest                    // path, query, fragment
+)
+
+// escapeValue percent-encodes every byte but the unreserved characters
+// (RFC 3986: letters, digits, - . _ ~), which is valid in the user info, a
+// path segment and a query value alike, and decodes back to the value there
+// (a space is %20, never '+').
+func escapeValue(v string) string {
+	const hex = "0123456789ABCDEF"
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '.' || c == '_' || c == '~' {
+			b.WriteByte(c)
+			continue
+		}
+		b.WriteByte('%')
+		b.WriteByte(hex[c>>4])
+		b.WriteByte(hex[c&15])
+	}
+	return b.String()
+}
+
+// partAt tells which part of the URL template s the byte at i is in.
+func partAt(s string, i int) urlPart {
+	start := 0
+	if j := strings.Index(s, "://"); j >= 0 {
+		start = j + 3
+	}
+	if i < start {
+		return partRest
+	}
+	end := len(s)
+	if j := strings.IndexAny(s[start:], "/?#"); j >= 0 {
+		end = start + j
+	}
+	if i >= end {
+		return partRest
+	}
+	if at := strings.LastIndex(s[start:end], "@"); at >= 0 && i < start+at {
+		return partUserInfo
+	}
+	return partHost
+}
+
+// expand replaces each ${NAME} in s by the environment variable NAME,
+// escaped for the part of the URL it sits in (partRaw: not escaped, for a
+// param value; url: by position in the URL template).
+func expand(field, s string, url bool) (string, error) {
+	var missing, bad []string
+	var b strings.Builder
+	last := 0
+	for _, m := range envRef.FindAllStringSubmatchIndex(s, -1) {
+		b.WriteString(s[last:m[0]])
+		last = m[1]
+		name := s[m[2]:m[3]]
 		v, ok := os.LookupEnv(name)
 		if !ok {
 			missing = append(missing, name)
+			continue
 		}
-		return url.QueryEscape(v)
-	})
+		part := partRaw
+		if url {
+			part = partAt(s, m[0])
+		}
+		switch part {
+		case partUserInfo, partRest:
+			v = escapeValue(v)
+		case partHost:
+			if strings.ContainsAny(v, "@/?#") {
+				bad = append(bad, name)
+				continue
+			}
+		}
+		b.WriteString(v)
+	}
+	b.WriteString(s[last:])
 	if len(missing) > 0 {
 		return "", fmt.Errorf("config: %s refers to unset environment variable(s) %s: %w", field, strings.Join(missing, ", "), pubsub.ErrInvalid)
 	}
-	return out, nil
+	if len(bad) > 0 {
+		return "", fmt.Errorf("config: %s: environment variable(s) %s in the host part contain @, /, ? or #: %w", field, strings.Join(bad, ", "), pubsub.ErrInvalid)
+	}
+	return b.String(), nil
 }
 
 // Resolve returns the final URL: environment references expanded, Params
@@ -113,7 +209,7 @@ func (c Config) Resolve() (string, error) {
 	if c.URL == "" {
 		return "", fmt.Errorf("config: url is empty: %w", pubsub.ErrInvalid)
 	}
-	raw, err := expand("url", c.URL)
+	raw, err := expand("url", c.URL, true)
 	if err != nil {
 		return "", err
 	}
@@ -128,12 +224,11 @@ func (c Config) Resolve() (string, error) {
 	}
 	sort.Strings(keys)
 	for _, k := range keys {
-		v, err := expand("params."+k, c.Params[k])
+		v, err := expand("params."+k, c.Params[k], false)
 		if err != nil {
 			return "", err
 		}
-		uv, _ := url.QueryUnescape(v)
-		q.Set(k, uv)
+		q.Set(k, v)
 	}
 	if len(c.Require) > 0 {
 		q.Set("require", strings.Join(c.Require, ","))

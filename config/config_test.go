@@ -11,14 +11,6 @@ import (
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
-func TestEnvURLWinsOverFile(t *testing.T) {
-	t.Setenv(config.EnvURL, "mem://from-env")
-	c, err := config.Load("does-not-matter.yaml")
-	if err != nil || c.URL != "mem://from-env" {
-		t.Fatalf("Load = %+v, %v", c, err)
-	}
-}
-
 func TestLoadFile(t *testing.T) {
 	t.Setenv(config.EnvURL, "")
 	t.Setenv("TEST_RABBIT_PW", "p@ss/word")
