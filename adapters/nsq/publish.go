@@ -1,0 +1,139 @@
+package nsq
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	gonsq "github.com/nsqio/go-nsq"
+
+	"github.com/omnibusmq/omnibus/pubsub/driver"
+)
+
+// SendBatch publishes msgs to topic as envelopes, in MPUB commands of at
+// most max_body_size bytes, and returns once nsqd answered OK for each.
+func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := checkName("topic", topic); err != nil {
+		return err
+	}
+	// Encode everything first: a message too large for nsqd fails the call
+	// before anything is sent.
+	size := 0
+	sizes := make([]int, len(msgs))
+	for i, m := range msgs {
+		sizes[i] = envelopeSize(m.ID, m.Key, m.Metadata, len(m.Payload))
+		if sizes[i] > b.opts.MaxMessageSize {
+			return fmt.Errorf("nsq: message %d (ID %q): %d bytes with its envelope (ID, key, metadata), over max_message_size %d: %w",
+				i, m.ID, sizes[i], b.opts.MaxMessageSize, driver.ErrInvalid)
+		}
+		size += sizes[i]
+	}
+	buf := make([]byte, 0, size)
+	bodies := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		start := len(buf)
+		buf = encodeEnvelope(buf, m.ID, m.Key, m.Metadata, m.Payload)
+		bodies[i] = buf[start:len(buf):len(buf)]
+	}
+	p := b.producers[int(b.next.Add(1))%len(b.producers)]
+	deadline := time.Now().Add(b.opts.PublishTimeout)
+	// An MPUB body is a 4-byte count and a 4-byte size per message.
+	for first := 0; first < len(bodies); {
+		last, body := first, 4
+		for last < len(bodies) && (last == first || body+4+len(bodies[last]) <= b.opts.MaxBodySize) {
+			body += 4 + len(bodies[last])
+			last++
+		}
+		if err := b.publish(ctx, p, topic, bodies[first:last], deadline); err != nil {
+			return fmt.Errorf("nsq: publish to %q: message %d (ID %q)%s: %w", topic, first, msgs[first].ID, partNote(first, last, len(msgs)), err)
+		}
+		first = last
+	}
+	return nil
+}
+
+func partNote(first, last, n int) string {
+	if first == 0 && last == n {
+		return ""
+	}
+	return fmt.Sprintf(" and the %d after it in the same MPUB", last-first-1)
+}
+
+// publish sends one PUB or MPUB and waits for nsqd's answer, sending it
+// again after a lost connection until deadline. nsqd refusing the command is
+// final.
+func (b *Broker) publish(ctx context.Context, p *gonsq.Producer, topic string, bodies [][]byte, deadline time.Time) error {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := b.publishOnce(ctx, p, topic, bodies)
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		if errors.Is(err, gonsq.ErrStopped) {
+			return fmt.Errorf("producer stopped: %w", driver.ErrClosed)
+		}
+		var perr gonsq.ErrProtocol
+		if errors.As(err, &perr) && !strings.HasPrefix(perr.Reason, "E_PUB_FAILED") && !strings.HasPrefix(perr.Reason, "E_MPUB_FAILED") {
+			if strings.HasPrefix(perr.Reason, "E_UNAUTHORIZED") || strings.HasPrefix(perr.Reason, "E_AUTH") {
+				return fmt.Errorf("nsqd refused: %s: %w", perr.Reason, driver.ErrPermanent)
+			}
+			return fmt.Errorf("nsqd refused: %s: %w", perr.Reason, driver.ErrInvalid)
+		}
+		if cerr := connectError(b.addr, err); errors.Is(cerr, driver.ErrPermanent) {
+			return cerr
+		}
+		wait := min(backoff, time.Until(deadline))
+		if wait <= 0 {
+			return fmt.Errorf("not confirmed within publish_timeout %v after %d attempts: %w", b.opts.PublishTimeout, attempt, err)
+		}
+		b.log.Warn("nsq: publish failed, retrying", "nsqd", b.addr, "topic", topic, "messages", len(bodies), "attempt", attempt, "error", err)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
+
+// publishOnce sends the command and waits for its answer or ctx. go-nsq
+// connects lazily inside the call (bounded by its dial and read timeouts),
+// so the call runs on its own goroutine.
+func (b *Broker) publishOnce(ctx context.Context, p *gonsq.Producer, topic string, bodies [][]byte) error {
+	done := make(chan *gonsq.ProducerTransaction, 1)
+	sent := make(chan error, 1)
+	go func() {
+		if len(bodies) == 1 {
+			sent <- p.PublishAsync(topic, bodies[0], done)
+		} else {
+			sent <- p.MultiPublishAsync(topic, bodies, done)
+		}
+	}()
+	wait := time.NewTimer(b.opts.ConnectTimeout + 2*b.opts.Heartbeat)
+	defer wait.Stop()
+	for {
+		select {
+		case err := <-sent:
+			if err != nil {
+				return err
+			}
+			sent = nil
+		case t := <-done:
+			return t.Error
+		case <-wait.C:
+			return fmt.Errorf("no answer from nsqd %s within %v", b.addr, b.opts.ConnectTimeout+2*b.opts.Heartbeat)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
