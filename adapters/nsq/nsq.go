@@ -399,7 +399,9 @@ func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 		b.producers = append(b.producers, p)
 	}
 	if err := b.connect(ctx, b.producers[0]); err != nil {
-		b.stopProducers()
+		// A handshake still waiting holds the producer's lock until its
+		// read timeout (2×Heartbeat): stop the producers in the background.
+		go b.stopProducers()
 		return nil, err
 	}
 	return b, nil
