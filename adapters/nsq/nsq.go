@@ -352,8 +352,9 @@ type Broker struct {
 	log  *slog.Logger
 	caps driver.Capabilities
 
-	producers []*gonsq.Producer
-	next      atomic.Uint32
+	cfg   *gonsq.Config
+	slots []slot // producer connections
+	next  atomic.Uint32
 
 	warnOnce  sync.Once // nack delay above MaxReqTimeout
 	closeOnce sync.Once
@@ -362,7 +363,7 @@ type Broker struct {
 
 // Dial connects to the nsqd at addr (its TCP host:port) and returns a
 // Broker. It fails if the first producer connection cannot be made within
-// opts.ConnectTimeout (or ctx).
+// opts.ConnectTimeout (or ctx); the others are dialed when first used.
 func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -385,23 +386,11 @@ func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 		AttemptCount:   true,
 		MaxMessageSize: opts.MaxMessageSize - envelopeHeadroom,
 	}
-	cfg, err := b.config()
-	if err != nil {
+	if b.cfg, err = b.config(); err != nil {
 		return nil, err
 	}
-	for range opts.PublishConnections {
-		p, err := gonsq.NewProducer(addr, cfg)
-		if err != nil {
-			b.stopProducers()
-			return nil, fmt.Errorf("nsq: producer for %s: %v: %w", addr, err, driver.ErrInvalid)
-		}
-		p.SetLogger(newLogBridge(b.log, "producer"), gonsq.LogLevelWarning)
-		b.producers = append(b.producers, p)
-	}
-	if err := b.connect(ctx, b.producers[0]); err != nil {
-		// A handshake still waiting holds the producer's lock until its
-		// read timeout (2×Heartbeat): stop the producers in the background.
-		go b.stopProducers()
+	b.slots = make([]slot, opts.PublishConnections)
+	if _, err := b.slots[0].get(ctx, b); err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -429,28 +418,16 @@ func (b *Broker) config() (*gonsq.Config, error) {
 		cfg.TlsConfig = o.TLS
 	}
 	cfg.AuthSecret = o.AuthSecret
+	if o.Durable {
+		// nsqd writes each delivery to the socket at once instead of
+		// buffering it for up to 250ms: a delivery read from the disk queue
+		// is no longer only in nsqd's memory while it waits for a flush.
+		cfg.OutputBufferSize = -1
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("nsq: configuration: %v: %w", err, driver.ErrInvalid)
 	}
 	return cfg, nil
-}
-
-// connect makes p's connection (dial, IDENTIFY, TLS, AUTH), bounded by ctx
-// and ConnectTimeout: go-nsq's own handshake waits on its read timeout.
-func (b *Broker) connect(ctx context.Context, p *gonsq.Producer) error {
-	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectTimeout)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- p.Ping() }()
-	select {
-	case err := <-done:
-		if err != nil {
-			return connectError(b.addr, err)
-		}
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("nsq: connect to %s: no answer from nsqd within %v: %w", b.addr, b.opts.ConnectTimeout, ctx.Err())
-	}
 }
 
 // connectError describes a failed connection. Refused credentials and a
@@ -488,17 +465,11 @@ func (b *Broker) SendBatching() (maxBatch, maxConcurrency int) {
 func (b *Broker) Close() error {
 	b.closeOnce.Do(func() {
 		b.closed.Store(true)
-		b.stopProducers()
+		for i := range b.slots {
+			b.slots[i].close()
+		}
 	})
 	return nil
-}
-
-func (b *Broker) stopProducers() {
-	var wg sync.WaitGroup
-	for _, p := range b.producers {
-		wg.Go(p.Stop)
-	}
-	wg.Wait()
 }
 
 func (b *Broker) checkOpen() error {

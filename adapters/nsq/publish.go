@@ -40,7 +40,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		buf = encodeEnvelope(buf, m.ID, m.Key, m.Metadata, m.Payload)
 		bodies[i] = buf[start:len(buf):len(buf)]
 	}
-	p := b.producers[int(b.next.Add(1))%len(b.producers)]
+	slot := int(b.next.Add(1)) % len(b.slots)
 	deadline := time.Now().Add(b.opts.PublishTimeout)
 	// An MPUB body is a 4-byte count and a 4-byte size per message.
 	for first := 0; first < len(bodies); {
@@ -49,7 +49,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			body += 4 + len(bodies[last])
 			last++
 		}
-		if err := b.publish(ctx, p, topic, bodies[first:last], deadline); err != nil {
+		if err := b.publish(ctx, slot, topic, bodies[first:last], deadline); err != nil {
 			return fmt.Errorf("nsq: publish to %q: message %d (ID %q)%s: %w", topic, first, msgs[first].ID, partNote(first, last, len(msgs)), err)
 		}
 		first = last
@@ -65,20 +65,26 @@ func partNote(first, last, n int) string {
 }
 
 // publish sends one PUB or MPUB and waits for nsqd's answer, sending it
-// again after a lost connection until deadline. nsqd refusing the command is
-// final.
-func (b *Broker) publish(ctx context.Context, p *gonsq.Producer, topic string, bodies [][]byte, deadline time.Time) error {
+// again on a new connection after a lost one until deadline. nsqd refusing
+// the command is final.
+func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][]byte, deadline time.Time) error {
+	var cmd *gonsq.Command
+	if len(bodies) == 1 {
+		cmd = gonsq.Publish(topic, bodies[0])
+	} else {
+		var err error
+		if cmd, err = gonsq.MultiPublish(topic, bodies); err != nil {
+			return fmt.Errorf("%v: %w", err, driver.ErrInvalid)
+		}
+	}
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := b.publishOnce(ctx, p, topic, bodies)
+		err := b.publishOnce(ctx, &b.slots[slot], cmd)
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
-		}
-		if errors.Is(err, gonsq.ErrStopped) {
-			return fmt.Errorf("producer stopped: %w", driver.ErrClosed)
 		}
 		var perr gonsq.ErrProtocol
 		if errors.As(err, &perr) && !strings.HasPrefix(perr.Reason, "E_PUB_FAILED") && !strings.HasPrefix(perr.Reason, "E_MPUB_FAILED") {
@@ -87,8 +93,11 @@ func (b *Broker) publish(ctx context.Context, p *gonsq.Producer, topic string, b
 			}
 			return fmt.Errorf("nsqd refused: %s: %w", perr.Reason, driver.ErrInvalid)
 		}
-		if cerr := connectError(b.addr, err); errors.Is(cerr, driver.ErrPermanent) {
-			return cerr
+		if errors.Is(err, driver.ErrPermanent) {
+			return err
+		}
+		if b.closed.Load() {
+			return fmt.Errorf("%w (last error: %v)", driver.ErrClosed, err)
 		}
 		wait := min(backoff, time.Until(deadline))
 		if wait <= 0 {
@@ -106,34 +115,30 @@ func (b *Broker) publish(ctx context.Context, p *gonsq.Producer, topic string, b
 	}
 }
 
-// publishOnce sends the command and waits for its answer or ctx. go-nsq
-// connects lazily inside the call (bounded by its dial and read timeouts),
-// so the call runs on its own goroutine.
-func (b *Broker) publishOnce(ctx context.Context, p *gonsq.Producer, topic string, bodies [][]byte) error {
-	done := make(chan *gonsq.ProducerTransaction, 1)
-	sent := make(chan error, 1)
-	go func() {
-		if len(bodies) == 1 {
-			sent <- p.PublishAsync(topic, bodies[0], done)
-		} else {
-			sent <- p.MultiPublishAsync(topic, bodies, done)
-		}
-	}()
-	wait := time.NewTimer(b.opts.ConnectTimeout + 2*b.opts.Heartbeat)
+// publishOnce sends cmd on the slot's connection (dialing one if needed)
+// and waits for nsqd's answer, ctx, or twice the heartbeat interval.
+func (b *Broker) publishOnce(ctx context.Context, s *slot, cmd *gonsq.Command) error {
+	if b.closed.Load() {
+		return fmt.Errorf("nsq: %w", driver.ErrClosed)
+	}
+	pc, err := s.get(ctx, b)
+	if err != nil {
+		return err
+	}
+	answer, err := pc.send(cmd)
+	if err != nil {
+		return err
+	}
+	wait := time.NewTimer(2 * b.opts.Heartbeat)
 	defer wait.Stop()
-	for {
-		select {
-		case err := <-sent:
-			if err != nil {
-				return err
-			}
-			sent = nil
-		case t := <-done:
-			return t.Error
-		case <-wait.C:
-			return fmt.Errorf("no answer from nsqd %s within %v", b.addr, b.opts.ConnectTimeout+2*b.opts.Heartbeat)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	select {
+	case err := <-answer:
+		return err
+	case <-wait.C:
+		// nsqd heartbeats idle connections: this one is gone.
+		pc.fail(fmt.Errorf("no answer within %v", 2*b.opts.Heartbeat))
+		return fmt.Errorf("no answer from nsqd %s within %v", b.addr, 2*b.opts.Heartbeat)
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }

@@ -63,15 +63,15 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	c.SetLogger(newLogBridge(b.log, "consumer "+topic+"/"+channel), gonsq.LogLevelWarning)
 	c.AddHandler(gonsq.HandlerFunc(s.handle))
 	s.consumer = c
-	if err := b.run(ctx, func() error { return c.ConnectToNSQD(b.addr) }); err != nil {
+	stop := func() {
 		c.Stop()
 		s.barrier.Close()
+	}
+	if err := b.run(ctx, func() error { return c.ConnectToNSQD(b.addr) }, stop); err != nil {
 		return nil, fmt.Errorf("nsq: subscribe %q/%q on %s: %w", topic, channel, b.addr, err)
 	}
 	if len(b.opts.Lookupd) > 0 {
-		if err := b.run(ctx, func() error { return c.ConnectToNSQLookupds(b.opts.Lookupd) }); err != nil {
-			c.Stop()
-			s.barrier.Close()
+		if err := b.run(ctx, func() error { return c.ConnectToNSQLookupds(b.opts.Lookupd) }, stop); err != nil {
 			return nil, fmt.Errorf("nsq: subscribe %q/%q through lookupd %v: %w", topic, channel, b.opts.Lookupd, err)
 		}
 	}
@@ -80,8 +80,9 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 }
 
 // run calls fn on its own goroutine and waits for it at most
-// ConnectTimeout (or ctx): go-nsq's connection calls take no context.
-func (b *Broker) run(ctx context.Context, fn func() error) error {
+// ConnectTimeout (or ctx): go-nsq's connection calls take no context. When
+// fn fails, or is given up on, undo runs once fn returned.
+func (b *Broker) run(ctx context.Context, fn func() error, undo func()) error {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectTimeout)
 	defer cancel()
 	done := make(chan error, 1)
@@ -89,10 +90,15 @@ func (b *Broker) run(ctx context.Context, fn func() error) error {
 	select {
 	case err := <-done:
 		if err != nil {
+			undo()
 			return connectError(b.addr, err)
 		}
 		return nil
 	case <-ctx.Done():
+		go func() {
+			<-done
+			undo()
+		}()
 		return fmt.Errorf("no answer from nsqd within %v: %w", b.opts.ConnectTimeout, ctx.Err())
 	}
 }
@@ -140,18 +146,14 @@ func (b *Broker) subscribeConfirmed(ctx context.Context, topic, channel string, 
 	conn.SetLogger(newLogBridge(b.log, "subscribe "+topic+"/"+channel), gonsq.LogLevelWarning, "(%s)")
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectTimeout)
 	defer cancel()
-	err := b.run(ctx, func() error {
-		if _, err := conn.Connect(); err != nil {
-			return err
-		}
-		return conn.WriteCommand(gonsq.Subscribe(topic, channel))
-	})
-	if err == nil {
-		select {
-		case err = <-d.answer:
-		case <-ctx.Done():
-			err = fmt.Errorf("no answer to SUB within %v: %w", b.opts.ConnectTimeout, ctx.Err())
-		}
+	if err := b.connectConn(ctx, conn, func() error { return conn.WriteCommand(gonsq.Subscribe(topic, channel)) }); err != nil {
+		return nil, fmt.Errorf("nsq: subscribe %q/%q on %s: %w", topic, channel, b.addr, err)
+	}
+	var err error
+	select {
+	case err = <-d.answer:
+	case <-ctx.Done():
+		err = fmt.Errorf("no answer to SUB within %v: %w", b.opts.ConnectTimeout, ctx.Err())
 	}
 	if err != nil {
 		conn.Close()

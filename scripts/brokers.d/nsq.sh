@@ -18,6 +18,7 @@
 # Besides DIR/env it writes DIR/ctl, exported as OMNIBUS_NSQ_CTL, so that
 # tests can crash and restart nsqd without knowing any of this:
 #   "$OMNIBUS_NSQ_CTL" kill    # SIGKILL nsqd, wait until it is gone
+#   "$OMNIBUS_NSQ_CTL" stop    # SIGTERM nsqd (it writes in-flight and deferred messages to disk), wait
 #   "$OMNIBUS_NSQ_CTL" start   # start nsqd on the same data, wait until ready
 #   "$OMNIBUS_NSQ_CTL" ready   # exit 0 when nsqd stores and counts a message
 NSQ_VERSION=1.3.0
@@ -100,6 +101,13 @@ case \${1:-} in
     for _ in \$(seq 1 100); do kill -0 "\$pid" 2>/dev/null || exit 0; sleep 0.05; done
     echo "nsqd (pid \$pid) still alive 5 s after SIGKILL" >&2; exit 1
     ;;
+  stop)
+    alive || exit 0
+    pid=\$(cat "\$dir/nsqd.pid")
+    kill -TERM "\$pid"
+    for _ in \$(seq 1 300); do kill -0 "\$pid" 2>/dev/null || exit 0; sleep 0.1; done
+    echo "nsqd (pid \$pid) still alive 30 s after SIGTERM" >&2; exit 1
+    ;;
   start)
     if ! alive; then
       setsid $bin/nsqd --tcp-address=127.0.0.1:$NSQD_TCP --http-address=127.0.0.1:$NSQD_HTTP \\
@@ -118,7 +126,7 @@ case \${1:-} in
     echo "nsqd not ready after 30 s" >&2; exit 1
     ;;
   ready) ready ;;
-  *) echo "usage: \$0 kill|start|ready" >&2; exit 2 ;;
+  *) echo "usage: \$0 kill|stop|start|ready" >&2; exit 2 ;;
 esac
 CTL
   chmod 755 "$dir/ctl"
