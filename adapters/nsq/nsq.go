@@ -372,9 +372,8 @@ func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 	if _, _, err := net.SplitHostPort(addr); err != nil {
 		return nil, fmt.Errorf("nsq: Dial %q: want host:port of nsqd's TCP listener: %w", addr, driver.ErrInvalid)
 	}
-	if opts.TLS != nil && opts.TLS.ServerName == "" {
-		opts.TLS = opts.TLS.Clone()
-		opts.TLS.ServerName, _, _ = net.SplitHostPort(addr)
+	if opts.TLS != nil {
+		opts.TLS = verifyServerName(opts.TLS, addr)
 	}
 	b := &Broker{addr: addr, opts: opts, log: opts.Logger}
 	b.caps = driver.Capabilities{
@@ -430,6 +429,32 @@ func (b *Broker) config() (*gonsq.Config, error) {
 	return cfg, nil
 }
 
+// verifyServerName returns a copy of c that verifies the server's
+// certificate itself, for c.ServerName (default: addr's host). go-nsq sets
+// ServerName to the dialed host on every connection, so a configured name
+// would otherwise be ignored.
+func verifyServerName(c *tls.Config, addr string) *tls.Config {
+	c = c.Clone()
+	name := c.ServerName
+	if name == "" {
+		name, _, _ = net.SplitHostPort(addr)
+	}
+	roots := c.RootCAs
+	c.InsecureSkipVerify = true // verified below, against name
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return errors.New("x509: nsqd sent no certificate")
+		}
+		inter := x509.NewCertPool()
+		for _, ic := range cs.PeerCertificates[1:] {
+			inter.AddCert(ic)
+		}
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter})
+		return err
+	}
+	return c
+}
+
 // connectError describes a failed connection. Refused credentials and a
 // certificate that does not verify are permanent. go-nsq's errors carry
 // no secret.
@@ -443,8 +468,11 @@ func connectError(addr string, err error) error {
 		return fmt.Errorf("nsq: connect to %s: nsqd requires AUTH and no auth_secret is set: %w: %w", addr, err, driver.ErrPermanent)
 	case strings.Contains(msg, "E_AUTH_FAILED"), strings.Contains(msg, "E_UNAUTHORIZED"), strings.Contains(msg, "Error authenticating"):
 		return fmt.Errorf("nsq: connect to %s: nsqd refused the auth secret: %w: %w", addr, err, driver.ErrPermanent)
-	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname):
+	case errors.As(err, &verify), errors.As(err, &unknown), errors.As(err, &hostname),
+		strings.Contains(msg, "x509: "): // go-nsq flattens the TLS error into a string
 		return fmt.Errorf("nsq: connect to %s: nsqd's certificate did not verify (tls_ca, tls_server_name): %w: %w", addr, err, driver.ErrPermanent)
+	case errors.Is(err, errNoTLS):
+		return fmt.Errorf("nsq: connect to %s: %w: %w", addr, err, driver.ErrPermanent)
 	}
 	return fmt.Errorf("nsq: connect to %s: %w", addr, err)
 }

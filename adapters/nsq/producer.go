@@ -13,6 +13,9 @@ import (
 // producer connection was lost (they may or may not have been stored).
 var errConnLost = errors.New("connection to nsqd lost before it answered")
 
+// errNoTLS: tls=true, but nsqd did not offer TLS in its IDENTIFY answer.
+var errNoTLS = errors.New("nsqd does not offer TLS (start it with --tls-cert and --tls-key), refusing to go on in plain text")
+
 // pconn is one producer connection: PUB and MPUB commands are pipelined
 // and nsqd answers them in order, each with OK or an error frame. It is
 // built on go-nsq's Conn rather than its Producer, which cannot be bound
@@ -45,8 +48,13 @@ func (b *Broker) dialProducer(ctx context.Context) (*pconn, error) {
 // handshake returned.
 func (b *Broker) connectConn(ctx context.Context, conn *gonsq.Conn, then func() error) error {
 	return b.run(ctx, func() error {
-		if _, err := conn.Connect(); err != nil {
+		resp, err := conn.Connect()
+		if err != nil {
 			return err
+		}
+		if b.opts.TLS != nil && (resp == nil || !resp.TLSv1) {
+			// go-nsq carries on in plain text when nsqd has no TLS.
+			return errNoTLS
 		}
 		if then != nil {
 			return then()
