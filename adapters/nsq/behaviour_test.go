@@ -1,0 +1,148 @@
+package nsq_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	gonsq "github.com/nsqio/go-nsq"
+
+	"github.com/omnibusmq/omnibus/adapters/nsq"
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+func TestRequireFailsForWhatNSQCannotDo(t *testing.T) {
+	base := brokerEnv(t, envURL)[0]
+	cases := []struct {
+		name, url string
+		ok        bool
+	}{
+		{"Ordering", withParams(base, "require", "ordering"), false},
+		{"Replay", withParams(base, "require", "replay"), false},
+		{"PersistenceWithoutDurable", withParams(base, "durable", "false", "require", "persistence"), false},
+		{"PersistenceWithDurable", withParams(base, "durable", "true", "require", "persistence"), true},
+		{"NackDelayGroupsAttemptCount", withParams(base, "require", "nackdelay,groups,attemptcount"), true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := pubsub.Open(context.Background(), tc.url)
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("Open: %v", err)
+				}
+				c.Close()
+				return
+			}
+			if !errors.Is(err, pubsub.ErrUnsupported) {
+				t.Errorf("Open: %v, want ErrUnsupported", err)
+			}
+		})
+	}
+}
+
+// A delivery held longer than msg_timeout is touched, so nsqd does not hand
+// it to the group's other member.
+func TestSlowHandlerKeepsItsMessagePastMsgTimeout(t *testing.T) {
+	const msgTimeout = time.Second
+	url := withParams(brokerEnv(t, envURL)[0], "msg_timeout", msgTimeout.String())
+	c1, c2 := open(t, url), open(t, url)
+	topic := topicName("slow")
+	s1 := subscribeGroup(t, c1, topic, "g")
+	m := &pubsub.Message{Payload: []byte("slow")}
+	if err := c1.Publish(context.Background(), topic, m); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := s1.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := subscribeGroup(t, c2, topic, "g")
+	// Three message timeouts: an observation window, not synchronisation.
+	wctx, wcancel := context.WithTimeout(context.Background(), 3*msgTimeout)
+	defer wcancel()
+	if d2, err := s2.Receive(wctx); err == nil {
+		t.Fatalf("message %s redelivered (attempt %d) to the other member while its holder was working on it", d2.Message.ID, d2.Message.Attempt)
+	} else if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatal(err)
+	}
+	if err := d.Ack(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Bodies from plain NSQ publishers reach subscribers unchanged.
+func TestBodiesWithoutEnvelopeAreDeliveredAsTheyAre(t *testing.T) {
+	url := brokerEnv(t, envURL)[0]
+	addr, _, err := nsq.ParseURL(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := open(t, url)
+	topic := topicName("foreign")
+	s := subscribeGroup(t, c, topic, "g")
+	p, err := gonsq.NewProducer(addr, gonsq.NewConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.SetLogger(nil, gonsq.LogLevelError)
+	defer p.Stop()
+	cases := []struct {
+		name, body, envelope string
+	}{
+		{"PlainText", `{"order":42}`, "none"},
+		{"TruncatedEnvelope", "\xff\x01\x0aab", "malformed"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := p.Publish(topic, []byte(tc.body)); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			d, err := s.Receive(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = d.Ack()
+			got := d.Message
+			if string(got.Payload) != tc.body || got.Metadata["omnibus-envelope"] != tc.envelope || len(got.ID) != 16 || got.Key != "" {
+				t.Errorf("got ID %q Key %q Payload %q Metadata %v; want the body as it is, NSQ's ID, omnibus-envelope=%s",
+					got.ID, got.Key, got.Payload, got.Metadata, tc.envelope)
+			}
+		})
+	}
+}
+
+func TestPublishRejectsInvalidNamesAndOversizedEnvelopes(t *testing.T) {
+	url := withParams(brokerEnv(t, envURL)[0], "max_message_size", "8192")
+	c := open(t, url)
+	topic := topicName("names")
+	cases := []struct {
+		name    string
+		publish func() error
+		mention string
+	}{
+		{"TopicWithSpace", func() error { return c.Publish(context.Background(), "a b", &pubsub.Message{}) }, "topic"},
+		{"TopicTooLong", func() error { return c.Publish(context.Background(), strings.Repeat("t", 65), &pubsub.Message{}) }, "64"},
+		{"MetadataPushesTheEnvelopeOverTheLimit", func() error {
+			return c.Publish(context.Background(), topic, &pubsub.Message{ID: "big-md", Payload: make([]byte, 4000),
+				Metadata: map[string]string{"x": strings.Repeat("v", 5000)}})
+		}, "big-md"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.publish()
+			if !errors.Is(err, pubsub.ErrInvalid) || !strings.Contains(err.Error(), tc.mention) {
+				t.Errorf("Publish: %v, want ErrInvalid mentioning %q", err, tc.mention)
+			}
+		})
+	}
+	_, err := c.Subscribe(context.Background(), topic, pubsub.Group("no spaces allowed"))
+	if !errors.Is(err, pubsub.ErrInvalid) || !strings.Contains(err.Error(), "group") {
+		t.Errorf("Subscribe with an invalid group: %v, want ErrInvalid naming the group", err)
+	}
+}
