@@ -60,7 +60,7 @@ func TestTLS(t *testing.T) {
 // ownNSQD starts an nsqd of its own (the binary of scripts/brokers up nsq),
 // without TLS, and returns its nsq:// URL. With a secret it requires AUTH
 // against an HTTP server that accepts only that secret.
-func ownNSQD(t *testing.T, secret string) string {
+func ownNSQD(t testing.TB, secret string) string {
 	t.Helper()
 	bin := brokerEnv(t, "OMNIBUS_NSQ_NSQD")[0]
 	tcp, httpAddr := freeAddr(t), freeAddr(t)
@@ -98,7 +98,7 @@ func ownNSQD(t *testing.T, secret string) string {
 	return "nsq://" + tcp
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	gonsq "github.com/nsqio/go-nsq"
@@ -60,7 +61,9 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 		s.barrier.Close()
 		return nil, fmt.Errorf("nsq: consumer for %q/%q: %v: %w", topic, channel, err, driver.ErrInvalid)
 	}
-	c.SetLogger(newLogBridge(b.log, "consumer "+topic+"/"+channel), gonsq.LogLevelWarning)
+	lb := newLogBridge(b.log, "consumer "+topic+"/"+channel)
+	lb.quiet = &s.quiet
+	c.SetLogger(lb, gonsq.LogLevelWarning)
 	c.AddHandler(gonsq.HandlerFunc(s.handle))
 	s.consumer = c
 	stop := func() {
@@ -175,6 +178,7 @@ type subscription struct {
 	closed bool
 
 	closing   chan struct{}
+	quiet     atomic.Bool   // Close began: go-nsq's lost-connection lines are expected
 	touched   chan struct{} // closed when touchLoop returned
 	closeOnce sync.Once
 }
@@ -325,6 +329,7 @@ func (s *subscription) Close() error {
 		held := s.held
 		s.held = nil
 		s.mu.Unlock()
+		s.quiet.Store(true)
 		close(s.closing)
 		<-s.touched
 		s.consumer.Stop()
