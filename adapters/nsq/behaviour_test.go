@@ -146,3 +146,50 @@ func TestPublishRejectsInvalidNamesAndOversizedEnvelopes(t *testing.T) {
 		t.Errorf("Subscribe with an invalid group: %v, want ErrInvalid naming the group", err)
 	}
 }
+
+// nsqd keeps what is published to a topic with no channel and hands it to
+// the first channel; a channel created later starts with what is published
+// after it exists.
+func TestMessagesPublishedBeforeAnyGroupGoToTheFirstGroupOnly(t *testing.T) {
+	c := open(t, brokerEnv(t, envURL)[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := topicName("before")
+	var early []*pubsub.Message
+	for range 5 {
+		early = append(early, &pubsub.Message{Payload: []byte("early")})
+	}
+	if err := c.Publish(ctx, topic, early...); err != nil {
+		t.Fatal(err)
+	}
+	first := subscribeGroup(t, c, topic, "first")
+	got := map[string]bool{}
+	for range early {
+		d, err := first.Receive(ctx)
+		if err != nil {
+			t.Fatalf("first group: %v after %d of %d early messages", err, len(got), len(early))
+		}
+		got[d.Message.ID] = true
+		_ = d.Ack()
+	}
+	for _, m := range early {
+		if !got[m.ID] {
+			t.Errorf("early message %s not delivered to the first group", m.ID)
+		}
+	}
+	later := subscribeGroup(t, c, topic, "later")
+	m := &pubsub.Message{Payload: []byte("after both")}
+	if err := c.Publish(ctx, topic, m); err != nil {
+		t.Fatal(err)
+	}
+	for name, s := range map[string]*pubsub.Subscription{"first": first, "later": later} {
+		d, err := s.Receive(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		_ = d.Ack()
+		if d.Message.ID != m.ID {
+			t.Errorf("%s group got %s (%q), want %s: the later group must not get the early messages", name, d.Message.ID, d.Message.Payload, m.ID)
+		}
+	}
+}
