@@ -119,7 +119,6 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -310,37 +309,11 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("nsq: tls_* parameters need tls=true: %w", driver.ErrInvalid)
 	}
 	if useTLS {
-		if opts.TLS, err = tlsConfig(ca, cert, key, sni); err != nil {
+		if opts.TLS, err = driver.TLSFromFiles(Scheme, ca, cert, key, sni); err != nil {
 			return "", opts, err
 		}
 	}
 	return u.Host, opts, nil
-}
-
-func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: sni}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("nsq: tls_ca=%q: %v: %w", ca, err, driver.ErrInvalid)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("nsq: tls_ca=%q: no PEM certificate in the file: %w", ca, driver.ErrInvalid)
-		}
-		cfg.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("nsq: tls_cert=%q tls_key=%q: give both or neither: %w", cert, key, driver.ErrInvalid)
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("nsq: tls_cert=%q tls_key=%q: %v: %w", cert, key, err, driver.ErrInvalid)
-		}
-		cfg.Certificates = []tls.Certificate{kp}
-	}
-	return cfg, nil
 }
 
 // Broker is a connection to one nsqd (and, for subscriptions, the nsqds
@@ -531,3 +504,7 @@ func checkName(what, s string) error {
 	}
 	return nil
 }
+
+// GroupSends asks the portable layer for group commit: Publish calls that
+// arrive while a send is in flight go out together as one MPUB.
+func (b *Broker) GroupSends() bool { return true }
