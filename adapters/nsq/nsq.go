@@ -77,12 +77,16 @@
 //
 // nsqd keeps messages in memory by default and loses them on kill -9. Run
 // it with --mem-queue-size=0 --sync-every=1 to write every message to disk
-// and sync before answering, then set durable=true here
-// (Capabilities.Persistence). Even so, messages in flight to a consumer and
-// messages deferred by a Nack delay live in nsqd's memory (nsqd writes them
-// to disk only on a clean shutdown): kill -9 loses those. No replay; no
-// ordering (not per key, not per channel); no broker-side dead-letter
-// queue (see package dlq).
+// and sync it, then set durable=true here: Capabilities.Persistence becomes
+// true and the adapter asks nsqd to write deliveries to the socket
+// unbuffered (IDENTIFY output_buffer_size=-1), so a message read from disk
+// does not wait in nsqd's output buffer. Even so nsqd holds some messages
+// only in memory, and kill -9 loses them: those in flight to a consumer (at
+// most max_in_flight per connection), those deferred by a Nack delay, and
+// rarely the last one it acknowledged before syncing its disk queue. A
+// clean stop (SIGTERM) writes in-flight and deferred messages to disk. No
+// replay; no ordering (not per key, not per channel); no broker-side
+// dead-letter queue (see package dlq).
 //
 // # URL parameters
 //
@@ -101,7 +105,7 @@
 //	tls=true|false           TLS to nsqd (negotiated after IDENTIFY; default false)
 //	tls_ca=FILE              PEM CA bundle to trust (default: system roots)
 //	tls_cert=FILE, tls_key=FILE  client certificate
-//	tls_server_name=S        server name to verify (default: the URL host)
+//	tls_server_name=S        server name to verify (default: the host of each nsqd dialed)
 //	auth_secret=S            secret for nsqd's AUTH (--auth-http-address); never printed
 //	client_id=S              client_id sent in IDENTIFY (default: the host name)
 //
@@ -179,7 +183,7 @@ type Options struct {
 	// (Capabilities.Persistence). Default false.
 	Durable bool
 	// TLS, when not nil, upgrades every connection to TLS after IDENTIFY.
-	// An empty ServerName means the URL host.
+	// An empty ServerName means the host of each nsqd dialed.
 	TLS *tls.Config
 	// AuthSecret is sent with AUTH when nsqd requires it. It is never
 	// printed.
@@ -346,7 +350,7 @@ func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 		return nil, fmt.Errorf("nsq: Dial %q: want host:port of nsqd's TCP listener: %w", addr, driver.ErrInvalid)
 	}
 	if opts.TLS != nil {
-		opts.TLS = verifyServerName(opts.TLS, addr)
+		opts.TLS = verifyServerName(opts.TLS)
 	}
 	b := &Broker{addr: addr, opts: opts, log: opts.Logger}
 	b.caps = driver.Capabilities{
@@ -403,26 +407,28 @@ func (b *Broker) config() (*gonsq.Config, error) {
 }
 
 // verifyServerName returns a copy of c that verifies the server's
-// certificate itself, for c.ServerName (default: addr's host). go-nsq sets
+// certificate itself: for c.ServerName when set, otherwise for the host
+// go-nsq dialed (each nsqd, including those lookupd lists). go-nsq sets
 // ServerName to the dialed host on every connection, so a configured name
 // would otherwise be ignored.
-func verifyServerName(c *tls.Config, addr string) *tls.Config {
+func verifyServerName(c *tls.Config) *tls.Config {
 	c = c.Clone()
 	name := c.ServerName
-	if name == "" {
-		name, _, _ = net.SplitHostPort(addr)
-	}
 	roots := c.RootCAs
-	c.InsecureSkipVerify = true // verified below, against name
+	c.InsecureSkipVerify = true // verified below
 	c.VerifyConnection = func(cs tls.ConnectionState) error {
 		if len(cs.PeerCertificates) == 0 {
 			return errors.New("x509: nsqd sent no certificate")
+		}
+		want := name
+		if want == "" {
+			want = cs.ServerName
 		}
 		inter := x509.NewCertPool()
 		for _, ic := range cs.PeerCertificates[1:] {
 			inter.AddCert(ic)
 		}
-		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: name, Roots: roots, Intermediates: inter})
+		_, err := cs.PeerCertificates[0].Verify(x509.VerifyOptions{DNSName: want, Roots: roots, Intermediates: inter})
 		return err
 	}
 	return c

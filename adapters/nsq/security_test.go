@@ -84,16 +84,19 @@ func ownNSQD(t testing.TB, secret string) string {
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	deadline := time.Now().Add(20 * time.Second)
+	client := &http.Client{Timeout: time.Second}
 	for {
-		c, err := net.DialTimeout("tcp", tcp, time.Second)
+		resp, err := client.Get("http://" + httpAddr + "/ping")
 		if err == nil {
-			c.Close()
-			break
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("nsqd did not listen on %s within 20s: %v", tcp, err)
+			t.Fatalf("nsqd did not answer /ping on %s within 20s: %v", httpAddr, err)
 		}
-		time.Sleep(50 * time.Millisecond) // polling the listener, bounded by the deadline
+		time.Sleep(50 * time.Millisecond) // polling readiness, bounded by the deadline
 	}
 	return "nsq://" + tcp
 }
