@@ -3,7 +3,9 @@ package nsq_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -191,5 +193,75 @@ func TestMessagesPublishedBeforeAnyGroupGoToTheFirstGroupOnly(t *testing.T) {
 		if d.Message.ID != m.ID {
 			t.Errorf("%s group got %s (%q), want %s: the later group must not get the early messages", name, d.Message.ID, d.Message.Payload, m.ID)
 		}
+	}
+}
+
+// recorder keeps the messages of the slog records it handles.
+type recorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *recorder) Enabled(context.Context, slog.Level) bool { return true }
+func (r *recorder) Handle(_ context.Context, rec slog.Record) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, rec.Message)
+	return nil
+}
+func (r *recorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *recorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *recorder) has(substr string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, m := range r.msgs {
+		if strings.Contains(m, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+// A nack delay above max_req_timeout is shortened to it (nsqd would clamp
+// it anyway) and the adapter says so in the log.
+func TestNackDelayAboveMaxReqTimeoutIsShortenedAndLogged(t *testing.T) {
+	addr, opts, err := nsq.ParseURL(withParams(brokerEnv(t, envURL)[0], "max_req_timeout", "500ms"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := &recorder{}
+	opts.Logger = slog.New(rec)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := nsq.Dial(ctx, addr, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := pubsub.NewClient(b)
+	defer c.Close()
+	topic := topicName("maxreq")
+	s := subscribeGroup(t, c, topic, "g")
+	m := &pubsub.Message{Payload: []byte("x")}
+	if err := c.Publish(ctx, topic, m); err != nil {
+		t.Fatal(err)
+	}
+	d, err := s.Receive(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Nack(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := s.Receive(ctx)
+	if err != nil {
+		t.Fatalf("a nack of 1h with max_req_timeout=500ms: not redelivered within 30s: %v", err)
+	}
+	_ = d2.Ack()
+	if d2.Message.ID != m.ID || d2.Message.Attempt != 2 {
+		t.Errorf("redelivered %s attempt %d, want %s attempt 2", d2.Message.ID, d2.Message.Attempt, m.ID)
+	}
+	if !rec.has("nack delay above max_req_timeout") {
+		t.Error("no warning about the shortened delay in the log")
 	}
 }
