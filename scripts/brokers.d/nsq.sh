@@ -148,14 +148,14 @@ nsq_up() {
   bin=$(nsq_bindir)
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
-  if nsq_running "$dir" && [ -x "$dir/ctl" ] && "$dir/ctl" ready && nsq_registered; then
+  nsq_ctl "$dir" # always this script's version, also for a running nsqd
+  if nsq_running "$dir" && "$dir/ctl" ready && nsq_registered; then
     log "nsq already running: nsqd 127.0.0.1:$NSQD_TCP, nsqlookupd HTTP 127.0.0.1:$NSQLOOKUPD_HTTP"
   else
     nsq_down "$dir"
     rm -rf "$dir/data"
     mkdir -p "$dir/data"
     test_certs "$dir"
-    nsq_ctl "$dir"
     log "starting nsqlookupd on 127.0.0.1:$NSQLOOKUPD_TCP (HTTP $NSQLOOKUPD_HTTP)"
     setsid "$bin/nsqlookupd" --tcp-address=127.0.0.1:$NSQLOOKUPD_TCP --http-address=127.0.0.1:$NSQLOOKUPD_HTTP \
       --broadcast-address=127.0.0.1 --log-level=warn >"$dir/nsqlookupd.log" 2>&1 </dev/null &
