@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -230,21 +231,34 @@ func TestBrokerRestartDuringPublishAndConsume(t *testing.T) {
 	cases := []struct {
 		name    string
 		action  string // OMNIBUS_NSQ_CTL verb that stops nsqd
+		lookupd bool   // the consumer finds nsqd again through lookupd, or redials it directly
 		maxLost int
 	}{
-		{"SIGTERMLosesNothing", "stop", 0},
-		{"SIGKILLLosesAtMostWhatWasInFlight", "kill", restarts * (maxInFlight + 1)},
+		{"SIGTERMLosesNothing", "stop", true, 0},
+		{"SIGTERMWithoutLookupdLosesNothing", "stop", false, 0},
+		{"SIGKILLLosesAtMostWhatWasInFlight", "kill", true, restarts * (maxInFlight + 1)},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			restartDuringPublishAndConsume(t, tc.action, restarts, maxInFlight, tc.maxLost)
+			restartDuringPublishAndConsume(t, tc.action, tc.lookupd, restarts, maxInFlight, tc.maxLost)
 		})
 	}
 }
 
-func restartDuringPublishAndConsume(t *testing.T, action string, restarts, maxInFlight, maxLost int) {
+func restartDuringPublishAndConsume(t *testing.T, action string, lookupd bool, restarts, maxInFlight, maxLost int) {
 	env := brokerEnv(t, envURL, envCtl)
-	url := withParams(env[0], "durable", "true", "lookupd_poll_interval", "250ms", "publish_timeout", "20s",
+	base := env[0]
+	if !lookupd {
+		u, err := neturl.Parse(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		q := u.Query()
+		q.Del("lookupd")
+		u.RawQuery = q.Encode()
+		base = u.String()
+	}
+	url := withParams(base, "durable", "true", "lookupd_poll_interval", "250ms", "publish_timeout", "20s",
 		"msg_timeout", "5s", "max_in_flight", strconv.Itoa(maxInFlight))
 	ctl := env[1]
 	t.Cleanup(func() {
