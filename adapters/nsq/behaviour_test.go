@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -263,5 +264,37 @@ func TestNackDelayAboveMaxReqTimeoutIsShortenedAndLogged(t *testing.T) {
 	}
 	if !rec.has("nack delay above max_req_timeout") {
 		t.Error("no warning about the shortened delay in the log")
+	}
+}
+
+// A batch larger than nsqd's --max-body-size goes out as several MPUBs.
+func TestBatchLargerThanMaxBodySizeIsSplit(t *testing.T) {
+	const maxBody = 4096
+	base := ownNSQD(t, "", "--max-body-size="+strconv.Itoa(maxBody))
+	c := open(t, withParams(base, "max_body_size", strconv.Itoa(maxBody)))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := topicName("split")
+	s := subscribeGroup(t, c, topic, "g")
+	var msgs []*pubsub.Message
+	for i := range 20 { // 20 × ~1 KiB: five times what one MPUB may carry
+		msgs = append(msgs, &pubsub.Message{Payload: []byte(strings.Repeat(strconv.Itoa(i%10), 1000))})
+	}
+	if err := c.Publish(ctx, topic, msgs...); err != nil {
+		t.Fatalf("publish of %d bytes with max_body_size=%d: %v", 20*1000, maxBody, err)
+	}
+	got := map[string]bool{}
+	for range msgs {
+		d, err := s.Receive(ctx)
+		if err != nil {
+			t.Fatalf("after %d of %d: %v", len(got), len(msgs), err)
+		}
+		got[d.Message.ID] = true
+		_ = d.Ack()
+	}
+	for _, m := range msgs {
+		if !got[m.ID] {
+			t.Errorf("message %s not delivered", m.ID)
+		}
 	}
 }

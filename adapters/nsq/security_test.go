@@ -58,9 +58,9 @@ func TestTLS(t *testing.T) {
 }
 
 // ownNSQD starts an nsqd of its own (the binary of scripts/brokers up nsq),
-// without TLS, and returns its nsq:// URL. With a secret it requires AUTH
-// against an HTTP server that accepts only that secret.
-func ownNSQD(t testing.TB, secret string) string {
+// without TLS, with extra flags, and returns its nsq:// URL. With a secret
+// it requires AUTH against an HTTP server that accepts only that secret.
+func ownNSQD(t testing.TB, secret string, flags ...string) string {
 	t.Helper()
 	bin := brokerEnv(t, "OMNIBUS_NSQ_NSQD")[0]
 	tcp, httpAddr := freeAddr(t), freeAddr(t)
@@ -77,7 +77,7 @@ func ownNSQD(t testing.TB, secret string) string {
 		t.Cleanup(auth.Close)
 		args = append(args, "--auth-http-address="+strings.TrimPrefix(auth.URL, "http://"))
 	}
-	cmd := exec.Command(bin, args...)
+	cmd := exec.Command(bin, append(args, flags...)...)
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
