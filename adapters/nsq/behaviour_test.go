@@ -298,3 +298,35 @@ func TestBatchLargerThanMaxBodySizeIsSplit(t *testing.T) {
 		}
 	}
 }
+
+// Each anonymous subscription is its own ephemeral channel: it gets every
+// message published after Subscribe returned.
+func TestAnonymousSubscriptionsEachGetEveryMessage(t *testing.T) {
+	c := open(t, brokerEnv(t, envURL)[0])
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := topicName("anon")
+	var subs []*pubsub.Subscription
+	for range 2 {
+		s, err := c.Subscribe(ctx, topic)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = s.Close() })
+		subs = append(subs, s)
+	}
+	m := &pubsub.Message{Payload: []byte("to all")}
+	if err := c.Publish(ctx, topic, m); err != nil {
+		t.Fatal(err)
+	}
+	for i, s := range subs {
+		d, err := s.Receive(ctx)
+		if err != nil {
+			t.Fatalf("anonymous subscription %d: %v", i, err)
+		}
+		_ = d.Ack()
+		if d.Message.ID != m.ID {
+			t.Errorf("anonymous subscription %d got %s, want %s", i, d.Message.ID, m.ID)
+		}
+	}
+}
