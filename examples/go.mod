@@ -25,6 +25,7 @@ require (
 	github.com/dustin/go-humanize v1.1.0 // indirect
 	github.com/go-logr/logr v1.4.4 // indirect
 	github.com/go-logr/stdr v1.2.2 // indirect
+	github.com/golang/snappy v0.0.4 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
@@ -32,7 +33,9 @@ require (
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
+	github.com/nsqio/go-nsq v1.1.0 // indirect
 	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000 // indirect
+	github.com/omnibusmq/omnibus/adapters/nsq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/postgres v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/pierrec/lz4/v4 v4.1.21 // indirect
@@ -66,6 +69,7 @@ replace (
 	github.com/omnibusmq/omnibus => ..
 	github.com/omnibusmq/omnibus/adapters/all => ../adapters/all
 	github.com/omnibusmq/omnibus/adapters/kafka => ../adapters/kafka
+	github.com/omnibusmq/omnibus/adapters/nsq => ../adapters/nsq
 	github.com/omnibusmq/omnibus/adapters/postgres => ../adapters/postgres
 	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../adapters/rabbitmq
 	github.com/omnibusmq/omnibus/middleware/pgdedup => ../middleware/pgdedup

@@ -6,6 +6,7 @@ replace (
 	github.com/omnibusmq/omnibus => ..
 	github.com/omnibusmq/omnibus/adapters/all => ../adapters/all
 	github.com/omnibusmq/omnibus/adapters/kafka => ../adapters/kafka
+	github.com/omnibusmq/omnibus/adapters/nsq => ../adapters/nsq
 	github.com/omnibusmq/omnibus/adapters/postgres => ../adapters/postgres
 	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../adapters/rabbitmq
 	github.com/omnibusmq/omnibus/middleware/pgdedup => ../middleware/pgdedup
@@ -24,11 +25,14 @@ require (
 )
 
 require (
+	github.com/golang/snappy v0.0.4 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/nsqio/go-nsq v1.1.0 // indirect
 	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000 // indirect
+	github.com/omnibusmq/omnibus/adapters/nsq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/postgres v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/pierrec/lz4/v4 v4.1.21 // indirect

@@ -10,15 +10,16 @@ require (
 )
 
 require (
+	github.com/golang/snappy v0.0.4 // indirect
 	github.com/jackc/pgpassfile v1.0.0 // indirect
 	github.com/jackc/pgservicefile v0.0.0-20240606120523-5a60cdf6a761 // indirect
 	github.com/jackc/puddle/v2 v2.2.3 // indirect
 	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/nsqio/go-nsq v1.1.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.21 // indirect
 	github.com/xdg-go/pbkdf2 v1.0.0 // indirect
 	github.com/xdg-go/scram v1.1.2 // indirect
 	github.com/xdg-go/stringprep v1.0.4 // indirect
-	golang.org/x/net v0.61.0 // indirect
 	golang.org/x/sync v0.25.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
 )
@@ -26,6 +27,7 @@ require (
 require (
 	github.com/omnibusmq/omnibus v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/adapters/nsq v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/postgres v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000
 )
@@ -33,6 +35,7 @@ require (
 replace (
 	github.com/omnibusmq/omnibus => ../..
 	github.com/omnibusmq/omnibus/adapters/kafka => ../../adapters/kafka
+	github.com/omnibusmq/omnibus/adapters/nsq => ../nsq
 	github.com/omnibusmq/omnibus/adapters/postgres => ../../adapters/postgres
 	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../../adapters/rabbitmq
 )

@@ -461,10 +461,11 @@ func connectError(addr string, err error) error {
 // ordering, no replay.
 func (b *Broker) Capabilities() driver.Capabilities { return b.caps }
 
-// SendBatching lets the portable layer run one SendBatch per producer
-// connection, of up to 1000 messages each.
-func (b *Broker) SendBatching() (maxBatch, maxConcurrency int) {
-	return 1000, b.opts.PublishConnections
+// Traits implements driver.Broker: one SendBatch per producer connection,
+// of up to 1000 messages each, with group commit (Publish calls that arrive
+// while a send is in flight go out together as one MPUB).
+func (b *Broker) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: b.opts.PublishConnections, GroupSends: true}
 }
 
 // Close stops the producer connections. Subscriptions are closed first by
@@ -510,7 +511,3 @@ func checkName(what, s string) error {
 	}
 	return nil
 }
-
-// GroupSends asks the portable layer for group commit: Publish calls that
-// arrive while a send is in flight go out together as one MPUB.
-func (b *Broker) GroupSends() bool { return true }

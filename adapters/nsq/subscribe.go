@@ -227,9 +227,6 @@ func (s *subscription) touchLoop() {
 	}
 }
 
-// DirectReceive: ReceiveBatch only takes what nsqd already pushed (RDY).
-func (s *subscription) DirectReceive() bool { return true }
-
 func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, error) {
 	var out []*driver.Message
 	select {
