@@ -103,6 +103,7 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 		return nil
 	}
 	var now int64 // Unix ms for new IDs, read once per call
+	check, _ := c.drv.(driver.MessageChecker)
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("pubsub: publish to %q: message %d of %d is nil: %w", topic, i, len(msgs), ErrInvalid)
@@ -116,6 +117,11 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 				now = time.Now().UnixMilli()
 			}
 			m.ID = newIDAt(now)
+		}
+		if check != nil {
+			if err := check.CheckMessage(&driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}); err != nil {
+				return fmt.Errorf("pubsub: publish to %q: message %d: %w", topic, i, err)
+			}
 		}
 	}
 	var dones []func(error)

@@ -347,6 +347,7 @@ type Broker struct {
 	cfg      amqp.Config
 	caps     driver.Capabilities
 	major    int // server major version
+	frameMax int // negotiated frame_max: a message's properties must fit one frame (0: no limit)
 	requeue0 bool
 
 	pub  *connMgr
@@ -422,6 +423,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	b.major = serverMajor(conn)
+	b.frameMax = conn.Config.FrameSize
 	b.requeue0 = opts.QueueType == QueueQuorum && b.major > 0 && b.major < 4
 	maxSize := opts.MaxMessageSize
 	if maxSize == 0 {
@@ -462,17 +464,23 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	props["connection_name"] = b.opts.ConnectionName + "/" + role
 	cfg.Properties = props
 	cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: b.uri.Username, Password: b.uri.Password}}
-	if role == "publish" {
-		// Publishings of all channels share write system calls (see
-		// coalescingConn); the consume connection sends few frames.
-		dial := cfg.Dial
-		cfg.Dial = func(network, addr string) (net.Conn, error) {
-			c, err := dial(network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newCoalescingConn(c), nil
+	// silent records that a read timed out: the server accepted the
+	// connection and did not answer within the connection timeout (the
+	// handshake deadline), which amqp091 reports as a frame error.
+	silent := new(atomic.Bool)
+	dial := cfg.Dial
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
 		}
+		c = &handshakeConn{Conn: c, silent: silent}
+		if role == "publish" {
+			// Publishings of all channels share write system calls (see
+			// coalescingConn); the consume connection sends few frames.
+			c = newCoalescingConn(c)
+		}
+		return c, nil
 	}
 	type res struct {
 		c   *amqp.Connection
@@ -486,6 +494,10 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	select {
 	case r := <-ch:
 		if r.err != nil {
+			if silent.Load() {
+				return nil, fmt.Errorf("rabbitmq: connect to %s (%s): no answer from the server within connection_timeout=%v (is it an AMQP port, is the broker overloaded?): %w",
+					b.addr, role, b.opts.ConnectionTimeout, r.err)
+			}
 			return nil, connectError(b.addr, b.uri.Scheme, role, r.err)
 		}
 		return r.c, nil
@@ -518,6 +530,23 @@ func connectError(addr, scheme, role string, err error) error {
 		return fmt.Errorf("rabbitmq: connect to %s (%s): the server's answer is not AMQP 0-9-1 (a TLS port? use amqps://): %w: %w", addr, role, err, driver.ErrPermanent)
 	}
 	return fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, err)
+}
+
+// handshakeConn notes a read that timed out (see dial).
+type handshakeConn struct {
+	net.Conn
+	silent *atomic.Bool
+}
+
+func (c *handshakeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.silent.Store(true)
+		}
+	}
+	return n, err
 }
 
 // dialURL is the URI without credentials (they travel in cfg.SASL).

@@ -21,6 +21,7 @@ type subscription struct {
 	topic, group string
 	queue        string
 	anon         bool
+	quorum       bool // the queue counts redeliveries in x-delivery-count
 	qos          int
 
 	mu     sync.Mutex
@@ -173,10 +174,11 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	}
 	s := &subscription{b: b, topic: topic, group: opts.Group}
 	if opts.Group == "" {
-		s.anon = true
+		s.anon = true // a classic queue
 		s.queue = shorten(topic + ".anon." + uuid.NewString())
 	} else {
 		s.queue = queueName(topic, opts.Group)
+		s.quorum = b.opts.QueueType == QueueQuorum
 	}
 	s.qos = b.opts.Prefetch
 	if s.qos == 0 {
@@ -344,10 +346,14 @@ func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
 			}
 		}
 	}
+	// x-delivery-count is the broker's only on a quorum queue's redelivery
+	// (RabbitMQ then sets it, replacing any value a publisher gave); on a
+	// first delivery, or on a classic queue, it is the publisher's and
+	// says nothing.
 	switch {
-	case counted && count > 0:
+	case s.quorum && d.Redelivered && counted && count > 0:
 		attempt += count
-	case !counted && d.Redelivered:
+	case d.Redelivered:
 		attempt++
 	}
 	m.Attempt = attempt

@@ -261,19 +261,23 @@ func TestSettleOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
 func TestAttemptComesFromHeadersAndRedeliveryFlag(t *testing.T) {
 	cases := []struct {
 		name        string
+		quorum      bool
 		headers     amqp.Table
 		redelivered bool
 		want        int
 	}{
-		{"First", nil, false, 1},
-		{"QuorumDeliveryCount", amqp.Table{"x-delivery-count": int64(2)}, true, 3},
-		{"RepublishedAttempt", amqp.Table{headerAttempt: "4"}, false, 4},
-		{"RepublishedThenRequeued", amqp.Table{headerAttempt: "4", "x-delivery-count": int64(1)}, true, 5},
-		{"ClassicRedeliveredFlag", nil, true, 2},
+		{"First", true, nil, false, 1},
+		{"QuorumDeliveryCount", true, amqp.Table{"x-delivery-count": int64(2)}, true, 3},
+		{"RepublishedAttempt", true, amqp.Table{headerAttempt: "4"}, false, 4},
+		{"RepublishedThenRequeued", true, amqp.Table{headerAttempt: "4", "x-delivery-count": int64(1)}, true, 5},
+		{"ClassicRedeliveredFlag", false, nil, true, 2},
+		{"PublisherDeliveryCountOnAFirstQuorumDelivery", true, amqp.Table{"x-delivery-count": int64(7)}, false, 1},
+		{"PublisherDeliveryCountOnAClassicQueue", false, amqp.Table{"x-delivery-count": int64(7)}, false, 1},
+		{"PublisherDeliveryCountOnAClassicRedelivery", false, amqp.Table{"x-delivery-count": int64(7)}, true, 2},
 	}
-	s := &subscription{topic: "t"}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			s := &subscription{topic: "t", quorum: c.quorum}
 			m := s.message(nil, amqp.Delivery{Headers: c.headers, Redelivered: c.redelivered})
 			if m.Attempt != c.want {
 				t.Errorf("Attempt = %d, want %d", m.Attempt, c.want)

@@ -174,6 +174,17 @@ type DirectReceiver interface {
 // ErrInvalid; everything else is retried.
 type Retryable interface{ Retryable() bool }
 
+// MessageChecker may be implemented by a Broker whose wire format limits a
+// message beyond its payload size (header names, header sizes, ID or key
+// lengths). The portable layer calls CheckMessage for every message of a
+// Publish call before anything is sent or batched with other callers'
+// messages; an error (wrapping ErrInvalid and naming the field and the
+// limit) fails that call alone. CheckMessage must be cheap and must not
+// block.
+type MessageChecker interface {
+	CheckMessage(m *Message) error
+}
+
 // SendTuning may be implemented by a Broker to tune how the portable layer
 // batches concurrent Publish calls into SendBatch calls.
 type SendTuning interface {
