@@ -44,6 +44,7 @@ type subscription struct {
 // ever covering an unsettled tag.
 type consumer struct {
 	ch         acker
+	tag        string // consumer tag
 	deliveries <-chan amqp.Delivery
 	every      int // send pending acks once this many are recorded
 
@@ -135,6 +136,10 @@ type acker interface {
 	Nack(tag uint64, multiple, requeue bool) error
 	IsClosed() bool
 	Close() error
+	// Cancel and Qos are the synchronous round trips after the last acks
+	// (see consumer.sync).
+	Cancel(consumer string, noWait bool) error
+	Qos(prefetchCount, prefetchSize int, global bool) error
 }
 
 // ackToken is the driver.AckID of a delivery.
@@ -220,11 +225,13 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	if err := ch.Qos(s.qos, 0, false); err != nil {
 		return fail(fmt.Errorf("rabbitmq: set prefetch %d on queue %q: %w", s.qos, s.queue, err))
 	}
-	dl, err := ch.Consume(s.queue, "", false, false, false, false, nil)
+	tag := "omnibus-" + uuid.NewString()
+	dl, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
 	if err != nil {
 		return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", s.queue, err))
 	}
 	s.cur = newConsumer(ch, dl, s.qos)
+	s.cur.tag = tag
 	go s.cur.run()
 	return s.cur, nil
 }
@@ -658,9 +665,13 @@ func (s *subscription) Close() error {
 	c := s.cur
 	s.cur = nil
 	s.mu.Unlock()
+	var err error
 	if c != nil {
-		c.stop(true) // send the acks still pending, then give the rest back
-		_ = c.ch.Close()
+		c.stop(true) // send the acks still pending,
+		if err = c.sync(s.qos, closeSyncTimeout); err != nil {
+			err = fmt.Errorf("rabbitmq: close subscription to %q: %w", s.queue, err)
+		}
+		_ = c.ch.Close() // then give the rest back
 	}
 	if s.anon && !s.b.closed.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -671,5 +682,44 @@ func (s *subscription) Close() error {
 			return err
 		})
 	}
-	return nil
+	return err
+}
+
+// closeSyncTimeout bounds the round trip that Close makes after the last
+// acks (a broker that does not answer must not hold Close).
+const closeSyncTimeout = 5 * time.Second
+
+// sync makes the broker finish with the acks sent so far before the
+// channel closes, bounded by timeout: basic.cancel (answered once the
+// queue itself has cancelled the consumer; on a quorum queue that is a
+// command of the queue's log, after the settlements sent before it), then
+// basic.qos with the prefetch the channel already has (answered by the
+// channel once it handled every frame before, including settlements it held
+// back while many were in flight). Closing the channel right after the acks
+// instead let a quorum queue on RabbitMQ 3.10 return the tail of them as
+// unacked (tens of 100 out-of-order acks were redelivered); a basic.qos
+// round trip alone did not prevent it.
+func (c *consumer) sync(qos int, timeout time.Duration) error {
+	if c.ch.IsClosed() {
+		return errChannelGone(0)
+	}
+	done := make(chan error, 1)
+	go func() {
+		if err := c.ch.Cancel(c.tag, false); err != nil {
+			done <- err
+			return
+		}
+		done <- c.ch.Qos(qos, 0, false)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("confirm the last acks (basic.cancel and basic.qos round trips): %w", err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("confirm the last acks: no answer to basic.cancel and basic.qos within %v; the broker may redeliver acked messages", timeout)
+	}
 }

@@ -167,6 +167,15 @@ type fakeAcker struct {
 	closed bool
 }
 
+func (f *fakeAcker) Cancel(string, bool) error { return nil }
+
+func (f *fakeAcker) Qos(n, _ int, _ bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames = append(f.frames, fmt.Sprintf("qos %d", n))
+	return nil
+}
+
 func (f *fakeAcker) Ack(tag uint64, multiple bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
