@@ -155,6 +155,15 @@ type Options struct {
 	// published to or subscribed on, so nothing published before their
 	// consumers start is lost. Default none.
 	Groups []string
+	// Partitions, when above zero, splits every group into that many
+	// partition queues behind a consistent-hash exchange that routes by Key,
+	// each queue with a single active consumer: every member consumes all of
+	// them and the broker lets one member at a time take each, so per-key
+	// order holds with competing members (OrderingPerKey). Zero (default):
+	// one queue per group shared by its members, which can deliver a key's
+	// messages out of order (OrderingPerKey false). Every member of a group
+	// (and a publisher that lists it in Groups) must use the same value.
+	Partitions int
 	// DropUnroutable publishes non-mandatory: the broker silently discards
 	// a message no queue is bound for. The default (false) publishes
 	// mandatory and fails Publish with an error naming such a message.
@@ -215,6 +224,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"PublishChannels", &o.PublishChannels, 8, 256},
 		{"ConfirmWindow", &o.ConfirmWindow, 512, 65535},
 		{"Prefetch", &o.Prefetch, 0, 65535},
+		{"Partitions", &o.Partitions, 0, maxPartitions},
 		{"MaxMessageSize", &o.MaxMessageSize, 0, 512 << 20},
 	} {
 		if *r.v < 0 || *r.v > r.max {
@@ -285,6 +295,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 			}
 		}
 	}
+	opts.Partitions = p.Int("partitions", 0, 0, maxPartitions)
 	opts.DropUnroutable = p.Enum("unroutable", "error", "error", "drop") == "drop"
 	opts.PublishChannels = p.Int("publish_channels", 0, 1, 256)
 	opts.ConfirmWindow = p.Int("confirm_window", 0, 1, 65535)
@@ -433,7 +444,9 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		}
 	}
 	b.caps = driver.Capabilities{
-		OrderingPerKey: true,
+		// Only partition queues with a single active consumer keep a
+		// key's order when a group has several members.
+		OrderingPerKey: opts.Partitions > 0,
 		Persistence:    true,
 		NackDelay:      true,
 		Replay:         false,
@@ -556,8 +569,9 @@ func (b *Broker) dialURL() string {
 	return u.String()
 }
 
-// Capabilities reports what this broker honours: ordering per key (queue
-// order; a nacked message comes back after its successors), persistence,
+// Capabilities reports what this broker honours: ordering per key only
+// with partitions=N (a key's partition queue has one active consumer; a
+// nacked message comes back after its successors), persistence,
 // nack delay (delay queues), groups; attempt counts across restarts only on
 // quorum queues. No replay: a group starts with the messages published after
 // its queue was declared.
@@ -576,6 +590,11 @@ func (b *Broker) Reconnects() int64 { return b.reconnects.Load() }
 // QueueName returns the name of the durable queue the adapter uses for
 // (topic, group): "<topic>.<group>", shortened with a hash past 255 bytes.
 func QueueName(topic, group string) string { return queueName(topic, group) }
+
+// PartitionQueueName returns the name of partition i (0-based) of (topic,
+// group) with partitions=N: "<topic>.<group>.p<i>", shortened with a hash
+// past 255 bytes.
+func PartitionQueueName(topic, group string, i int) string { return partitionQueueName(topic, group, i) }
 
 // Close closes both connections. Subscriptions are closed first by the
 // portable layer. Close is idempotent.

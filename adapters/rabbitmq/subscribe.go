@@ -44,7 +44,8 @@ type subscription struct {
 // ever covering an unsettled tag.
 type consumer struct {
 	ch         acker
-	tag        string // consumer tag
+	tags       []string // consumer tags, one per queue consumed
+	queues     []string // queues[i] is consumed with tags[i]
 	deliveries <-chan amqp.Delivery
 	every      int // send pending acks once this many are recorded
 
@@ -142,9 +143,20 @@ type acker interface {
 	Qos(prefetchCount, prefetchSize int, global bool) error
 }
 
+// queueOf returns the queue a delivery with consumer tag came from.
+func (c *consumer) queueOf(tag string) string {
+	for i, t := range c.tags {
+		if t == tag {
+			return c.queues[i]
+		}
+	}
+	return c.queues[0]
+}
+
 // ackToken is the driver.AckID of a delivery.
 type ackToken struct {
 	c       *consumer
+	queue   string // the queue it came from (a partition's, with partitions=N)
 	tag     uint64
 	d       kept
 	attempt int
@@ -225,15 +237,57 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	if err := ch.Qos(s.qos, 0, false); err != nil {
 		return fail(fmt.Errorf("rabbitmq: set prefetch %d on queue %q: %w", s.qos, s.queue, err))
 	}
-	tag := "omnibus-" + uuid.NewString()
-	dl, err := ch.Consume(s.queue, tag, false, false, false, false, nil)
-	if err != nil {
-		return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", s.queue, err))
+	queues := []string{s.queue}
+	if !s.anon {
+		queues = s.b.topo.groupQueues(s.topic, s.group)
 	}
-	s.cur = newConsumer(ch, dl, s.qos)
-	s.cur.tag = tag
+	base := "omnibus-" + uuid.NewString()
+	tags := make([]string, len(queues))
+	dls := make([]<-chan amqp.Delivery, len(queues))
+	for i, q := range queues {
+		tags[i] = base
+		if len(queues) > 1 {
+			tags[i] = base + ".p" + strconv.Itoa(i)
+		}
+		if dls[i], err = ch.Consume(q, tags[i], false, false, false, false, nil); err != nil {
+			return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", q, err))
+		}
+	}
+	s.cur = newConsumer(ch, nil, s.qos)
+	s.cur.deliveries = merge(dls, s.cur.quit)
+	s.cur.tags, s.cur.queues = tags, queues
 	go s.cur.run()
 	return s.cur, nil
+}
+
+// merge returns the deliveries of every partition queue's consumer on one
+// channel, each queue's in order, closed once all of them are (the AMQP
+// channel is gone), or given up when quit closes (the consumer stopped).
+// With one queue it is that queue's channel.
+func merge(dls []<-chan amqp.Delivery, quit <-chan struct{}) <-chan amqp.Delivery {
+	if len(dls) == 1 {
+		return dls[0]
+	}
+	out := make(chan amqp.Delivery)
+	var wg sync.WaitGroup
+	for _, dl := range dls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range dl {
+				select {
+				case out <- d:
+				case <-quit:
+					return // the broker redelivers what was not taken
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out
 }
 
 // lost forgets c so that the next receive starts a new consumer.
@@ -364,7 +418,11 @@ func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
 		attempt++
 	}
 	m.Attempt = attempt
-	in.t = ackToken{c: c, tag: d.DeliveryTag, attempt: attempt, d: kept{
+	queue := s.queue
+	if c != nil && len(c.queues) > 1 {
+		queue = c.queueOf(d.ConsumerTag)
+	}
+	in.t = ackToken{c: c, queue: queue, tag: d.DeliveryTag, attempt: attempt, d: kept{
 		Headers: d.Headers, MessageId: d.MessageId, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Type: d.Type, AppId: d.AppId,
 		Timestamp: d.Timestamp, Body: d.Body,
@@ -431,14 +489,24 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 	if c.ch.IsClosed() {
 		return errChannelGone(len(ts))
 	}
-	target := s.queue
+	// Each message goes back to the queue it came from (its partition's
+	// with partitions=N), or to that queue's delay queue.
+	targets := map[string]string{}
+	for _, t := range ts {
+		targets[t.queue] = t.queue
+	}
 	var prepare func(context.Context) error
 	if delay > 0 {
 		ms := delayBucket(delay)
 		prepare = func(ctx context.Context) error {
-			q, err := s.b.topo.ensureDelayQueue(ctx, s.queue, ms)
-			target = q
-			return err
+			for q := range targets {
+				dq, err := s.b.topo.ensureDelayQueue(ctx, q, ms)
+				if err != nil {
+					return err
+				}
+				targets[q] = dq
+			}
+			return nil
 		}
 		if err := prepare(ctx); err != nil {
 			// Redeliver at once rather than not at all.
@@ -455,7 +523,7 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 		}
 		h[headerAttempt] = strconv.Itoa(t.attempt + 1)
 		out[i] = outMsg{
-			exchange: "", key: target, mandatory: true, id: t.d.MessageId,
+			exchange: "", key: targets[t.queue], mandatory: true, id: t.d.MessageId,
 			pub: amqp.Publishing{
 				Headers:         h,
 				ContentType:     t.d.ContentType,
@@ -471,7 +539,7 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 			},
 		}
 	}
-	// Route through the same target on every round (declared by prepare).
+	// Route through the same targets on every round (declared by prepare).
 	deadline := time.Now().Add(s.b.opts.PublishTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -482,8 +550,8 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 			if err := prepare(ctx); err != nil {
 				return err
 			}
-			for i := range out {
-				out[i].key = target
+			for i, t := range ts {
+				out[i].key = targets[t.queue]
 			}
 			return nil
 		}
@@ -705,9 +773,11 @@ func (c *consumer) sync(qos int, timeout time.Duration) error {
 	}
 	done := make(chan error, 1)
 	go func() {
-		if err := c.ch.Cancel(c.tag, false); err != nil {
-			done <- err
-			return
+		for _, tag := range c.tags {
+			if err := c.ch.Cancel(tag, false); err != nil {
+				done <- err
+				return
+			}
 		}
 		done <- c.ch.Qos(qos, 0, false)
 	}()
