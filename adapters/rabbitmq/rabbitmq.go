@@ -594,7 +594,9 @@ func QueueName(topic, group string) string { return queueName(topic, group) }
 // PartitionQueueName returns the name of partition i (0-based) of (topic,
 // group) with partitions=N: "<topic>.<group>.p<i>", shortened with a hash
 // past 255 bytes.
-func PartitionQueueName(topic, group string, i int) string { return partitionQueueName(topic, group, i) }
+func PartitionQueueName(topic, group string, i int) string {
+	return partitionQueueName(topic, group, i)
+}
 
 // Close closes both connections. Subscriptions are closed first by the
 // portable layer. Close is idempotent.
