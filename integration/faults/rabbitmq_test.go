@@ -1,0 +1,288 @@
+package faults_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/omnibusmq/omnibus/adapters/rabbitmq"
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/integration/faults"
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+// viaProxy starts a fault proxy to the broker of rawURL and returns the URL
+// through it (with params appended).
+func viaProxy(t *testing.T, rawURL, params string) (*faults.Proxy, string) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := faults.Start(t, u.Host)
+	u.Host = p.Addr()
+	s := u.String()
+	if params != "" {
+		if strings.Contains(s, "?") {
+			s += "&" + params
+		} else {
+			s += "?" + params
+		}
+	}
+	return p, s
+}
+
+// ledger counts what a fault test published and consumed.
+type ledger struct {
+	mu        sync.Mutex
+	published map[string]bool // Publish returned nil
+	failed    int             // messages whose Publish returned an error
+	consumed  map[string]int
+	dups      int
+	allIn     chan struct{}
+	done      bool // publishing finished
+	mark      int           // closes marked when this many were published
+	marked    chan struct{}
+}
+
+func newLedger() *ledger {
+	return &ledger{published: map[string]bool{}, consumed: map[string]int{}, allIn: make(chan struct{}), marked: make(chan struct{})}
+}
+
+func (l *ledger) check() { // l.mu held
+	if !l.done {
+		return
+	}
+	for id := range l.published {
+		if l.consumed[id] == 0 {
+			return
+		}
+	}
+	select {
+	case <-l.allIn:
+	default:
+		close(l.allIn)
+	}
+}
+
+func (l *ledger) publishDone() {
+	l.mu.Lock()
+	l.done = true
+	l.check()
+	l.mu.Unlock()
+}
+
+func (l *ledger) consume(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.consumed[id]++
+	if l.consumed[id] > 1 {
+		l.dups++
+	}
+	if l.done && l.published[id] {
+		l.check()
+	}
+}
+
+func (l *ledger) lost() (n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for id := range l.published {
+		if l.consumed[id] == 0 {
+			n++
+		}
+	}
+	return n
+}
+
+func consumeAll(ctx context.Context, sub *pubsub.Subscription, l *ledger) {
+	for {
+		d, err := sub.Receive(ctx)
+		if err != nil {
+			return
+		}
+		l.consume(d.Message.ID)
+		_ = d.Ack()
+	}
+}
+
+// publishAll publishes n messages in calls of batch from workers goroutines
+// and records each call's outcome; maxCall is the longest call seen.
+func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, workers int, l *ledger, maxCall *atomic.Int64) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				from := int(next.Add(int64(batch))) - batch
+				if from >= n || ctx.Err() != nil {
+					return
+				}
+				msgs := make([]*pubsub.Message, 0, batch)
+				for i := from; i < min(from+batch, n); i++ {
+					msgs = append(msgs, &pubsub.Message{ID: fmt.Sprintf("m%06d", i), Key: fmt.Sprintf("k%d", i%64), Payload: []byte("x")})
+				}
+				start := time.Now()
+				err := c.Publish(ctx, topic, msgs...)
+				took := time.Since(start)
+				for {
+					old := maxCall.Load()
+					if int64(took) <= old || maxCall.CompareAndSwap(old, int64(took)) {
+						break
+					}
+				}
+				l.mu.Lock()
+				if err == nil {
+					for _, m := range msgs {
+						l.published[m.ID] = true
+					}
+					if l.mark > 0 && len(l.published) >= l.mark {
+						l.mark = 0
+						close(l.marked)
+					}
+				} else {
+					l.failed += len(msgs)
+				}
+				l.mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// Every connection (publish and consume) is cut every 2 s while 50 000
+// messages are published and consumed: every message whose Publish returned
+// nil must be consumed.
+func TestRabbitMQConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
+	p, u := viaProxy(t, integration.AMQP(t), "reconnect_min=50ms&reconnect_max=1s")
+	c, err := pubsub.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := fmt.Sprintf("omnibus-faults-cut-%d", time.Now().UnixNano())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	l := newLedger()
+	cctx, stopConsumer := context.WithCancel(ctx)
+	defer stopConsumer()
+	go consumeAll(cctx, sub, l)
+
+	const total = 50000
+	start := time.Now()
+	cuts := 0
+	stopCuts := make(chan struct{})
+	cutsDone := make(chan struct{})
+	go func() {
+		defer close(cutsDone)
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				p.Cut()
+				cuts++
+			case <-stopCuts:
+				return
+			}
+		}
+	}()
+	var maxCall atomic.Int64
+	publishAll(ctx, c, topic, total, 100, 8, l, &maxCall)
+	l.publishDone()
+	select {
+	case <-l.allIn:
+	case <-ctx.Done():
+	}
+	close(stopCuts)
+	<-cutsDone
+	took := time.Since(start)
+	lost := l.lost()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Logf("%d messages in %v with %d cuts (%d reconnects): published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v",
+		total, took.Round(time.Millisecond), cuts, c.Driver().(*rabbitmq.Broker).Reconnects(), len(l.published), l.failed, len(l.consumed), lost, l.dups,
+		time.Duration(maxCall.Load()).Round(time.Millisecond))
+	if cuts == 0 {
+		t.Error("no cut happened during the run")
+	}
+	if lost > 0 {
+		t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
+	}
+}
+
+// A 2 s black hole (both directions, connections left open) during
+// publishing: every Publish returns (nil or an error) within the publish
+// timeout, and every message whose Publish returned nil is consumed.
+func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
+	const publishTimeout = 4 * time.Second
+	p, u := viaProxy(t, integration.AMQP(t), fmt.Sprintf("publish_timeout=%v&heartbeat=1s&reconnect_min=50ms&reconnect_max=1s&connection_timeout=2s", publishTimeout))
+	c, err := pubsub.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := fmt.Sprintf("omnibus-faults-blackhole-%d", time.Now().UnixNano())
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	l := newLedger()
+	cctx, stopConsumer := context.WithCancel(ctx)
+	defer stopConsumer()
+	go consumeAll(cctx, sub, l)
+
+	const total = 20000
+	l.mark = total / 4
+	var maxCall atomic.Int64
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		publishAll(ctx, c, topic, total, 50, 4, l, &maxCall)
+	}()
+	// Black-hole once a quarter is confirmed, for 2 s.
+	select {
+	case <-l.marked:
+	case <-pubDone:
+		t.Fatal("publishing ended before the black hole")
+	}
+	start := time.Now()
+	heal := p.BlackHole()
+	time.Sleep(2 * time.Second) // the fault's duration
+	heal()
+	<-pubDone
+	l.publishDone()
+	select {
+	case <-l.allIn:
+	case <-ctx.Done():
+	}
+	recovered := time.Since(start)
+	lost := l.lost()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	longest := time.Duration(maxCall.Load())
+	t.Logf("%d messages, 2 s black hole: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v (publish_timeout %v), %d reconnects, all consumed %v after the hole began",
+		total, len(l.published), l.failed, len(l.consumed), lost, l.dups, longest.Round(time.Millisecond), publishTimeout,
+		c.Driver().(*rabbitmq.Broker).Reconnects(), recovered.Round(time.Millisecond))
+	if lost > 0 {
+		t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
+	}
+	if longest > publishTimeout+2*time.Second {
+		t.Errorf("a Publish took %v, past the publish timeout %v", longest, publishTimeout)
+	}
+}
