@@ -46,7 +46,7 @@ type ledger struct {
 	dups      int
 	allIn     chan struct{}
 	done      bool // publishing finished
-	mark      int           // closes marked when this many were published
+	mark      int  // closes marked when this many were published
 	marked    chan struct{}
 }
 
