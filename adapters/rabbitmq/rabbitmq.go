@@ -353,8 +353,10 @@ func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
 // driver.Broker. Use it through pubsub.Open or pubsub.NewClient.
 type Broker struct {
 	opts     Options
-	addr     string // redacted, for errors and logs
-	uri      amqp.URI
+	addr     string       // redacted, for errors and logs
+	uri      amqp.URI     // the first host's (credentials, vhost, scheme)
+	hosts    []amqp.URI   // every host of the URL, in order
+	hostNext atomic.Int32 // the host dial tries first: the last that connected
 	cfg      amqp.Config
 	caps     driver.Capabilities
 	major    int // server major version
@@ -388,11 +390,22 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.RawQuery != "" {
 		return nil, fmt.Errorf("rabbitmq: Dial %s: the URL has query parameters; use Options (or pubsub.Open): %w", red, driver.ErrInvalid)
 	}
-	uri, err := amqp.ParseURI(amqpURL)
-	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), amqpURL, red), driver.ErrInvalid)
+	// Several hosts (host:port,host:port): one URI per host, tried in turn.
+	var hosts []amqp.URI
+	for _, h := range strings.Split(u.Host, ",") {
+		if h == "" {
+			return nil, fmt.Errorf("rabbitmq: bad URL %s: an empty host in the comma-separated host list: %w", red, driver.ErrInvalid)
+		}
+		one := *u
+		one.Host = h
+		uri, err := amqp.ParseURI(one.String())
+		if err != nil {
+			return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), one.String(), red), driver.ErrInvalid)
+		}
+		hosts = append(hosts, uri)
 	}
-	b := &Broker{opts: opts, addr: red, uri: uri}
+	uri := hosts[0]
+	b := &Broker{opts: opts, addr: red, uri: uri, hosts: hosts}
 	b.cfg = amqp.Config{
 		Vhost:     uri.Vhost,
 		Heartbeat: opts.Heartbeat,
@@ -421,9 +434,11 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		} else {
 			tc = tc.Clone()
 		}
-		if tc.ServerName == "" {
+		if tc.ServerName == "" && len(hosts) == 1 {
 			tc.ServerName = uri.Host
 		}
+		// With several hosts each connection verifies the host it dials
+		// (see dialHost).
 		b.cfg.TLSClientConfig = tc
 	}
 	b.topo = newTopology(b)
@@ -467,9 +482,39 @@ func serverMajor(c *amqp.Connection) int {
 }
 
 // dial makes one AMQP connection for role, bounded by ctx and the
-// connection timeout.
+// connection timeout per host. With several hosts it starts with the one
+// that last connected and tries each in turn until one accepts (failover).
 func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error) {
+	n := len(b.hosts)
+	start := int(b.hostNext.Load())
+	var errs []error
+	for i := 0; i < n; i++ {
+		h := (start + i) % n
+		c, err := b.dialHost(ctx, role, h)
+		if err == nil {
+			b.hostNext.Store(int32(h))
+			return c, nil
+		}
+		if n == 1 || ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dialHost makes one AMQP connection for role to host i.
+func (b *Broker) dialHost(ctx context.Context, role string, i int) (*amqp.Connection, error) {
 	cfg := b.cfg
+	uri := b.hosts[i]
+	addr := b.addr
+	if len(b.hosts) > 1 {
+		addr = fmt.Sprintf("%s (host %s:%d)", b.addr, uri.Host, uri.Port)
+		if cfg.TLSClientConfig != nil && cfg.TLSClientConfig.ServerName == "" {
+			cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
+			cfg.TLSClientConfig.ServerName = uri.Host
+		}
+	}
 	props := amqp.Table{}
 	for k, v := range cfg.Properties {
 		props[k] = v
@@ -501,7 +546,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		c, err := amqp.DialConfig(b.dialURL(), cfg)
+		c, err := amqp.DialConfig(dialURL(uri), cfg)
 		ch <- res{c, err}
 	}()
 	select {
@@ -509,9 +554,9 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 		if r.err != nil {
 			if silent.Load() {
 				return nil, fmt.Errorf("rabbitmq: connect to %s (%s): no answer from the server within connection_timeout=%v (is it an AMQP port, is the broker overloaded?): %w",
-					b.addr, role, b.opts.ConnectionTimeout, r.err)
+					addr, role, b.opts.ConnectionTimeout, r.err)
 			}
-			return nil, connectError(b.addr, b.uri.Scheme, role, r.err)
+			return nil, connectError(addr, b.uri.Scheme, role, r.err)
 		}
 		return r.c, nil
 	case <-ctx.Done():
@@ -520,7 +565,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 				r.c.Close()
 			}
 		}()
-		return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", b.addr, role, ctx.Err())
+		return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, ctx.Err())
 	}
 }
 
@@ -563,8 +608,7 @@ func (c *handshakeConn) Read(p []byte) (int, error) {
 }
 
 // dialURL is the URI without credentials (they travel in cfg.SASL).
-func (b *Broker) dialURL() string {
-	u := b.uri
+func dialURL(u amqp.URI) string {
 	u.Username, u.Password = "", ""
 	return u.String()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os/exec"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -48,6 +49,11 @@ type ledger struct {
 	done      bool // publishing finished
 	mark      int  // closes marked when this many were published
 	marked    chan struct{}
+
+	faultAt     time.Time     // when the fault began (set by the test)
+	recoveredAt time.Time     // the first Publish started after faultAt returned nil
+	lastAt      time.Time     // the last consume
+	maxGap      time.Duration // the longest wait between two consumes
 }
 
 func newLedger() *ledger {
@@ -80,6 +86,11 @@ func (l *ledger) publishDone() {
 func (l *ledger) consume(id string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	now := time.Now()
+	if !l.lastAt.IsZero() && now.Sub(l.lastAt) > l.maxGap {
+		l.maxGap = now.Sub(l.lastAt)
+	}
+	l.lastAt = now
 	l.consumed[id]++
 	if l.consumed[id] > 1 {
 		l.dups++
@@ -142,6 +153,9 @@ func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, w
 				if err == nil {
 					for _, m := range msgs {
 						l.published[m.ID] = true
+					}
+					if !l.faultAt.IsZero() && start.After(l.faultAt) && l.recoveredAt.IsZero() {
+						l.recoveredAt = time.Now()
 					}
 					if l.mark > 0 && len(l.published) >= l.mark {
 						l.mark = 0
@@ -284,5 +298,101 @@ func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) 
 	}
 	if longest > publishTimeout+2*time.Second {
 		t.Errorf("a Publish took %v, past the publish timeout %v", longest, publishTimeout)
+	}
+}
+
+// The node holding a quorum queue's leader is SIGKILLed while keyed
+// messages are published and consumed through a URL listing the three
+// nodes: every message whose Publish returned nil is consumed; duplicates
+// and the time to recover are reported.
+func TestRabbitMQClusterLeaderKilledLosesNothing(t *testing.T) {
+	urls, ctl := integration.AMQPCluster(t)
+	var hosts []string
+	var first *url.URL
+	for _, s := range urls {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first == nil {
+			first = u
+		}
+		hosts = append(hosts, u.Host)
+	}
+	all := *first
+	all.Host = strings.Join(hosts, ",")
+	u := all.String() + "?reconnect_min=50ms&reconnect_max=1s&heartbeat=2s&publish_timeout=60s&connection_timeout=5s"
+	c, err := pubsub.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	topic := fmt.Sprintf("omnibus-faults-leader-%d", time.Now().UnixNano())
+	queue := rabbitmq.QueueName(topic, "g")
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	run := func(args ...string) string {
+		t.Helper()
+		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer ccancel()
+		out, err := exec.CommandContext(cctx, ctl, args...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s %s: %v\n%s", ctl, strings.Join(args, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	leader := run("leader", queue)
+	t.Logf("queue %s: leader on node %s", queue, leader)
+	l := newLedger()
+	cctx, stopConsumer := context.WithCancel(ctx)
+	defer stopConsumer()
+	go consumeAll(cctx, sub, l)
+
+	const total = 20000
+	l.mark = total / 4
+	var maxCall atomic.Int64
+	pubDone := make(chan struct{})
+	go func() {
+		defer close(pubDone)
+		publishAll(ctx, c, topic, total, 50, 4, l, &maxCall)
+	}()
+	select {
+	case <-l.marked:
+	case <-pubDone:
+		t.Fatal("publishing ended before the kill")
+	}
+	l.mu.Lock()
+	l.faultAt = time.Now()
+	l.mu.Unlock()
+	run("kill", leader)
+	t.Cleanup(func() { run("start", leader) })
+	<-pubDone
+	l.publishDone()
+	select {
+	case <-l.allIn:
+	case <-ctx.Done():
+	}
+	newLeader := run("leader", queue)
+	lost := l.lost()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	rec := time.Duration(-1)
+	if !l.recoveredAt.IsZero() {
+		rec = l.recoveredAt.Sub(l.faultAt)
+	}
+	t.Logf("%d keyed messages, leader node %s SIGKILLed after %d confirmed, new leader node %s: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, %d reconnects; first Publish after the kill confirmed %v after it; longest consume gap %v; longest Publish %v",
+		total, leader, total/4, newLeader, len(l.published), l.failed, len(l.consumed), lost, l.dups,
+		c.Driver().(*rabbitmq.Broker).Reconnects(), rec.Round(time.Millisecond), l.maxGap.Round(time.Millisecond),
+		time.Duration(maxCall.Load()).Round(time.Millisecond))
+	if lost > 0 {
+		t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
+	}
+	if newLeader == leader {
+		t.Errorf("the leader is still on node %s", leader)
 	}
 }
