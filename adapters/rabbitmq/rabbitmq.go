@@ -3,6 +3,7 @@
 //
 //	amqp://user:pass@host:5672/vhost?queue_type=quorum&groups=billing,audit
 //	amqps://user:pass@host:5671/vhost              (TLS, system roots)
+//	amqp://user:pass@h1:5672,h2:5672,h3:5672/vhost (a cluster: failover on reconnect)
 //
 // # Topology
 //
@@ -14,9 +15,21 @@
 // Close (and by the broker 10 minutes after its last consumer went away).
 // Topics starting with "amq." are reserved by RabbitMQ and rejected.
 //
+// With partitions=N a group is instead a durable consistent-hash exchange
+// "<topic>.<group>.by-key" (bound to the topic's exchange) routing on the
+// routing key over N durable queues "<topic>.<group>.p<i>", each with a
+// single active consumer. Every member consumes all N; the broker lets one
+// member at a time take each queue, so a key's messages reach one member at
+// a time in publish order: only then does the broker report OrderingPerKey.
+// On one shared group queue the broker spreads a key's messages over the
+// members and their order breaks.
+//
 // A message is published persistent (delivery mode 2) with ID as the
 // message-id property, Key as the routing key and the omnibus-key header,
-// Metadata as headers, and the publish time as the timestamp property.
+// Metadata as headers, and the publish time as the timestamp property. A
+// message AMQP cannot carry (ID, Key or a metadata key over 255 bytes,
+// properties over one frame, metadata named like a header the broker sets)
+// is rejected before anything is sent (see CheckMessage).
 //
 // # Messages nobody is subscribed to
 //
@@ -59,7 +72,9 @@
 // first one: a run of acked deliveries with no unacked delivery below it
 // goes out as one basic.ack with multiple=true, an ack above a gap as one
 // basic.ack of its own, so no ack waits behind a slow delivery. Closing a
-// subscription sends the pending acks before it gives the rest back; acks
+// subscription sends the pending acks and waits, bounded, until the broker
+// has taken them (basic.cancel and basic.qos round trips) before it closes
+// the channel and gives the rest back; acks
 // pending when a channel is lost are void (the broker redelivers those
 // messages). Nacks go out at once, before any multiple ack that could cover
 // them. Nack(0) requeues (quorum queues on RabbitMQ 3.x, which count
@@ -71,14 +86,16 @@
 // to the work queue), then acks the original; d is rounded up to two
 // significant digits so that a few delay queues serve many delays. A
 // republish that fails falls back to a requeue. Attempt is omnibus-attempt
-// (1 when absent) plus x-delivery-count (quorum), or plus one when the broker
-// flags a redelivery that it does not count (classic).
+// (1 when absent; only the adapter writes it) plus the broker's
+// x-delivery-count on a quorum queue's redelivery, or plus one for any
+// other delivery the broker flags as redelivered; an x-delivery-count on a
+// first delivery came from a publisher and counts for nothing.
 //
 // # Failures
 //
 // Publishing and consuming use two connections. When one drops, it is
 // redialed with exponential backoff and full jitter (reconnect_min to
-// reconnect_max), each loss and each reconnect is logged with slog, topology
+// reconnect_max), trying the URL's hosts in turn, each loss and each reconnect is logged with slog, topology
 // is declared again and subscriptions resume consuming by themselves. Acks
 // for deliveries of a lost channel fail (the broker redelivers those
 // messages).
@@ -87,6 +104,7 @@
 //
 //	queue_type=quorum|classic  type of the group queues (default quorum)
 //	groups=a,b                 groups whose queues are declared up front (default none)
+//	partitions=N               per-key order with competing members: N partition queues per group, 1..256 (default 0: one shared queue)
 //	unroutable=error|drop      what a message that reaches no queue does (default error)
 //	publish_channels=N         channels in the publisher pool, 1..256 (default 8)
 //	confirm_window=N           unconfirmed messages per channel, 1..65535 (default 512)
@@ -95,7 +113,7 @@
 //	reconnect_min=D            first reconnect backoff (default 100ms)
 //	reconnect_max=D            largest reconnect backoff (default 10s)
 //	heartbeat=D                AMQP heartbeat (default 10s)
-//	connection_timeout=D       dial and handshake timeout (default 30s)
+//	connection_timeout=D       dial and handshake timeout per host (default 30s)
 //	max_message_size=N         largest payload in bytes (default 128 MiB on RabbitMQ 3.x, 16 MiB on 4+)
 //	connection_name=S          client-provided connection name shown by the broker (default "omnibus")
 //	tls_ca=FILE                PEM CA bundle to trust for amqps (default: system roots)
