@@ -477,9 +477,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		}
 	}
 	b.caps = driver.Capabilities{
-		// Only partition queues with a single active consumer keep a
-		// key's order when a group has several members.
-		OrderingPerKey: opts.Partitions > 0,
+		OrderingPerKey: b.orderingPerKey(),
 		Persistence:    true,
 		NackDelay:      true,
 		Replay:         false,
@@ -491,6 +489,12 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	b.pool = newPubPool(b)
 	return b, nil
 }
+
+// orderingPerKey reports whether a key's messages reach a group in publish
+// order with competing members: only with partition queues that have a
+// single active consumer each (one shared queue spreads a key's messages
+// over the members).
+func (b *Broker) orderingPerKey() bool { return b.opts.Partitions > 0 }
 
 func serverMajor(c *amqp.Connection) int {
 	v, _ := c.Properties["version"].(string)

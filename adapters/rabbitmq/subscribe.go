@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -44,8 +45,9 @@ type subscription struct {
 // ever covering an unsettled tag.
 type consumer struct {
 	ch         acker
-	tags       []string // consumer tags, one per queue consumed
-	queues     []string // queues[i] is consumed with tags[i]
+	log        *slog.Logger // nil in unit tests
+	tags       []string     // consumer tags, one per queue consumed
+	queues     []string     // queues[i] is consumed with tags[i]
 	deliveries <-chan amqp.Delivery
 	every      int // send pending acks once this many are recorded
 
@@ -110,12 +112,17 @@ func (c *consumer) run() {
 		case <-c.quit:
 			quit = true
 		}
-		// A failed send means the channel is gone: the broker redelivers
-		// those messages, and the next consumer starts afresh. The flush
-		// after quit is the last one: it runs after stop was called, so it
-		// sees every ack recorded before (an ack recorded while an earlier
-		// flush was sending is not lost).
-		_ = c.flush()
+		// A failed send means the channel is gone: its delivery tags are
+		// void (an ack of them on another channel is a protocol error), so
+		// it cannot be retried; the broker redelivers those messages, and
+		// the next consumer starts afresh. The flush after quit is the last
+		// one: it runs after stop was called, so it sees every ack recorded
+		// before (an ack recorded while an earlier flush was sending is not
+		// lost).
+		if err := c.flush(); err != nil && c.log != nil {
+			c.log.Warn("omnibus rabbitmq: acks not sent, the channel is gone; the broker redelivers those messages",
+				"queues", c.queues, "error", err)
+		}
 		if quit {
 			return
 		}
@@ -255,7 +262,7 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	}
 	s.cur = newConsumer(ch, nil, s.qos)
 	s.cur.deliveries = merge(dls, s.cur.quit)
-	s.cur.tags, s.cur.queues = tags, queues
+	s.cur.tags, s.cur.queues, s.cur.log = tags, queues, s.b.opts.Logger
 	go s.cur.run()
 	return s.cur, nil
 }
