@@ -122,6 +122,38 @@ func consumeAll(ctx context.Context, sub *pubsub.Subscription, l *ledger) {
 	}
 }
 
+// started is a client with a consumer of group "g" on a fresh topic that
+// records every delivery in l.
+type started struct {
+	c     *pubsub.Client
+	ctx   context.Context
+	topic string
+	l     *ledger
+}
+
+// start opens u, subscribes group "g" to a fresh topic named after prefix
+// and consumes into a new ledger until the test (bounded by d) ends.
+func start(t *testing.T, u, prefix string, d time.Duration) *started {
+	t.Helper()
+	c, err := pubsub.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	s := &started{c: c, ctx: ctx, topic: fmt.Sprintf("omnibus-faults-%s-%d", prefix, time.Now().UnixNano()), l: newLedger()}
+	sub, err := c.Subscribe(ctx, s.topic, pubsub.Group("g"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, stop := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); consumeAll(cctx, sub, s.l) }()
+	t.Cleanup(func() { stop(); <-done; _ = sub.Close() }) // runs before the client's Close
+	return s
+}
+
 // publishAll publishes n messages in calls of batch from workers goroutines
 // and records each call's outcome; maxCall is the longest call seen.
 func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, workers int, l *ledger, maxCall *atomic.Int64) {
@@ -176,26 +208,11 @@ func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, w
 // nil must be consumed.
 func TestRabbitMQConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 	p, u := viaProxy(t, integration.AMQP(t), "reconnect_min=50ms&reconnect_max=1s")
-	c, err := pubsub.Open(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	topic := fmt.Sprintf("omnibus-faults-cut-%d", time.Now().UnixNano())
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	l := newLedger()
-	cctx, stopConsumer := context.WithCancel(ctx)
-	defer stopConsumer()
-	go consumeAll(cctx, sub, l)
+	r := start(t, u, "cut", 5*time.Minute)
+	c, ctx, topic, l := r.c, r.ctx, r.topic, r.l
 
 	const total = 50000
-	start := time.Now()
+	began := time.Now()
 	cuts := 0
 	stopCuts := make(chan struct{})
 	cutsDone := make(chan struct{})
@@ -222,7 +239,7 @@ func TestRabbitMQConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 	}
 	close(stopCuts)
 	<-cutsDone
-	took := time.Since(start)
+	took := time.Since(began)
 	lost := l.lost()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -243,23 +260,8 @@ func TestRabbitMQConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
 	const publishTimeout = 4 * time.Second
 	p, u := viaProxy(t, integration.AMQP(t), fmt.Sprintf("publish_timeout=%v&heartbeat=1s&reconnect_min=50ms&reconnect_max=1s&connection_timeout=2s", publishTimeout))
-	c, err := pubsub.Open(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	topic := fmt.Sprintf("omnibus-faults-blackhole-%d", time.Now().UnixNano())
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	l := newLedger()
-	cctx, stopConsumer := context.WithCancel(ctx)
-	defer stopConsumer()
-	go consumeAll(cctx, sub, l)
+	r := start(t, u, "blackhole", 3*time.Minute)
+	c, ctx, topic, l := r.c, r.ctx, r.topic, r.l
 
 	const total = 20000
 	l.mark = total / 4
@@ -275,7 +277,7 @@ func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) 
 	case <-pubDone:
 		t.Fatal("publishing ended before the black hole")
 	}
-	start := time.Now()
+	began := time.Now()
 	heal := p.BlackHole()
 	time.Sleep(2 * time.Second) // the fault's duration
 	heal()
@@ -285,7 +287,7 @@ func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) 
 	case <-l.allIn:
 	case <-ctx.Done():
 	}
-	recovered := time.Since(start)
+	recovered := time.Since(began)
 	lost := l.lost()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -322,20 +324,9 @@ func TestRabbitMQClusterLeaderKilledLosesNothing(t *testing.T) {
 	all := *first
 	all.Host = strings.Join(hosts, ",")
 	u := all.String() + "?reconnect_min=50ms&reconnect_max=1s&heartbeat=2s&publish_timeout=60s&connection_timeout=5s"
-	c, err := pubsub.Open(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	topic := fmt.Sprintf("omnibus-faults-leader-%d", time.Now().UnixNano())
+	r := start(t, u, "leader", 4*time.Minute)
+	c, ctx, topic, l := r.c, r.ctx, r.topic, r.l
 	queue := rabbitmq.QueueName(topic, "g")
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
-	defer cancel()
-	sub, err := c.Subscribe(ctx, topic, pubsub.Group("g"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
 	run := func(args ...string) string {
 		t.Helper()
 		cctx, ccancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -348,10 +339,6 @@ func TestRabbitMQClusterLeaderKilledLosesNothing(t *testing.T) {
 	}
 	leader := run("leader", queue)
 	t.Logf("queue %s: leader on node %s", queue, leader)
-	l := newLedger()
-	cctx, stopConsumer := context.WithCancel(ctx)
-	defer stopConsumer()
-	go consumeAll(cctx, sub, l)
 
 	const total = 20000
 	l.mark = total / 4
@@ -391,6 +378,11 @@ func TestRabbitMQClusterLeaderKilledLosesNothing(t *testing.T) {
 		time.Duration(maxCall.Load()).Round(time.Millisecond))
 	if lost > 0 {
 		t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
+	}
+	// A channel that sent to the dead leader waited about a minute for its
+	// confirms (run out by publish_timeout) before confirm_timeout.
+	if rec < 0 || rec > 20*time.Second {
+		t.Errorf("the first Publish after the kill was confirmed %v after it, want within 20 s", rec)
 	}
 	if newLeader == leader {
 		t.Errorf("the leader is still on node %s", leader)
