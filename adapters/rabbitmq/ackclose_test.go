@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/omnibusmq/omnibus/adapters/rabbitmq"
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
@@ -19,9 +18,14 @@ import (
 func TestAcksBeforeACleanCloseAreNeverRedelivered(t *testing.T) {
 	url := integration.AMQP(t)
 	const rounds, perRound = 50, 100
-	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
-		t.Run(qt, func(t *testing.T) {
-			c := openClient(t, withParams(url, "queue_type="+qt))
+	// Not partitions=N on quorum queues: there the consumer cannot be
+	// cancelled before the channel closes (see consumer.cancelTags), and a
+	// clean Close redelivered 322-345 of these 5000 acked messages
+	// (documented in docs/adapters.md).
+	for _, cfg := range []string{"queue_type=quorum", "queue_type=classic", "queue_type=classic&partitions=1"} {
+		t.Run(cfg, func(t *testing.T) {
+			qt := cfg
+			c := openClient(t, withParams(url, cfg))
 			topic := topicName(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()

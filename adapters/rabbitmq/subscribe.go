@@ -46,6 +46,7 @@ type subscription struct {
 type consumer struct {
 	ch         acker
 	log        *slog.Logger // nil in unit tests
+	sac        bool         // the queues have a single active consumer (partitions)
 	tags       []string     // consumer tags, one per queue consumed
 	queues     []string     // queues[i] is consumed with tags[i]
 	deliveries <-chan amqp.Delivery
@@ -148,6 +149,17 @@ type acker interface {
 	// (see consumer.sync).
 	Cancel(consumer string, noWait bool) error
 	Qos(prefetchCount, prefetchSize int, global bool) error
+}
+
+// cancelTags returns the consumers to cancel before the channel closes:
+// none on single-active-consumer queues, where a cancel hands the queue to
+// the next member while this one's unacked messages are still out (they
+// would come back after messages the next member already received).
+func (c *consumer) cancelTags() []string {
+	if c.sac {
+		return nil
+	}
+	return c.tags
 }
 
 // queueOf returns the queue a delivery with consumer tag came from.
@@ -263,6 +275,7 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	s.cur = newConsumer(ch, nil, s.qos)
 	s.cur.deliveries = merge(dls, s.cur.quit)
 	s.cur.tags, s.cur.queues, s.cur.log = tags, queues, s.b.opts.Logger
+	s.cur.sac = !s.anon && s.b.opts.Partitions > 0
 	go s.cur.run()
 	return s.cur, nil
 }
@@ -323,6 +336,15 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 			return nil, err
 		}
 		return nil, retryable{fmt.Errorf("rabbitmq: resume consuming %q: %w", s.queue, err)}
+	}
+	if c.sac {
+		// One at a time: a delivery the portable layer buffered and gives
+		// back on Close would be requeued while this member is still the
+		// active consumer, come back to it behind later messages of its
+		// key, and reach the next member in that order. Left with the
+		// broker instead, every unacked delivery returns in queue order
+		// when the channel closes.
+		max = 1
 	}
 	var out []*driver.Message
 	select {
@@ -773,14 +795,16 @@ const closeSyncTimeout = 5 * time.Second
 // back while many were in flight). Closing the channel right after the acks
 // instead let a quorum queue on RabbitMQ 3.10 return the tail of them as
 // unacked (tens of 100 out-of-order acks were redelivered); a basic.qos
-// round trip alone did not prevent it.
+// round trip alone did not prevent it. Single-active-consumer queues
+// (partitions) are not cancelled (see cancelTags): on quorum ones a clean
+// Close can still redeliver acked messages (duplicates, never loss).
 func (c *consumer) sync(qos int, timeout time.Duration) error {
 	if c.ch.IsClosed() {
 		return errChannelGone(0)
 	}
 	done := make(chan error, 1)
 	go func() {
-		for _, tag := range c.tags {
+		for _, tag := range c.cancelTags() {
 			if err := c.ch.Cancel(tag, false); err != nil {
 				done <- err
 				return
