@@ -122,6 +122,7 @@ func TestCompetingConsumersKeepPerKeyOrderWhereOrderingIsReported(t *testing.T) 
 				wg.Add(2)
 				go func() { defer wg.Done(); consume(ctxA, subA, l, &nA) }()
 				go func() { defer wg.Done(); consume(ctx, subB, l, &nB) }()
+				began := time.Now()
 				msgs := make([]*pubsub.Message, 0, 500)
 				for i := 0; i < total; i++ {
 					k := i % keys
@@ -151,12 +152,13 @@ func TestCompetingConsumersKeepPerKeyOrderWhereOrderingIsReported(t *testing.T) 
 				case <-ctx.Done():
 					t.Fatalf("only %d of %d messages delivered", l.distinct(), total)
 				}
+				took := time.Since(began)
 				cancel()
 				wg.Wait()
 				l.mu.Lock()
 				defer l.mu.Unlock()
-				t.Logf("%s %s: OrderingPerKey=%v, %d messages over %d keys: member A %d, member B %d deliveries, %d duplicates, %d per-key order violations",
-					tc.name, qt, a.Capabilities().OrderingPerKey, total, keys, nA, nB, l.dups, l.violations)
+				t.Logf("%s %s: OrderingPerKey=%v, %d messages over %d keys in %v: member A %d, member B %d deliveries, %d duplicates, %d per-key order violations",
+					tc.name, qt, a.Capabilities().OrderingPerKey, total, keys, took.Round(time.Millisecond), nA, nB, l.dups, l.violations)
 				if a.Capabilities().OrderingPerKey != tc.wantOrdering {
 					t.Errorf("OrderingPerKey = %v, want %v", a.Capabilities().OrderingPerKey, tc.wantOrdering)
 				}
