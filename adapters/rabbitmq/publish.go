@@ -211,7 +211,7 @@ func (p *pubPool) send(ctx context.Context, bt *batch, deadline time.Time, prepa
 			lastErr = err
 			continue
 		}
-		failed, perm, err := pc.publish(ctx, bt, pending, p.b.opts.ConfirmWindow, p.b.opts.ConfirmTimeout)
+		failed, perm, err := pc.publish(ctx, bt, pending, p.b.opts.ConfirmWindow)
 		p.slots <- pc
 		if perm != nil {
 			return perm
@@ -253,7 +253,7 @@ func (pc *pubChan) publishing(bt *batch, i int) amqp.Publishing {
 // pc, with at most window unconfirmed, and waits for every confirm. It
 // returns the indexes not confirmed (to publish again) with the reason, or a
 // permanent error (a returned message).
-func (pc *pubChan) publish(ctx context.Context, bt *batch, idx []int, window int, confirmTimeout time.Duration) (failed []int, perm, err error) {
+func (pc *pubChan) publish(ctx context.Context, bt *batch, idx []int, window int) (failed []int, perm, err error) {
 	n := bt.len()
 	if idx != nil {
 		n = len(idx)
@@ -288,36 +288,12 @@ func (pc *pubChan) publish(ctx context.Context, bt *batch, idx []int, window int
 		}
 	}
 	// wait blocks until dc is resolved. If ctx ends first (the publish
-	// timeout), or the broker confirms nothing for confirmTimeout, it
-	// closes the channel, which resolves every pending confirmation as not
-	// acked: the messages are published again on a new channel. (A channel
-	// that sent to a quorum queue's leader just before it died can wait
-	// about a minute for confirms that a new channel gets at once.)
-	var stall *time.Timer
-	stalled := false
-	defer func() {
-		if stall != nil {
-			stall.Stop()
-		}
-	}()
+	// timeout), it closes the channel, which resolves every pending
+	// confirmation as not acked.
 	wait := func(dc *amqp.DeferredConfirmation) {
 		select {
 		case <-dc.Done():
-			return
-		default:
-		}
-		if stall == nil {
-			stall = time.NewTimer(confirmTimeout)
-		} else {
-			stall.Reset(confirmTimeout)
-		}
-		select {
-		case <-dc.Done():
 		case <-ctx.Done():
-			_ = pc.ch.Close()
-			<-dc.Done()
-		case <-stall.C:
-			stalled = true
 			_ = pc.ch.Close()
 			<-dc.Done()
 		}
@@ -387,8 +363,6 @@ func (pc *pubChan) publish(ctx context.Context, bt *batch, idx []int, window int
 	switch {
 	case len(failed) == 0:
 		return nil, nil, nil
-	case stalled:
-		return failed, nil, fmt.Errorf("no confirm from the broker within confirm_timeout=%v", confirmTimeout)
 	case pc.ch.IsClosed():
 		cause := error(amqp.ErrClosed)
 		select {

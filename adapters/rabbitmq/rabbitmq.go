@@ -109,7 +109,6 @@
 //	publish_channels=N         channels in the publisher pool, 1..256 (default 8)
 //	confirm_window=N           unconfirmed messages per channel, 1..65535 (default 512)
 //	publish_timeout=D          how long Publish retries across reconnects (default 30s)
-//	confirm_timeout=D          a channel with no confirm for D is replaced and its messages re-sent (default 10s)
 //	prefetch=N                 basic.qos per subscription, 1..65535 (default: the subscription's Prefetch)
 //	reconnect_min=D            first reconnect backoff (default 100ms)
 //	reconnect_max=D            largest reconnect backoff (default 10s)
@@ -197,11 +196,6 @@ type Options struct {
 	// PublishTimeout bounds how long a Publish keeps re-sending unconfirmed
 	// messages across reconnects before it fails (default 30s).
 	PublishTimeout time.Duration
-	// ConfirmTimeout is how long a publish channel may go without any
-	// confirm for a message it waits on before the adapter closes it and
-	// publishes the unconfirmed messages again on a new channel (default
-	// 10s).
-	ConfirmTimeout time.Duration
 	// Prefetch is the basic.qos prefetch count of every subscription
 	// (1..65535). Zero uses each subscription's pubsub.Prefetch.
 	Prefetch int
@@ -265,7 +259,6 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	for _, r := range []drng{
 		{"PublishTimeout", &o.PublishTimeout, 30 * time.Second},
-		{"ConfirmTimeout", &o.ConfirmTimeout, 10 * time.Second},
 		{"ReconnectMin", &o.ReconnectMin, 100 * time.Millisecond},
 		{"ReconnectMax", &o.ReconnectMax, 10 * time.Second},
 		{"Heartbeat", &o.Heartbeat, 10 * time.Second},
@@ -325,7 +318,6 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	opts.PublishChannels = p.Int("publish_channels", 0, 1, 256)
 	opts.ConfirmWindow = p.Int("confirm_window", 0, 1, 65535)
 	opts.PublishTimeout = p.Duration("publish_timeout", 0)
-	opts.ConfirmTimeout = p.Duration("confirm_timeout", 0)
 	opts.Prefetch = p.Int("prefetch", 0, 1, 65535)
 	opts.ReconnectMin = p.Duration("reconnect_min", 0)
 	opts.ReconnectMax = p.Duration("reconnect_max", 0)

@@ -17,7 +17,7 @@ import (
 )
 
 func TestParseURLSetsOptionsFromParams(t *testing.T) {
-	addr, o, err := ParseURL("amqp://u:secret@127.0.0.1:5672/vh?queue_type=classic&groups=a,%20b&unroutable=drop&publish_channels=3&confirm_window=64&publish_timeout=5s&prefetch=100&reconnect_min=50ms&reconnect_max=2s&heartbeat=3s&connection_timeout=4s&max_message_size=1000&connection_name=svc&partitions=4&confirm_timeout=3s")
+	addr, o, err := ParseURL("amqp://u:secret@127.0.0.1:5672/vh?queue_type=classic&groups=a,%20b&unroutable=drop&publish_channels=3&confirm_window=64&publish_timeout=5s&prefetch=100&reconnect_min=50ms&reconnect_max=2s&heartbeat=3s&connection_timeout=4s&max_message_size=1000&connection_name=svc&partitions=4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func TestParseURLSetsOptionsFromParams(t *testing.T) {
 	}
 	want := Options{
 		QueueType: QueueClassic, Groups: []string{"a", "b"}, DropUnroutable: true,
-		PublishChannels: 3, ConfirmWindow: 64, PublishTimeout: 5 * time.Second, ConfirmTimeout: 3 * time.Second, Prefetch: 100,
+		PublishChannels: 3, ConfirmWindow: 64, PublishTimeout: 5 * time.Second, Prefetch: 100,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 2 * time.Second, Heartbeat: 3 * time.Second,
 		ConnectionTimeout: 4 * time.Second, MaxMessageSize: 1000, ConnectionName: "svc", Partitions: 4,
 	}
