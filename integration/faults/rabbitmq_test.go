@@ -158,6 +158,28 @@ func start(t *testing.T, u, prefix string, d time.Duration) *started {
 	return s
 }
 
+// publishPastAQuarter publishes total keyed messages in the background
+// (calls of 50 from 4 goroutines) and returns once a quarter of them are
+// confirmed; done closes when publishing ends and maxCall holds the longest
+// Publish call. It fails the test if publishing ends before the fault.
+func (r *started) publishPastAQuarter(t *testing.T, total int, fault string) (done chan struct{}, maxCall *atomic.Int64) {
+	t.Helper()
+	r.l.mu.Lock()
+	r.l.mark = total / 4
+	r.l.mu.Unlock()
+	done, maxCall = make(chan struct{}), new(atomic.Int64)
+	go func() {
+		defer close(done)
+		publishAll(r.ctx, r.c, r.topic, total, 50, 4, r.l, maxCall)
+	}()
+	select {
+	case <-r.l.marked:
+	case <-done:
+		t.Fatalf("publishing ended before %s", fault)
+	}
+	return done, maxCall
+}
+
 // publishAll publishes n messages in calls of batch from workers goroutines
 // and records each call's outcome; maxCall is the longest call seen.
 func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, workers int, l *ledger, maxCall *atomic.Int64) {
@@ -265,22 +287,11 @@ func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) 
 	const publishTimeout = 4 * time.Second
 	p, u := viaProxy(t, integration.AMQP(t), fmt.Sprintf("publish_timeout=%v&heartbeat=1s&reconnect_min=50ms&reconnect_max=1s&connection_timeout=2s", publishTimeout))
 	r := start(t, u, "blackhole", 3*time.Minute)
-	c, ctx, topic, l := r.c, r.ctx, r.topic, r.l
+	c, ctx, l := r.c, r.ctx, r.l
 
 	const total = 20000
-	l.mark = total / 4
-	var maxCall atomic.Int64
-	pubDone := make(chan struct{})
-	go func() {
-		defer close(pubDone)
-		publishAll(ctx, c, topic, total, 50, 4, l, &maxCall)
-	}()
 	// Black-hole once a quarter is confirmed, for 2 s.
-	select {
-	case <-l.marked:
-	case <-pubDone:
-		t.Fatal("publishing ended before the black hole")
-	}
+	pubDone, maxCall := r.publishPastAQuarter(t, total, "the black hole")
 	began := time.Now()
 	heal := p.BlackHole()
 	time.Sleep(2 * time.Second) // the fault's duration
@@ -345,18 +356,7 @@ func TestRabbitMQClusterLeaderKilledLosesNothing(t *testing.T) {
 	t.Logf("queue %s: leader on node %s", queue, leader)
 
 	const total = 20000
-	l.mark = total / 4
-	var maxCall atomic.Int64
-	pubDone := make(chan struct{})
-	go func() {
-		defer close(pubDone)
-		publishAll(ctx, c, topic, total, 50, 4, l, &maxCall)
-	}()
-	select {
-	case <-l.marked:
-	case <-pubDone:
-		t.Fatal("publishing ended before the kill")
-	}
+	pubDone, maxCall := r.publishPastAQuarter(t, total, "the kill")
 	l.mu.Lock()
 	l.faultAt = time.Now()
 	l.mu.Unlock()
