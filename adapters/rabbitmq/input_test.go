@@ -45,23 +45,27 @@ func silentListener(t *testing.T) string {
 }
 
 func TestOpenAgainstASilentServerTimesOutWithAClearTransientError(t *testing.T) {
-	addr := silentListener(t)
-	start := time.Now()
-	_, err := pubsub.Open(context.Background(), "amqp://guest:guest@"+addr+"/?connection_timeout=500ms")
-	took := time.Since(start)
-	if err == nil {
-		t.Fatal("Open succeeded against a server that never answers")
-	}
-	t.Logf("after %v: %v", took.Round(time.Millisecond), err)
-	if took > 3*time.Second {
-		t.Errorf("Open took %v, want about the 500ms connection_timeout", took)
-	}
-	msg := err.Error()
-	if !strings.Contains(msg, "no answer") || !strings.Contains(msg, "connection_timeout") {
-		t.Errorf("error %q does not say the server did not answer within connection_timeout", msg)
-	}
-	if strings.Contains(msg, "not AMQP") || errors.Is(err, pubsub.ErrPermanent) {
-		t.Errorf("error %q calls a silent server a protocol mismatch (permanent)", msg)
+	for _, scheme := range []string{"amqp", "amqps"} {
+		t.Run(scheme, func(t *testing.T) {
+			addr := silentListener(t)
+			start := time.Now()
+			_, err := pubsub.Open(context.Background(), scheme+"://guest:guest@"+addr+"/?connection_timeout=500ms")
+			took := time.Since(start)
+			if err == nil {
+				t.Fatal("Open succeeded against a server that never answers")
+			}
+			t.Logf("after %v: %v", took.Round(time.Millisecond), err)
+			if took > 3*time.Second {
+				t.Errorf("Open took %v, want about the 500ms connection_timeout", took)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, "no answer") || !strings.Contains(msg, "connection_timeout") {
+				t.Errorf("error %q does not say the server did not answer within connection_timeout", msg)
+			}
+			if strings.Contains(msg, "not AMQP") || strings.Contains(msg, "did not answer TLS") || errors.Is(err, pubsub.ErrPermanent) {
+				t.Errorf("error %q calls a silent server a protocol mismatch (permanent)", msg)
+			}
+		})
 	}
 }
 
