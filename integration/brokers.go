@@ -40,6 +40,11 @@ const (
 	EnvAMQPSCA   = "OMNIBUS_AMQPS_CA"   // PEM CA that signed the server and client certificates
 	EnvAMQPSCert = "OMNIBUS_AMQPS_CERT" // PEM client certificate
 	EnvAMQPSKey  = "OMNIBUS_AMQPS_KEY"  // PEM client key
+
+	// The three-node RabbitMQ cluster of `scripts/brokers up
+	// rabbitmq-cluster` (quorum queues with a member on each node).
+	EnvAMQPClusterURLs = "OMNIBUS_AMQP_CLUSTER_URLS" // amqp:// URL of each node, comma-separated
+	EnvAMQPClusterCtl  = "OMNIBUS_AMQP_CLUSTER_CTL"  // ctl: kill N, start N, leader QUEUE, ctl N ARGS
 )
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.
@@ -85,6 +90,16 @@ func AMQPS(t testing.TB) (url, caFile, certFile, keyFile string) {
 	t.Helper()
 	v := fromEnv(t, "rabbitmq TLS listener", "rabbitmq", EnvAMQPS, EnvAMQPSCA, EnvAMQPSCert, EnvAMQPSKey)
 	return v[0], v[1], v[2], v[3]
+}
+
+// AMQPCluster returns the amqp:// URL of each node of the test RabbitMQ
+// cluster and the path of its ctl program (kill N, start N, leader QUEUE).
+// Only `scripts/brokers up rabbitmq-cluster` (or the variables set by hand)
+// provides one: there is no container fallback.
+func AMQPCluster(t testing.TB) (urls []string, ctl string) {
+	t.Helper()
+	v := fromEnv(t, "rabbitmq cluster", "rabbitmq-cluster", EnvAMQPClusterURLs, EnvAMQPClusterCtl)
+	return strings.Split(v[0], ","), v[1]
 }
 
 // fromEnv returns the values of envs, all of which must be set; otherwise

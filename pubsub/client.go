@@ -23,6 +23,7 @@ type Client struct {
 	maxBatch, maxConc int
 	groupSends        bool
 	inlineAcks        bool
+	checkMessage      func(*driver.Message) error
 	observers         []Observer
 
 	mu       sync.Mutex
@@ -66,6 +67,7 @@ func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
 	}
 	c.groupSends = tr.GroupSends
 	c.inlineAcks = tr.InlineAcks
+	c.checkMessage = tr.CheckMessage
 	for _, o := range opts {
 		o(c)
 	}
@@ -100,6 +102,7 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 		return nil
 	}
 	var now int64 // Unix ms for new IDs, read once per call
+	check := c.checkMessage
 	for i, m := range msgs {
 		if m == nil {
 			return fmt.Errorf("pubsub: publish to %q: message %d of %d is nil: %w", topic, i, len(msgs), ErrInvalid)
@@ -113,6 +116,11 @@ func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) er
 				now = time.Now().UnixMilli()
 			}
 			m.ID = newIDAt(now)
+		}
+		if check != nil {
+			if err := check(&driver.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: m.Metadata}); err != nil {
+				return fmt.Errorf("pubsub: publish to %q: message %d: %w", topic, i, err)
+			}
 		}
 	}
 	var dones []func(error)

@@ -53,9 +53,12 @@ func openClient(t *testing.T, url string) *pubsub.Client {
 
 func TestConformance(t *testing.T) {
 	base := integration.AMQP(t)
-	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic} {
+	// partitions=2 runs the suite on partitioned groups (per-key order
+	// claimed, single active consumers).
+	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic, "quorum&partitions=2"} {
 		t.Run(qt, func(t *testing.T) {
 			url := withParams(base, "queue_type="+qt)
+			qt := strings.NewReplacer("&", "-", "=", "").Replace(qt)
 			pubsubtest.Run(t, pubsubtest.Harness{
 				Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
 					return pubsub.Open(ctx, url)

@@ -232,6 +232,9 @@ func (pc *pubChan) publishing(bt *batch, i int) amqp.Publishing {
 	clear(h)
 	kv := bt.metadata(i)
 	for j := 0; j+1 < len(kv); j += 2 {
+		if ownHeader(kv[j]) {
+			continue // the adapter's own (see CheckMessage)
+		}
 		h[kv[j]] = kv[j+1]
 	}
 	if m.Key != "" {
@@ -388,6 +391,11 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if err := validTopic(topic); err != nil {
 		return err
 	}
+	for _, m := range msgs {
+		if err := b.CheckMessage(m); err != nil {
+			return err
+		}
+	}
 	bt := newBatch(topic, !b.opts.DropUnroutable, msgs)
 	rounds := 0
 	prepare := func(ctx context.Context) error {
@@ -403,6 +411,67 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			return err
 		}
 		return fmt.Errorf("rabbitmq: publish to %q: %w", topic, err)
+	}
+	return nil
+}
+
+// maxShortStr is the longest AMQP short string: a header name, the
+// message-id property, a routing key.
+const maxShortStr = 255
+
+// ownHeader reports a header the adapter writes itself (the key, and the
+// attempt count of its own redeliveries): a caller's metadata under these
+// names is not sent, so that only the adapter's redelivery sets Attempt.
+func ownHeader(k string) bool { return k == headerKey || k == headerAttempt }
+
+// clip shortens s for an error message.
+func clip(s string) string {
+	if len(s) <= 40 {
+		return s
+	}
+	return s[:40] + "..."
+}
+
+// CheckMessage is the adapter's driver.Traits.CheckMessage: it rejects, before
+// anything is sent, a message whose header fields AMQP 0-9-1 or the broker
+// cannot carry (the broker would close the whole connection on it): an ID,
+// Key or metadata key over 255 bytes, metadata named like a header the
+// broker sets (x-delivery-count, x-death, x-first-death-*, x-last-death-*),
+// and properties (metadata, key, ID) that do not fit one frame of the
+// negotiated frame_max.
+func (b *Broker) CheckMessage(m *driver.Message) error {
+	if len(m.ID) > maxShortStr {
+		return fmt.Errorf("rabbitmq: message ID %q is %d bytes, over AMQP's limit of %d bytes for the message-id property: %w",
+			clip(m.ID), len(m.ID), maxShortStr, driver.ErrInvalid)
+	}
+	if len(m.Key) > maxShortStr {
+		return fmt.Errorf("rabbitmq: message %q: Key %q is %d bytes, over AMQP's limit of %d bytes for a routing key: %w",
+			clip(m.ID), clip(m.Key), len(m.Key), maxShortStr, driver.ErrInvalid)
+	}
+	// The content header frame: class, weight, body size, property flags,
+	// delivery mode, timestamp, message-id, the header table (4 bytes of
+	// length, then per string entry: name length, name, type, value
+	// length, value), within frame_max less the frame's 8 bytes.
+	size := 2 + 2 + 8 + 2 + 1 + 8 + 1 + len(m.ID) + 4
+	if m.Key != "" {
+		size += 1 + len(headerKey) + 1 + 4 + len(m.Key)
+	}
+	for k, v := range m.Metadata {
+		if len(k) > maxShortStr {
+			return fmt.Errorf("rabbitmq: message %q: metadata key %q is %d bytes, over AMQP's limit of %d bytes for a header name: %w",
+				clip(m.ID), clip(k), len(k), maxShortStr, driver.ErrInvalid)
+		}
+		if brokerHeader(k) {
+			return fmt.Errorf("rabbitmq: message %q: metadata key %q is reserved by RabbitMQ (it sets it on redelivery and dead-lettering): %w",
+				clip(m.ID), k, driver.ErrInvalid)
+		}
+		if !ownHeader(k) {
+			size += 1 + len(k) + 1 + 4 + len(v)
+		}
+	}
+	if b.frameMax > 0 && size > b.frameMax-8 {
+		return fmt.Errorf("rabbitmq: message %q: metadata, key and ID take %d bytes of the AMQP content header, over the %d bytes that fit one frame of the negotiated frame_max of %d bytes: %w",
+			clip(m.ID), size, b.frameMax-8, b.frameMax, driver.ErrInvalid)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@
 //
 //	amqp://user:pass@host:5672/vhost?queue_type=quorum&groups=billing,audit
 //	amqps://user:pass@host:5671/vhost              (TLS, system roots)
+//	amqp://user:pass@h1:5672,h2:5672,h3:5672/vhost (a cluster: failover on reconnect)
 //
 // # Topology
 //
@@ -14,9 +15,21 @@
 // Close (and by the broker 10 minutes after its last consumer went away).
 // Topics starting with "amq." are reserved by RabbitMQ and rejected.
 //
+// With partitions=N a group is instead a durable consistent-hash exchange
+// "<topic>.<group>.by-key" (bound to the topic's exchange) routing on the
+// routing key over N durable queues "<topic>.<group>.p<i>", each with a
+// single active consumer. Every member consumes all N; the broker lets one
+// member at a time take each queue, so a key's messages reach one member at
+// a time in publish order: only then does the broker report OrderingPerKey.
+// On one shared group queue the broker spreads a key's messages over the
+// members and their order breaks.
+//
 // A message is published persistent (delivery mode 2) with ID as the
 // message-id property, Key as the routing key and the omnibus-key header,
-// Metadata as headers, and the publish time as the timestamp property.
+// Metadata as headers, and the publish time as the timestamp property. A
+// message AMQP cannot carry (ID, Key or a metadata key over 255 bytes,
+// properties over one frame, metadata named like a header the broker sets)
+// is rejected before anything is sent (see CheckMessage).
 //
 // # Messages nobody is subscribed to
 //
@@ -59,7 +72,9 @@
 // first one: a run of acked deliveries with no unacked delivery below it
 // goes out as one basic.ack with multiple=true, an ack above a gap as one
 // basic.ack of its own, so no ack waits behind a slow delivery. Closing a
-// subscription sends the pending acks before it gives the rest back; acks
+// subscription sends the pending acks and waits, bounded, until the broker
+// has taken them (basic.cancel and basic.qos round trips) before it closes
+// the channel and gives the rest back; acks
 // pending when a channel is lost are void (the broker redelivers those
 // messages). Nacks go out at once, before any multiple ack that could cover
 // them. Nack(0) requeues (quorum queues on RabbitMQ 3.x, which count
@@ -71,14 +86,16 @@
 // to the work queue), then acks the original; d is rounded up to two
 // significant digits so that a few delay queues serve many delays. A
 // republish that fails falls back to a requeue. Attempt is omnibus-attempt
-// (1 when absent) plus x-delivery-count (quorum), or plus one when the broker
-// flags a redelivery that it does not count (classic).
+// (1 when absent; only the adapter writes it) plus the broker's
+// x-delivery-count on a quorum queue's redelivery, or plus one for any
+// other delivery the broker flags as redelivered; an x-delivery-count on a
+// first delivery came from a publisher and counts for nothing.
 //
 // # Failures
 //
 // Publishing and consuming use two connections. When one drops, it is
 // redialed with exponential backoff and full jitter (reconnect_min to
-// reconnect_max), each loss and each reconnect is logged with slog, topology
+// reconnect_max), trying the URL's hosts in turn, each loss and each reconnect is logged with slog, topology
 // is declared again and subscriptions resume consuming by themselves. Acks
 // for deliveries of a lost channel fail (the broker redelivers those
 // messages).
@@ -87,6 +104,7 @@
 //
 //	queue_type=quorum|classic  type of the group queues (default quorum)
 //	groups=a,b                 groups whose queues are declared up front (default none)
+//	partitions=N               per-key order with competing members: N partition queues per group, 1..256 (default 0: one shared queue)
 //	unroutable=error|drop      what a message that reaches no queue does (default error)
 //	publish_channels=N         channels in the publisher pool, 1..256 (default 8)
 //	confirm_window=N           unconfirmed messages per channel, 1..65535 (default 512)
@@ -95,7 +113,7 @@
 //	reconnect_min=D            first reconnect backoff (default 100ms)
 //	reconnect_max=D            largest reconnect backoff (default 10s)
 //	heartbeat=D                AMQP heartbeat (default 10s)
-//	connection_timeout=D       dial and handshake timeout (default 30s)
+//	connection_timeout=D       dial and handshake timeout per host (default 30s)
 //	max_message_size=N         largest payload in bytes (default 128 MiB on RabbitMQ 3.x, 16 MiB on 4+)
 //	connection_name=S          client-provided connection name shown by the broker (default "omnibus")
 //	tls_ca=FILE                PEM CA bundle to trust for amqps (default: system roots)
@@ -155,6 +173,15 @@ type Options struct {
 	// published to or subscribed on, so nothing published before their
 	// consumers start is lost. Default none.
 	Groups []string
+	// Partitions, when above zero, splits every group into that many
+	// partition queues behind a consistent-hash exchange that routes by Key,
+	// each queue with a single active consumer: every member consumes all of
+	// them and the broker lets one member at a time take each, so per-key
+	// order holds with competing members (OrderingPerKey). Zero (default):
+	// one queue per group shared by its members, which can deliver a key's
+	// messages out of order (OrderingPerKey false). Every member of a group
+	// (and a publisher that lists it in Groups) must use the same value.
+	Partitions int
 	// DropUnroutable publishes non-mandatory: the broker silently discards
 	// a message no queue is bound for. The default (false) publishes
 	// mandatory and fails Publish with an error naming such a message.
@@ -215,6 +242,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"PublishChannels", &o.PublishChannels, 8, 256},
 		{"ConfirmWindow", &o.ConfirmWindow, 512, 65535},
 		{"Prefetch", &o.Prefetch, 0, 65535},
+		{"Partitions", &o.Partitions, 0, maxPartitions},
 		{"MaxMessageSize", &o.MaxMessageSize, 0, 512 << 20},
 	} {
 		if *r.v < 0 || *r.v > r.max {
@@ -285,6 +313,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 			}
 		}
 	}
+	opts.Partitions = p.Int("partitions", 0, 0, maxPartitions)
 	opts.DropUnroutable = p.Enum("unroutable", "error", "error", "drop") == "drop"
 	opts.PublishChannels = p.Int("publish_channels", 0, 1, 256)
 	opts.ConfirmWindow = p.Int("confirm_window", 0, 1, 65535)
@@ -342,11 +371,14 @@ func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
 // driver.Broker. Use it through pubsub.Open or pubsub.NewClient.
 type Broker struct {
 	opts     Options
-	addr     string // redacted, for errors and logs
-	uri      amqp.URI
+	addr     string       // redacted, for errors and logs
+	uri      amqp.URI     // the first host's (credentials, vhost, scheme)
+	hosts    []amqp.URI   // every host of the URL, in order
+	hostNext atomic.Int32 // the host dial tries first: the last that connected
 	cfg      amqp.Config
 	caps     driver.Capabilities
 	major    int // server major version
+	frameMax int // negotiated frame_max: a message's properties must fit one frame (0: no limit)
 	requeue0 bool
 
 	pub  *connMgr
@@ -376,11 +408,22 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.RawQuery != "" {
 		return nil, fmt.Errorf("rabbitmq: Dial %s: the URL has query parameters; use Options (or pubsub.Open): %w", red, driver.ErrInvalid)
 	}
-	uri, err := amqp.ParseURI(amqpURL)
-	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), amqpURL, red), driver.ErrInvalid)
+	// Several hosts (host:port,host:port): one URI per host, tried in turn.
+	var hosts []amqp.URI
+	for _, h := range strings.Split(u.Host, ",") {
+		if h == "" {
+			return nil, fmt.Errorf("rabbitmq: bad URL %s: an empty host in the comma-separated host list: %w", red, driver.ErrInvalid)
+		}
+		one := *u
+		one.Host = h
+		uri, err := amqp.ParseURI(one.String())
+		if err != nil {
+			return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), one.String(), red), driver.ErrInvalid)
+		}
+		hosts = append(hosts, uri)
 	}
-	b := &Broker{opts: opts, addr: red, uri: uri}
+	uri := hosts[0]
+	b := &Broker{opts: opts, addr: red, uri: uri, hosts: hosts}
 	b.cfg = amqp.Config{
 		Vhost:     uri.Vhost,
 		Heartbeat: opts.Heartbeat,
@@ -409,9 +452,11 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		} else {
 			tc = tc.Clone()
 		}
-		if tc.ServerName == "" {
+		if tc.ServerName == "" && len(hosts) == 1 {
 			tc.ServerName = uri.Host
 		}
+		// With several hosts each connection verifies the host it dials
+		// (see dialHost).
 		b.cfg.TLSClientConfig = tc
 	}
 	b.topo = newTopology(b)
@@ -422,6 +467,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	b.major = serverMajor(conn)
+	b.frameMax = conn.Config.FrameSize
 	b.requeue0 = opts.QueueType == QueueQuorum && b.major > 0 && b.major < 4
 	maxSize := opts.MaxMessageSize
 	if maxSize == 0 {
@@ -431,7 +477,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		}
 	}
 	b.caps = driver.Capabilities{
-		OrderingPerKey: true,
+		OrderingPerKey: b.orderingPerKey(),
 		Persistence:    true,
 		NackDelay:      true,
 		Replay:         false,
@@ -444,6 +490,12 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	return b, nil
 }
 
+// orderingPerKey reports whether a key's messages reach a group in publish
+// order with competing members: only with partition queues that have a
+// single active consumer each (one shared queue spreads a key's messages
+// over the members).
+func (b *Broker) orderingPerKey() bool { return b.opts.Partitions > 0 }
+
 func serverMajor(c *amqp.Connection) int {
 	v, _ := c.Properties["version"].(string)
 	major, _, _ := strings.Cut(v, ".")
@@ -452,9 +504,39 @@ func serverMajor(c *amqp.Connection) int {
 }
 
 // dial makes one AMQP connection for role, bounded by ctx and the
-// connection timeout.
+// connection timeout per host. With several hosts it starts with the one
+// that last connected and tries each in turn until one accepts (failover).
 func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error) {
+	n := len(b.hosts)
+	start := int(b.hostNext.Load())
+	var errs []error
+	for i := 0; i < n; i++ {
+		h := (start + i) % n
+		c, err := b.dialHost(ctx, role, h)
+		if err == nil {
+			b.hostNext.Store(int32(h))
+			return c, nil
+		}
+		if n == 1 || ctx.Err() != nil {
+			return nil, err
+		}
+		errs = append(errs, err)
+	}
+	return nil, errors.Join(errs...)
+}
+
+// dialHost makes one AMQP connection for role to host i.
+func (b *Broker) dialHost(ctx context.Context, role string, i int) (*amqp.Connection, error) {
 	cfg := b.cfg
+	uri := b.hosts[i]
+	addr := b.addr
+	if len(b.hosts) > 1 {
+		addr = fmt.Sprintf("%s (host %s:%d)", b.addr, uri.Host, uri.Port)
+		if cfg.TLSClientConfig != nil && cfg.TLSClientConfig.ServerName == "" {
+			cfg.TLSClientConfig = cfg.TLSClientConfig.Clone()
+			cfg.TLSClientConfig.ServerName = uri.Host
+		}
+	}
 	props := amqp.Table{}
 	for k, v := range cfg.Properties {
 		props[k] = v
@@ -462,17 +544,23 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	props["connection_name"] = b.opts.ConnectionName + "/" + role
 	cfg.Properties = props
 	cfg.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: b.uri.Username, Password: b.uri.Password}}
-	if role == "publish" {
-		// Publishings of all channels share write system calls (see
-		// coalescingConn); the consume connection sends few frames.
-		dial := cfg.Dial
-		cfg.Dial = func(network, addr string) (net.Conn, error) {
-			c, err := dial(network, addr)
-			if err != nil {
-				return nil, err
-			}
-			return newCoalescingConn(c), nil
+	// silent records that a read timed out: the server accepted the
+	// connection and did not answer within the connection timeout (the
+	// handshake deadline), which amqp091 reports as a frame error.
+	silent := new(atomic.Bool)
+	dial := cfg.Dial
+	cfg.Dial = func(network, addr string) (net.Conn, error) {
+		c, err := dial(network, addr)
+		if err != nil {
+			return nil, err
 		}
+		c = &handshakeConn{Conn: c, silent: silent}
+		if role == "publish" {
+			// Publishings of all channels share write system calls (see
+			// coalescingConn); the consume connection sends few frames.
+			c = newCoalescingConn(c)
+		}
+		return c, nil
 	}
 	type res struct {
 		c   *amqp.Connection
@@ -480,13 +568,17 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 	}
 	ch := make(chan res, 1)
 	go func() {
-		c, err := amqp.DialConfig(b.dialURL(), cfg)
+		c, err := amqp.DialConfig(dialURL(uri), cfg)
 		ch <- res{c, err}
 	}()
 	select {
 	case r := <-ch:
 		if r.err != nil {
-			return nil, connectError(b.addr, b.uri.Scheme, role, r.err)
+			if silent.Load() {
+				return nil, fmt.Errorf("rabbitmq: connect to %s (%s): no answer from the server within connection_timeout=%v (is it an AMQP port, is the broker overloaded?): %w",
+					addr, role, b.opts.ConnectionTimeout, r.err)
+			}
+			return nil, connectError(addr, b.uri.Scheme, role, r.err)
 		}
 		return r.c, nil
 	case <-ctx.Done():
@@ -495,7 +587,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Connection, error
 				r.c.Close()
 			}
 		}()
-		return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", b.addr, role, ctx.Err())
+		return nil, fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, ctx.Err())
 	}
 }
 
@@ -520,15 +612,32 @@ func connectError(addr, scheme, role string, err error) error {
 	return fmt.Errorf("rabbitmq: connect to %s (%s): %w", addr, role, err)
 }
 
+// handshakeConn notes a read that timed out (see dial).
+type handshakeConn struct {
+	net.Conn
+	silent *atomic.Bool
+}
+
+func (c *handshakeConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			c.silent.Store(true)
+		}
+	}
+	return n, err
+}
+
 // dialURL is the URI without credentials (they travel in cfg.SASL).
-func (b *Broker) dialURL() string {
-	u := b.uri
+func dialURL(u amqp.URI) string {
 	u.Username, u.Password = "", ""
 	return u.String()
 }
 
-// Capabilities reports what this broker honours: ordering per key (queue
-// order; a nacked message comes back after its successors), persistence,
+// Capabilities reports what this broker honours: ordering per key only
+// with partitions=N (a key's partition queue has one active consumer; a
+// nacked message comes back after its successors), persistence,
 // nack delay (delay queues), groups; attempt counts across restarts only on
 // quorum queues. No replay: a group starts with the messages published after
 // its queue was declared.
@@ -538,7 +647,7 @@ func (b *Broker) Capabilities() driver.Capabilities { return b.caps }
 // per topic, of up to 1000 messages each; acks are recorded on the caller's
 // goroutine and coalesced by each consumer's flusher (InlineAcks).
 func (b *Broker) Traits() driver.Traits {
-	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: b.opts.PublishChannels, InlineAcks: true}
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: b.opts.PublishChannels, InlineAcks: true, CheckMessage: b.CheckMessage}
 }
 
 // Reconnects returns how many times a lost connection (publish or consume)
@@ -548,6 +657,13 @@ func (b *Broker) Reconnects() int64 { return b.reconnects.Load() }
 // QueueName returns the name of the durable queue the adapter uses for
 // (topic, group): "<topic>.<group>", shortened with a hash past 255 bytes.
 func QueueName(topic, group string) string { return queueName(topic, group) }
+
+// PartitionQueueName returns the name of partition i (0-based) of (topic,
+// group) with partitions=N: "<topic>.<group>.p<i>", shortened with a hash
+// past 255 bytes.
+func PartitionQueueName(topic, group string, i int) string {
+	return partitionQueueName(topic, group, i)
+}
 
 // Close closes both connections. Subscriptions are closed first by the
 // portable layer. Close is idempotent.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ type subscription struct {
 	topic, group string
 	queue        string
 	anon         bool
+	quorum       bool // the queue counts redeliveries in x-delivery-count
 	qos          int
 
 	mu     sync.Mutex
@@ -43,6 +45,10 @@ type subscription struct {
 // ever covering an unsettled tag.
 type consumer struct {
 	ch         acker
+	log        *slog.Logger // nil in unit tests
+	sac        bool         // the queues have a single active consumer (partitions)
+	tags       []string     // consumer tags, one per queue consumed
+	queues     []string     // queues[i] is consumed with tags[i]
 	deliveries <-chan amqp.Delivery
 	every      int // send pending acks once this many are recorded
 
@@ -107,12 +113,17 @@ func (c *consumer) run() {
 		case <-c.quit:
 			quit = true
 		}
-		// A failed send means the channel is gone: the broker redelivers
-		// those messages, and the next consumer starts afresh. The flush
-		// after quit is the last one: it runs after stop was called, so it
-		// sees every ack recorded before (an ack recorded while an earlier
-		// flush was sending is not lost).
-		_ = c.flush()
+		// A failed send means the channel is gone: its delivery tags are
+		// void (an ack of them on another channel is a protocol error), so
+		// it cannot be retried; the broker redelivers those messages, and
+		// the next consumer starts afresh. The flush after quit is the last
+		// one: it runs after stop was called, so it sees every ack recorded
+		// before (an ack recorded while an earlier flush was sending is not
+		// lost).
+		if err := c.flush(); err != nil && c.log != nil {
+			c.log.Warn("omnibus rabbitmq: acks not sent, the channel is gone; the broker redelivers those messages",
+				"queues", c.queues, "error", err)
+		}
 		if quit {
 			return
 		}
@@ -134,11 +145,37 @@ type acker interface {
 	Nack(tag uint64, multiple, requeue bool) error
 	IsClosed() bool
 	Close() error
+	// Cancel and Qos are the synchronous round trips after the last acks
+	// (see consumer.sync).
+	Cancel(consumer string, noWait bool) error
+	Qos(prefetchCount, prefetchSize int, global bool) error
+}
+
+// cancelTags returns the consumers to cancel before the channel closes:
+// none on single-active-consumer queues, where a cancel hands the queue to
+// the next member while this one's unacked messages are still out (they
+// would come back after messages the next member already received).
+func (c *consumer) cancelTags() []string {
+	if c.sac {
+		return nil
+	}
+	return c.tags
+}
+
+// queueOf returns the queue a delivery with consumer tag came from.
+func (c *consumer) queueOf(tag string) string {
+	for i, t := range c.tags {
+		if t == tag {
+			return c.queues[i]
+		}
+	}
+	return c.queues[0]
 }
 
 // ackToken is the driver.AckID of a delivery.
 type ackToken struct {
 	c       *consumer
+	queue   string // the queue it came from (a partition's, with partitions=N)
 	tag     uint64
 	d       kept
 	attempt int
@@ -166,10 +203,11 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	}
 	s := &subscription{b: b, topic: topic, group: opts.Group}
 	if opts.Group == "" {
-		s.anon = true
+		s.anon = true // a classic queue
 		s.queue = shorten(topic + ".anon." + uuid.NewString())
 	} else {
 		s.queue = queueName(topic, opts.Group)
+		s.quorum = b.opts.QueueType == QueueQuorum
 	}
 	s.qos = b.opts.Prefetch
 	if s.qos == 0 {
@@ -211,13 +249,58 @@ func (s *subscription) current(ctx context.Context) (*consumer, error) {
 	if err := ch.Qos(s.qos, 0, false); err != nil {
 		return fail(fmt.Errorf("rabbitmq: set prefetch %d on queue %q: %w", s.qos, s.queue, err))
 	}
-	dl, err := ch.Consume(s.queue, "", false, false, false, false, nil)
-	if err != nil {
-		return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", s.queue, err))
+	queues := []string{s.queue}
+	if !s.anon {
+		queues = s.b.topo.groupQueues(s.topic, s.group)
 	}
-	s.cur = newConsumer(ch, dl, s.qos)
+	base := "omnibus-" + uuid.NewString()
+	tags := make([]string, len(queues))
+	dls := make([]<-chan amqp.Delivery, len(queues))
+	for i, q := range queues {
+		tags[i] = base
+		if len(queues) > 1 {
+			tags[i] = base + ".p" + strconv.Itoa(i)
+		}
+		if dls[i], err = ch.Consume(q, tags[i], false, false, false, false, nil); err != nil {
+			return fail(fmt.Errorf("rabbitmq: consume queue %q: %w", q, err))
+		}
+	}
+	s.cur = newConsumer(ch, nil, s.qos)
+	s.cur.deliveries = merge(dls, s.cur.quit)
+	s.cur.tags, s.cur.queues, s.cur.log = tags, queues, s.b.opts.Logger
+	s.cur.sac = !s.anon && s.b.opts.Partitions > 0
 	go s.cur.run()
 	return s.cur, nil
+}
+
+// merge returns the deliveries of every partition queue's consumer on one
+// channel, each queue's in order, closed once all of them are (the AMQP
+// channel is gone), or given up when quit closes (the consumer stopped).
+// With one queue it is that queue's channel.
+func merge(dls []<-chan amqp.Delivery, quit <-chan struct{}) <-chan amqp.Delivery {
+	if len(dls) == 1 {
+		return dls[0]
+	}
+	out := make(chan amqp.Delivery)
+	var wg sync.WaitGroup
+	for _, dl := range dls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for d := range dl {
+				select {
+				case out <- d:
+				case <-quit:
+					return // the broker redelivers what was not taken
+				}
+			}
+		}()
+	}
+	go func() {
+		wg.Wait()
+		close(out)
+	}()
+	return out
 }
 
 // lost forgets c so that the next receive starts a new consumer.
@@ -241,6 +324,15 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 			return nil, err
 		}
 		return nil, driver.Transient(fmt.Errorf("rabbitmq: resume consuming %q: %w", s.queue, err))
+	}
+	if c.sac {
+		// One at a time: a delivery the portable layer buffered and gives
+		// back on Close would be requeued while this member is still the
+		// active consumer, come back to it behind later messages of its
+		// key, and reach the next member in that order. Left with the
+		// broker instead, every unacked delivery returns in queue order
+		// when the channel closes.
+		max = 1
 	}
 	var out []*driver.Message
 	select {
@@ -332,14 +424,22 @@ func (s *subscription) message(c *consumer, d amqp.Delivery) *driver.Message {
 			}
 		}
 	}
+	// x-delivery-count is the broker's only on a quorum queue's redelivery
+	// (RabbitMQ then sets it, replacing any value a publisher gave); on a
+	// first delivery, or on a classic queue, it is the publisher's and
+	// says nothing.
 	switch {
-	case counted && count > 0:
+	case s.quorum && d.Redelivered && counted && count > 0:
 		attempt += count
-	case !counted && d.Redelivered:
+	case d.Redelivered:
 		attempt++
 	}
 	m.Attempt = attempt
-	in.t = ackToken{c: c, tag: d.DeliveryTag, attempt: attempt, d: kept{
+	queue := s.queue
+	if c != nil && len(c.queues) > 1 {
+		queue = c.queueOf(d.ConsumerTag)
+	}
+	in.t = ackToken{c: c, queue: queue, tag: d.DeliveryTag, attempt: attempt, d: kept{
 		Headers: d.Headers, MessageId: d.MessageId, ContentType: d.ContentType, ContentEncoding: d.ContentEncoding,
 		CorrelationId: d.CorrelationId, ReplyTo: d.ReplyTo, Type: d.Type, AppId: d.AppId,
 		Timestamp: d.Timestamp, Body: d.Body,
@@ -391,14 +491,24 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 	if c.ch.IsClosed() {
 		return errChannelGone(len(ts))
 	}
-	target := s.queue
+	// Each message goes back to the queue it came from (its partition's
+	// with partitions=N), or to that queue's delay queue.
+	targets := map[string]string{}
+	for _, t := range ts {
+		targets[t.queue] = t.queue
+	}
 	var prepare func(context.Context) error
 	if delay > 0 {
 		ms := delayBucket(delay)
 		prepare = func(ctx context.Context) error {
-			q, err := s.b.topo.ensureDelayQueue(ctx, s.queue, ms)
-			target = q
-			return err
+			for q := range targets {
+				dq, err := s.b.topo.ensureDelayQueue(ctx, q, ms)
+				if err != nil {
+					return err
+				}
+				targets[q] = dq
+			}
+			return nil
 		}
 		if err := prepare(ctx); err != nil {
 			// Redeliver at once rather than not at all.
@@ -415,7 +525,7 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 		}
 		h[headerAttempt] = strconv.Itoa(t.attempt + 1)
 		out[i] = outMsg{
-			exchange: "", key: target, mandatory: true, id: t.d.MessageId,
+			exchange: "", key: targets[t.queue], mandatory: true, id: t.d.MessageId,
 			pub: amqp.Publishing{
 				Headers:         h,
 				ContentType:     t.d.ContentType,
@@ -431,7 +541,7 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 			},
 		}
 	}
-	// Route through the same target on every round (declared by prepare).
+	// Route through the same targets on every round (declared by prepare).
 	deadline := time.Now().Add(s.b.opts.PublishTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -442,8 +552,8 @@ func (s *subscription) nack(ctx context.Context, c *consumer, ts []*ackToken, de
 			if err := prepare(ctx); err != nil {
 				return err
 			}
-			for i := range out {
-				out[i].key = target
+			for i, t := range ts {
+				out[i].key = targets[t.queue]
 			}
 			return nil
 		}
@@ -591,7 +701,7 @@ func (c *consumer) flush() error {
 }
 
 // settle acks and requeues delivery tags of this channel at once (with any
-// acks pending from AckInline). A run of settled tags starting at the lowest
+// acks pending from SendAcks). A run of settled tags starting at the lowest
 // unsettled one is acked with a single basic.ack multiple=true; other acks
 // go out one by one, so that no ack waits behind a delivery still being
 // handled.
@@ -628,9 +738,13 @@ func (s *subscription) Close() error {
 	c := s.cur
 	s.cur = nil
 	s.mu.Unlock()
+	var err error
 	if c != nil {
-		c.stop(true) // send the acks still pending, then give the rest back
-		_ = c.ch.Close()
+		c.stop(true) // send the acks still pending,
+		if err = c.sync(s.qos, closeSyncTimeout); err != nil {
+			err = fmt.Errorf("rabbitmq: close subscription to %q: %w", s.queue, err)
+		}
+		_ = c.ch.Close() // then give the rest back
 	}
 	if s.anon && !s.b.closed.Load() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -641,5 +755,48 @@ func (s *subscription) Close() error {
 			return err
 		})
 	}
-	return nil
+	return err
+}
+
+// closeSyncTimeout bounds the round trip that Close makes after the last
+// acks (a broker that does not answer must not hold Close).
+const closeSyncTimeout = 5 * time.Second
+
+// sync makes the broker finish with the acks sent so far before the
+// channel closes, bounded by timeout: basic.cancel (answered once the
+// queue itself has cancelled the consumer; on a quorum queue that is a
+// command of the queue's log, after the settlements sent before it), then
+// basic.qos with the prefetch the channel already has (answered by the
+// channel once it handled every frame before, including settlements it held
+// back while many were in flight). Closing the channel right after the acks
+// instead let a quorum queue on RabbitMQ 3.10 return the tail of them as
+// unacked (tens of 100 out-of-order acks were redelivered); a basic.qos
+// round trip alone did not prevent it. Single-active-consumer queues
+// (partitions) are not cancelled (see cancelTags): on quorum ones a clean
+// Close can still redeliver acked messages (duplicates, never loss).
+func (c *consumer) sync(qos int, timeout time.Duration) error {
+	if c.ch.IsClosed() {
+		return errChannelGone(0)
+	}
+	done := make(chan error, 1)
+	go func() {
+		for _, tag := range c.cancelTags() {
+			if err := c.ch.Cancel(tag, false); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- c.ch.Qos(qos, 0, false)
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("confirm the last acks (basic.cancel and basic.qos round trips): %w", err)
+		}
+		return nil
+	case <-t.C:
+		return fmt.Errorf("confirm the last acks: no answer to basic.cancel and basic.qos within %v; the broker may redeliver acked messages", timeout)
+	}
 }

@@ -32,6 +32,29 @@ func shorten(name string) string {
 
 func queueName(topic, group string) string { return shorten(topic + "." + group) }
 
+// maxPartitions bounds partitions=N.
+const maxPartitions = 256
+
+func partitionQueueName(topic, group string, i int) string {
+	return shorten(topic + "." + group + ".p" + strconv.Itoa(i))
+}
+
+// hashExchangeName is the consistent-hash exchange of a partitioned group.
+func hashExchangeName(topic, group string) string { return shorten(topic + "." + group + ".by-key") }
+
+// groupQueues returns the queues a group's members consume.
+func (t *topology) groupQueues(topic, group string) []string {
+	n := t.b.opts.Partitions
+	if n == 0 {
+		return []string{queueName(topic, group)}
+	}
+	qs := make([]string, n)
+	for i := range qs {
+		qs[i] = partitionQueueName(topic, group, i)
+	}
+	return qs
+}
+
 // delayBucket rounds d up to two significant digits of milliseconds (at
 // least 1ms), so one delay queue serves many nearby delays and a message
 // never comes back sooner than asked.
@@ -141,12 +164,45 @@ func declareExchange(ch *amqp.Channel, topic string) error {
 }
 
 func (t *topology) declareGroupQueue(ch *amqp.Channel, topic, group string) error {
+	if t.b.opts.Partitions > 0 {
+		return t.declarePartitions(ch, topic, group)
+	}
 	q := queueName(topic, group)
 	if _, err := ch.QueueDeclare(q, true, false, false, false, t.queueArgs()); err != nil {
 		return declareErr(fmt.Sprintf("queue %q (durable %s, queue_type=%s)", q, t.b.opts.QueueType, t.b.opts.QueueType), err)
 	}
 	if err := ch.QueueBind(q, "", topic, false, nil); err != nil {
 		return declareErr(fmt.Sprintf("binding of queue %q to exchange %q", q, topic), err)
+	}
+	return nil
+}
+
+// declarePartitions declares a partitioned group: a durable consistent-hash
+// exchange bound to the topic's exchange, routing on the routing key (the
+// message Key) over the group's partition queues, each bound with weight 1
+// and consumed by one member at a time (x-single-active-consumer).
+func (t *topology) declarePartitions(ch *amqp.Channel, topic, group string) error {
+	x := hashExchangeName(topic, group)
+	if err := ch.ExchangeDeclare(x, "x-consistent-hash", true, false, false, false, nil); err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.CommandInvalid {
+			return fmt.Errorf("rabbitmq: declare exchange %q for partitions=%d: the broker has no x-consistent-hash exchange type (enable the rabbitmq_consistent_hash_exchange plugin): %v: %w",
+				x, t.b.opts.Partitions, err, driver.ErrUnsupported)
+		}
+		return declareErr(fmt.Sprintf("exchange %q (durable x-consistent-hash)", x), err)
+	}
+	if err := ch.ExchangeBind(x, "", topic, false, nil); err != nil {
+		return declareErr(fmt.Sprintf("binding of exchange %q to exchange %q", x, topic), err)
+	}
+	args := t.queueArgs()
+	args["x-single-active-consumer"] = true
+	for _, q := range t.groupQueues(topic, group) {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
+			return declareErr(fmt.Sprintf("partition queue %q (durable %s, single active consumer)", q, t.b.opts.QueueType), err)
+		}
+		if err := ch.QueueBind(q, "1", x, false, nil); err != nil {
+			return declareErr(fmt.Sprintf("binding of queue %q to exchange %q", q, x), err)
+		}
 	}
 	return nil
 }

@@ -17,7 +17,7 @@ import (
 )
 
 func TestParseURLSetsOptionsFromParams(t *testing.T) {
-	addr, o, err := ParseURL("amqp://u:secret@127.0.0.1:5672/vh?queue_type=classic&groups=a,%20b&unroutable=drop&publish_channels=3&confirm_window=64&publish_timeout=5s&prefetch=100&reconnect_min=50ms&reconnect_max=2s&heartbeat=3s&connection_timeout=4s&max_message_size=1000&connection_name=svc")
+	addr, o, err := ParseURL("amqp://u:secret@127.0.0.1:5672/vh?queue_type=classic&groups=a,%20b&unroutable=drop&publish_channels=3&confirm_window=64&publish_timeout=5s&prefetch=100&reconnect_min=50ms&reconnect_max=2s&heartbeat=3s&connection_timeout=4s&max_message_size=1000&connection_name=svc&partitions=4")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,7 +28,7 @@ func TestParseURLSetsOptionsFromParams(t *testing.T) {
 		QueueType: QueueClassic, Groups: []string{"a", "b"}, DropUnroutable: true,
 		PublishChannels: 3, ConfirmWindow: 64, PublishTimeout: 5 * time.Second, Prefetch: 100,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 2 * time.Second, Heartbeat: 3 * time.Second,
-		ConnectionTimeout: 4 * time.Second, MaxMessageSize: 1000, ConnectionName: "svc",
+		ConnectionTimeout: 4 * time.Second, MaxMessageSize: 1000, ConnectionName: "svc", Partitions: 4,
 	}
 	if !reflect.DeepEqual(o, want) {
 		t.Errorf("options = %+v\nwant      %+v", o, want)
@@ -59,6 +59,8 @@ func TestBadURLParamsAreErrorsNamingTheParam(t *testing.T) {
 		{"amqp://127.0.0.1/?confirm_window=many", `confirm_window="many"`},
 		{"amqp://127.0.0.1/?publish_timeout=soon", `publish_timeout="soon"`},
 		{"amqp://127.0.0.1/?prefetch=-1", `prefetch="-1"`},
+		{"amqp://127.0.0.1/?partitions=257", `partitions="257"`},
+		{"amqp://127.0.0.1/?partitions=two", `partitions="two"`},
 		{"amqp://127.0.0.1/?tls_ca=/x.pem", "amqps"},
 		{"amqps://127.0.0.1/?tls_ca=/does/not/exist.pem", "tls_ca"},
 		{"amqps://127.0.0.1/?tls_cert=/c.pem", "tls_key"},
@@ -88,6 +90,7 @@ func TestOptionsOutOfRangeAreErrorsNamingTheField(t *testing.T) {
 		{Options{PublishTimeout: -time.Second}, "PublishTimeout"},
 		{Options{ReconnectMin: time.Minute, ReconnectMax: time.Second}, "ReconnectMax"},
 		{Options{Groups: []string{""}}, "Groups"},
+		{Options{Partitions: -1}, "Partitions"},
 	}
 	for _, c := range cases {
 		t.Run(c.mention, func(t *testing.T) {
@@ -165,6 +168,15 @@ type fakeAcker struct {
 	mu     sync.Mutex
 	frames []string
 	closed bool
+}
+
+func (f *fakeAcker) Cancel(string, bool) error { return nil }
+
+func (f *fakeAcker) Qos(n, _ int, _ bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames = append(f.frames, fmt.Sprintf("qos %d", n))
+	return nil
 }
 
 func (f *fakeAcker) Ack(tag uint64, multiple bool) error {
@@ -261,19 +273,23 @@ func TestSettleOnClosedChannelSaysTheBrokerRedelivers(t *testing.T) {
 func TestAttemptComesFromHeadersAndRedeliveryFlag(t *testing.T) {
 	cases := []struct {
 		name        string
+		quorum      bool
 		headers     amqp.Table
 		redelivered bool
 		want        int
 	}{
-		{"First", nil, false, 1},
-		{"QuorumDeliveryCount", amqp.Table{"x-delivery-count": int64(2)}, true, 3},
-		{"RepublishedAttempt", amqp.Table{headerAttempt: "4"}, false, 4},
-		{"RepublishedThenRequeued", amqp.Table{headerAttempt: "4", "x-delivery-count": int64(1)}, true, 5},
-		{"ClassicRedeliveredFlag", nil, true, 2},
+		{"First", true, nil, false, 1},
+		{"QuorumDeliveryCount", true, amqp.Table{"x-delivery-count": int64(2)}, true, 3},
+		{"RepublishedAttempt", true, amqp.Table{headerAttempt: "4"}, false, 4},
+		{"RepublishedThenRequeued", true, amqp.Table{headerAttempt: "4", "x-delivery-count": int64(1)}, true, 5},
+		{"ClassicRedeliveredFlag", false, nil, true, 2},
+		{"PublisherDeliveryCountOnAFirstQuorumDelivery", true, amqp.Table{"x-delivery-count": int64(7)}, false, 1},
+		{"PublisherDeliveryCountOnAClassicQueue", false, amqp.Table{"x-delivery-count": int64(7)}, false, 1},
+		{"PublisherDeliveryCountOnAClassicRedelivery", false, amqp.Table{"x-delivery-count": int64(7)}, true, 2},
 	}
-	s := &subscription{topic: "t"}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
+			s := &subscription{topic: "t", quorum: c.quorum}
 			m := s.message(nil, amqp.Delivery{Headers: c.headers, Redelivered: c.redelivered})
 			if m.Attempt != c.want {
 				t.Errorf("Attempt = %d, want %d", m.Attempt, c.want)
@@ -441,5 +457,41 @@ func TestAckRecordedDuringAFlushIsSentWhenTheConsumerStops(t *testing.T) {
 	want := []string{"ack 1 multiple=true", "ack 2 multiple=true"}
 	if got := g.take(); !reflect.DeepEqual(got, want) {
 		t.Fatalf("frames %q, want %q", got, want)
+	}
+}
+
+func TestSeveralHostsAreTriedInTurnAndABadHostListIsInvalid(t *testing.T) {
+	_, err := Dial(context.Background(), "amqp://u:hunter2@127.0.0.1:1,,127.0.0.1:2/", Options{})
+	if !errors.Is(err, driver.ErrInvalid) || !strings.Contains(err.Error(), "empty host") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("empty host in the list: %v, want ErrInvalid naming it, without the password", err)
+	}
+	// Nothing listens on ports 1 and 2: both are tried, and both named.
+	_, err = Dial(context.Background(), "amqp://u:hunter2@127.0.0.1:1,127.0.0.1:2/", Options{ConnectionTimeout: time.Second})
+	if err == nil {
+		t.Fatal("Dial succeeded against closed ports")
+	}
+	for _, want := range []string{"host 127.0.0.1:1", "host 127.0.0.1:2"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+	if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error leaks the password: %v", err)
+	}
+}
+
+func TestOnlyPartitionsReportOrderingPerKey(t *testing.T) {
+	for _, c := range []struct {
+		parts int
+		want  bool
+	}{{0, false}, {1, true}, {8, true}} {
+		o, err := Options{Partitions: c.parts}.withDefaults()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &Broker{opts: o}
+		if got := b.orderingPerKey(); got != c.want {
+			t.Errorf("partitions=%d: OrderingPerKey %v, want %v", c.parts, got, c.want)
+		}
 	}
 }

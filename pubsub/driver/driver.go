@@ -209,6 +209,14 @@ type Traits struct {
 	// network; it is never called once Close has begun. Nacks always go
 	// through the background goroutine.
 	InlineAcks bool
+	// CheckMessage, when set, checks a message against limits of the
+	// broker's wire format beyond its payload size (header names, header
+	// sizes, ID or key lengths). The portable layer calls it for every
+	// message of a Publish call before anything is sent or batched with
+	// other callers' messages; an error (wrapping ErrInvalid and naming the
+	// field and the limit) fails that call alone. It must be cheap and must
+	// not block.
+	CheckMessage func(m *Message) error
 }
 
 // Transient marks err as worth retrying: the portable layer retries a

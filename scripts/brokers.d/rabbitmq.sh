@@ -59,6 +59,20 @@ CTL
   chmod 755 "$dir/ctl"
 }
 
+# The plugins the node runs: the consistent-hash exchange routes a group's
+# messages by key over its partition queues (the adapter's partitions=N).
+RMQ_PLUGINS=rabbitmq_consistent_hash_exchange
+
+# rabbitmq_plugins_ready DIR: every plugin of RMQ_PLUGINS is enabled on the
+# running node; enable them online (no restart) if not.
+rabbitmq_plugins_ready() {
+  local dir=$1
+  ( . "$dir/node.env"
+    if [ "$(id -u)" = 0 ]; then set -- setpriv --reuid=rabbitmq --regid=rabbitmq --init-groups; else set --; fi
+    "$@" $RMQ_BIN/rabbitmq-plugins -n $RMQ_NODE list --enabled --minimal 2>/dev/null | grep -qx "$RMQ_PLUGINS" \
+      || "$@" $RMQ_BIN/rabbitmq-plugins -n $RMQ_NODE enable --online $RMQ_PLUGINS >&2 )
+}
+
 # rabbitmq_spawn DIR CMD...: become CMD, run as the rabbitmq user in its own
 # session with the node's environment. Call it only in the background
 # (`rabbitmq_spawn DIR cmd &`): it replaces the subshell, so $! is CMD's pid.
@@ -115,11 +129,12 @@ rabbitmq_up() {
   if rabbitmq_running "$dir" && cmp -s "$dir/rabbitmq.conf" "$dir/rabbitmq.conf.want" \
     && rabbitmq_ready "$dir" >/dev/null 2>&1 && rabbitmq_tls_ready "$dir" >/dev/null 2>&1; then
     log "rabbitmq already running on 127.0.0.1:$RMQ_PORT, TLS on $RMQ_TLS_PORT"
+    rabbitmq_plugins_ready "$dir" || die "rabbitmq: cannot enable the plugin $RMQ_PLUGINS"
   else
     rabbitmq_down "$dir"
     rm -rf "$dir/home" "$dir/mnesia" "$dir/log"
     mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
-    echo '[].' >"$dir/plugins"
+    echo "[$RMQ_PLUGINS]." >"$dir/plugins"
     mv "$dir/rabbitmq.conf.want" "$dir/rabbitmq.conf"
     test_certs "$dir"
     # Everything, the keys included, must be readable by the rabbitmq user.

@@ -1,0 +1,117 @@
+// Package faults puts a fault-injecting TCP proxy between a client under
+// test and a real broker: github.com/Shopify/toxiproxy/v2 run in process on
+// 127.0.0.1, so a test can cut every connection, black-hole traffic or add
+// latency without a toxiproxy server or any privileges.
+//
+//	p := faults.Start(t, "127.0.0.1:16720")  // the broker's address
+//	url := "amqp://guest:guest@" + p.Addr() + "/"
+//	p.Cut()                                 // close every proxied connection, both sides
+//	heal := p.BlackHole()                   // drop all data both ways, connections stay open
+//	heal()
+//
+// The proxy is stopped when the test ends.
+package faults
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/rs/zerolog"
+)
+
+// Proxy is one TCP proxy to an upstream address.
+type Proxy struct {
+	t  testing.TB
+	mu sync.Mutex // serialises faults
+	p  *toxiproxy.Proxy
+	n  int // toxics added, for unique names
+}
+
+// Start listens on a free port of 127.0.0.1 and forwards every connection
+// to upstream (host:port). It fails the test if it cannot listen.
+func Start(t testing.TB, upstream string) *Proxy {
+	t.Helper()
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
+	p := toxiproxy.NewProxy(srv, "faults-"+strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()), "127.0.0.1:0", upstream)
+	if err := p.Start(); err != nil {
+		t.Fatalf("faults: start proxy to %s: %v", upstream, err)
+	}
+	t.Cleanup(p.Stop)
+	return &Proxy{t: t, p: p}
+}
+
+// Addr is the proxy's listening address (host:port); clients connect here.
+func (p *Proxy) Addr() string {
+	p.p.Lock()
+	defer p.p.Unlock()
+	return p.p.Listen
+}
+
+// Cut closes every connection through the proxy, on both sides (the client
+// and the broker each see their connection end), then accepts new ones on
+// the same address at once.
+func (p *Proxy) Cut() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.p.Stop()
+	// The listener is closed and every link torn down; listen again on the
+	// address it had (Listen holds the resolved port since the first start).
+	var err error
+	for i := 0; i < 50; i++ { // the port can take a moment to be free again
+		if err = p.p.Start(); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	p.t.Fatalf("faults: restart proxy on %s: %v", p.Addr(), err)
+}
+
+// BlackHole drops every byte in both directions from now on, for existing
+// and new connections, which stay open (a "timeout" toxic that never closes
+// them): to both sides the peer looks alive but silent. The returned
+// function lets traffic flow again.
+func (p *Proxy) BlackHole() (heal func()) {
+	return p.toxic("timeout", `{"timeout":0}`)
+}
+
+// Latency delays every chunk of data in both directions by d from now on.
+// The returned function removes the delay.
+func (p *Proxy) Latency(d time.Duration) (heal func()) {
+	return p.toxic("latency", fmt.Sprintf(`{"latency":%d}`, d.Milliseconds()))
+}
+
+// toxic adds a toxic of type typ with attributes attrs (JSON) on both
+// streams and returns the function that removes both.
+func (p *Proxy) toxic(typ, attrs string) func() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var names []string
+	for _, stream := range []string{"upstream", "downstream"} {
+		p.n++
+		name := fmt.Sprintf("%s-%s-%d", typ, stream, p.n)
+		js := fmt.Sprintf(`{"name":%q,"type":%q,"stream":%q,"toxicity":1,"attributes":%s}`, name, typ, stream, attrs)
+		if _, err := p.p.Toxics.AddToxicJson(strings.NewReader(js)); err != nil {
+			p.t.Fatalf("faults: add %s toxic: %v", typ, err)
+		}
+		names = append(names, name)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			for _, name := range names {
+				if err := p.p.Toxics.RemoveToxic(context.Background(), name); err != nil {
+					p.t.Errorf("faults: remove toxic %s: %v", name, err)
+				}
+			}
+		})
+	}
+}
