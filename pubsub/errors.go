@@ -20,6 +20,10 @@ var (
 	ErrInvalid = driver.ErrInvalid
 	// ErrUnsupported: the adapter cannot honour a ?require= capability.
 	ErrUnsupported = driver.ErrUnsupported
+	// ErrRevoked: Ack or Nack of a delivery whose partition was taken away
+	// by a rebalance; the ack did not count and the message is delivered
+	// again (possibly to another member of the group).
+	ErrRevoked = driver.ErrRevoked
 	// ErrAlreadyAcked: Ack or Nack called a second time on one Delivery.
 	ErrAlreadyAcked = errors.New("omnibus: delivery already acked or nacked")
 )

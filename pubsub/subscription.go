@@ -243,6 +243,7 @@ func (s *Subscription) delivery(d *Delivery, dm *driver.Message) *Delivery {
 	}
 	d.sub = s
 	d.ackID = dm.AckID
+	d.lease = dm.Lease
 	d.msg = Message{
 		ID: dm.ID, Key: dm.Key, Payload: dm.Payload, Metadata: dm.Metadata,
 		Topic: topic, PublishedAt: dm.PublishedAt, Attempt: attempt,
@@ -251,7 +252,8 @@ func (s *Subscription) delivery(d *Delivery, dm *driver.Message) *Delivery {
 	return d
 }
 
-// take removes the oldest buffered delivery, or returns nil. bufMu is held.
+// take removes the oldest buffered delivery, or returns nil. Deliveries
+// whose lease was revoked are dropped (driver.Lease). bufMu is held.
 func (s *Subscription) take() *Delivery {
 	if s.head == len(s.buf) {
 		return nil
@@ -259,6 +261,14 @@ func (s *Subscription) take() *Delivery {
 	d := s.buf[s.head]
 	s.buf[s.head] = nil
 	s.head++
+	for d.lease.Revoked() && s.head < len(s.buf) {
+		d = s.buf[s.head]
+		s.buf[s.head] = nil
+		s.head++
+	}
+	if d.lease.Revoked() {
+		d = nil
+	}
 	if s.head == len(s.buf) {
 		s.buf, s.head = s.buf[:0], 0
 	} else if s.head >= 1024 && s.head >= len(s.buf)/2 {
@@ -511,6 +521,9 @@ func (s *Subscription) enqueue(id driver.AckID, nack bool, delay time.Duration) 
 			return fmt.Errorf("pubsub: ack on %q: subscription closed, the message will be redelivered: %w", s.topic, ErrClosed)
 		}
 		if err := s.inline.AckInline(id); err != nil {
+			if errors.Is(err, ErrRevoked) {
+				return fmt.Errorf("pubsub: ack on %q: %w", s.topic, err)
+			}
 			s.c.logger.Error("omnibus: ack failed; the message will be redelivered", "topic", s.topic, "group", s.group, "error", err)
 		}
 		return nil
@@ -581,6 +594,7 @@ type Delivery struct {
 
 	sub   *Subscription
 	ackID driver.AckID
+	lease *driver.Lease // nil unless the adapter can revoke it
 	done  atomic.Bool
 	msg   Message // what Message points to
 }
@@ -589,6 +603,9 @@ func (d *Delivery) settle(nack bool, delay time.Duration) error {
 	if !d.done.CompareAndSwap(false, true) {
 		return fmt.Errorf("pubsub: message %q: %w", d.Message.ID, ErrAlreadyAcked)
 	}
+	if d.lease.Revoked() {
+		return fmt.Errorf("pubsub: message %q: it will be delivered again: %w", d.Message.ID, ErrRevoked)
+	}
 	return d.sub.enqueue(d.ackID, nack, delay)
 }
 
@@ -596,6 +613,8 @@ func (d *Delivery) settle(nack bool, delay time.Duration) error {
 // are batched and sent in the background; a failed ack means redelivery,
 // never loss. It returns ErrAlreadyAcked on a second Ack or Nack and
 // ErrClosed when the subscription is closed (the message will be redelivered).
+// It returns ErrRevoked when the broker took the message's partition away
+// (a rebalance): the ack did not count and the message is delivered again.
 func (d *Delivery) Ack() error { return d.settle(false, 0) }
 
 // Nack gives the message back for redelivery no sooner than delay (0 means

@@ -7,11 +7,26 @@
 //
 // The contracts below are what package pubsub relies on; the conformance
 // suite in pubsub/pubsubtest proves an adapter keeps them.
+//
+// # Revocation
+//
+// A broker may take deliveries away from a subscription before they are
+// settled: Kafka moves a partition to another group member on a rebalance,
+// and that member delivers again everything past the committed offset. An
+// adapter with such a scope (a partition assignment, a channel) creates one
+// Lease for it, sets Message.Lease on every message it receives in that
+// scope, and calls Revoke when the scope ends, before it commits what was
+// acked there. From then on the portable layer never hands out a buffered
+// message whose Lease is revoked (it drops it: the scope's next owner
+// delivers it again), and Ack or Nack of a delivery whose Lease is revoked
+// returns ErrRevoked instead of nil (the ack could not count). Adapters
+// whose deliveries cannot be taken away leave Message.Lease nil.
 package driver
 
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,7 +47,22 @@ var (
 	// ErrUnsupported reports that an adapter cannot honour a requirement
 	// (see Capabilities and the ?require= URL parameter).
 	ErrUnsupported = errors.New("omnibus: unsupported")
+	// ErrRevoked reports an Ack or Nack of a delivery whose Lease was
+	// revoked (see Revocation): it will be delivered again, possibly to
+	// another member of the group.
+	ErrRevoked = errors.New("omnibus: delivery's partition was revoked")
 )
+
+// Lease is the hold of a subscription on the scope its messages came from
+// (see Revocation in the package documentation). The zero value is a live
+// lease; a nil *Lease is never revoked. It is safe for concurrent use.
+type Lease struct{ revoked atomic.Bool }
+
+// Revoke ends the lease; it is idempotent.
+func (l *Lease) Revoke() { l.revoked.Store(true) }
+
+// Revoked reports whether Revoke was called (false for a nil Lease).
+func (l *Lease) Revoked() bool { return l != nil && l.revoked.Load() }
 
 // Message is a message as it crosses the driver boundary.
 //
@@ -49,6 +79,9 @@ type Message struct {
 	PublishedAt time.Time
 	Attempt     int
 	AckID       AckID
+	// Lease, set on receive by adapters whose deliveries can be revoked,
+	// is the scope the message came from (nil: never revoked).
+	Lease *Lease
 }
 
 // AckID identifies one delivery to its adapter.
