@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -34,31 +35,73 @@ func committed(t testing.TB, topic, group string) map[int]int64 {
 	t.Helper()
 	ctx, cancel := wait()
 	defer cancel()
-	c := &kafkago.Client{Addr: kafkago.TCP(strings.Split(integration.Kafka(t), ",")...)}
-	parts := make([]int, testPartitions)
-	for i := range parts {
-		parts[i] = i
-	}
-	res, err := c.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	adm := rawAdmin(t, integration.Kafka(t))
+	res, err := adm.FetchOffsets(ctx, group)
 	if err != nil {
 		t.Fatalf("offset fetch for group %s: %v", group, err)
 	}
-	if res.Error != nil {
-		t.Fatalf("offset fetch for group %s: %v", group, res.Error)
-	}
 	out := map[int]int64{}
-	for _, p := range res.Topics[topic] {
-		if p.Error != nil {
-			t.Fatalf("offset fetch for group %s partition %d: %v", group, p.Partition, p.Error)
+	for p := 0; p < testPartitions; p++ {
+		out[p] = -1
+		if o, ok := res.Lookup(topic, int32(p)); ok {
+			if o.Err != nil {
+				t.Fatalf("offset fetch for group %s partition %d: %v", group, p, o.Err)
+			}
+			out[p] = o.At
 		}
-		out[p.Partition] = p.CommittedOffset
 	}
 	return out
 }
 
-// partitionOf is the partition a key lands on (murmur2, like the adapter).
+// rawAdmin is a franz-go admin client of the test's own, independent of
+// the adapter under test.
+func rawAdmin(t testing.TB, brokers string, opts ...kgo.Opt) *kadm.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(strings.Split(brokers, ",")...)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// javaMurmur2 is org.apache.kafka.common.utils.Utils.murmur2 of the Java
+// client, transcribed: the reference the adapter's partitioner must match.
+func javaMurmur2(data []byte) int32 {
+	const seed, m, r = int32(-1756908916), int32(0x5bd1e995), 24
+	length := int32(len(data))
+	h := seed ^ length
+	n := len(data) / 4
+	for i := 0; i < n; i++ {
+		k := int32(data[4*i]) | int32(data[4*i+1])<<8 | int32(data[4*i+2])<<16 | int32(data[4*i+3])<<24
+		k *= m
+		k ^= int32(uint32(k) >> r)
+		k *= m
+		h *= m
+		h ^= k
+	}
+	tail := data[4*n:]
+	switch len(tail) {
+	case 3:
+		h ^= int32(tail[2]) << 16
+		fallthrough
+	case 2:
+		h ^= int32(tail[1]) << 8
+		fallthrough
+	case 1:
+		h ^= int32(tail[0])
+		h *= m
+	}
+	h ^= int32(uint32(h) >> 13)
+	h *= m
+	h ^= int32(uint32(h) >> 15)
+	return h
+}
+
+// partitionOf is the partition the Java client's default partitioner
+// picks for key among testPartitions: toPositive(murmur2(key)) % n.
 func partitionOf(key string) int {
-	return (&kafkago.Murmur2Balancer{}).Balance(kafkago.Message{Key: []byte(key)}, 0, 1, 2, 3)
+	return int(javaMurmur2([]byte(key))&0x7fffffff) % testPartitions
 }
 
 func receive(t testing.TB, s *pubsub.Subscription) *pubsub.Delivery {
@@ -289,15 +332,12 @@ func TestMissingTopicIsNotFoundUnlessAutoCreate(t *testing.T) {
 	}
 	ctx, cancel := wait()
 	defer cancel()
-	// A transport of its own: kafka-go's shared one answers from a cache.
-	tr := &kafkago.Transport{MetadataTopics: []string{topic}}
-	defer tr.CloseIdleConnections()
-	md, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t)), Transport: tr}).Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+	td, err := rawAdmin(t, integration.Kafka(t)).ListTopics(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(md.Topics) != 1 || len(md.Topics[0].Partitions) != 3 {
-		t.Errorf("auto-created topic metadata %+v, want 3 partitions", md.Topics)
+	if d := td[topic]; d.Err != nil || len(d.Partitions) != 3 {
+		t.Errorf("auto-created topic: %v, %d partitions, want 3", d.Err, len(d.Partitions))
 	}
 }
 
@@ -309,12 +349,8 @@ func TestOversizeMessageIsAnErrorNotAHang(t *testing.T) {
 	small := uniqueName(t, "small")
 	ctx, cancel := wait()
 	defer cancel()
-	res, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t))}).CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
-		Topic: small, NumPartitions: 1, ReplicationFactor: 1,
-		ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "2048"}},
-	}}})
-	if err != nil || res.Errors[small] != nil {
-		t.Fatalf("create topic: %v %v", err, res.Errors[small])
+	if _, err := rawAdmin(t, integration.Kafka(t)).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": kadm.StringPtr("2048")}, small); err != nil {
+		t.Fatalf("create topic: %v", err)
 	}
 	_ = admin
 	limited := openClient(t, "max_message_size=4096")
@@ -381,10 +417,9 @@ func TestAnonymousSubscriptionSeesOnlyNewMessages(t *testing.T) {
 	}
 }
 
-// TestRecordBatchesRoundTripWithEveryCodec: the adapter encodes record
-// batches itself; every codec's batches are accepted by the broker and read
-// back by kafka-go with IDs, keys, payloads (empty ones too), metadata and
-// per-key order intact.
+// TestRecordBatchesRoundTripWithEveryCodec: with every codec, records are
+// accepted by the broker and read back with IDs, keys, payloads (empty ones
+// too), metadata and per-key order intact.
 func TestRecordBatchesRoundTripWithEveryCodec(t *testing.T) {
 	for _, codec := range []string{"none", "gzip", "snappy", "lz4", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
