@@ -604,6 +604,11 @@ func (d *Delivery) settle(nack bool, delay time.Duration) error {
 		return fmt.Errorf("pubsub: message %q: %w", d.Message.ID, ErrAlreadyAcked)
 	}
 	if d.lease.Revoked() {
+		select {
+		case <-d.sub.closing: // Close revokes too; closed is the better answer
+			return fmt.Errorf("pubsub: ack on %q: subscription closed, the message will be redelivered: %w", d.sub.topic, ErrClosed)
+		default:
+		}
 		return fmt.Errorf("pubsub: message %q: it will be delivered again: %w", d.Message.ID, ErrRevoked)
 	}
 	return d.sub.enqueue(d.ackID, nack, delay)
