@@ -211,6 +211,10 @@ type Options struct {
 	TLS *tls.Config
 	// SASL, when non-nil, authenticates connections (see SASLMechanism).
 	SASL sasl.Mechanism
+	// Dialer, when non-nil, opens the TCP connections to the brokers
+	// instead of a net.Dialer (a SOCKS proxy, a test's fault proxy). It
+	// cannot be combined with TLS.
+	Dialer func(ctx context.Context, network, address string) (net.Conn, error)
 	// Logger receives background problems (failed commits, rebalances,
 	// franz-go's warnings). Default slog.Default().
 	Logger *slog.Logger
@@ -295,6 +299,9 @@ func (o Options) withDefaults() (Options, error) {
 		if *n.v == 0 {
 			*n.v = n.def
 		}
+	}
+	if o.Dialer != nil && o.TLS != nil {
+		return o, fmt.Errorf("kafka: Options.Dialer and Options.TLS are both set: a custom Dialer must do TLS itself: %w", driver.ErrInvalid)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -505,6 +512,9 @@ func (o Options) clientOpts() []kgo.Opt {
 	}
 	if o.TLS != nil {
 		opts = append(opts, kgo.DialTLSConfig(o.TLS.Clone()))
+	}
+	if o.Dialer != nil {
+		opts = append(opts, kgo.Dialer(o.Dialer))
 	}
 	if o.SASL != nil {
 		opts = append(opts, kgo.SASL(o.SASL))
