@@ -247,61 +247,55 @@ func BenchmarkKafkaPublishBatch(b *testing.B) {
 	b.Run("raw-franz-go", func(b *testing.B) {
 		topic := kafkaTopic(b, c)
 		cl := rawFranz(b)
-		measureKafka(b, b.N, func() error {
-			for i := 0; i < b.N; i += kafkaBatch {
-				recs := make([]*kgo.Record, min(kafkaBatch, b.N-i))
-				for j := range recs {
-					recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-				}
-				if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
-					return err
-				}
+		inBatches(b, func(i, k int) error {
+			recs := make([]*kgo.Record, k)
+			for j := range recs {
+				recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
 			}
-			return nil
+			return cl.ProduceSync(ctx, recs...).FirstErr()
 		})
 	})
 	b.Run("raw-kafka-go", func(b *testing.B) {
 		w := rawKafkaGoWriter(b, kafkaTopic(b, c))
-		measureKafka(b, b.N, func() error {
-			for i := 0; i < b.N; i += kafkaBatch {
-				msgs := make([]kafkago.Message, min(kafkaBatch, b.N-i))
-				for j := range msgs {
-					msgs[j] = kafkago.Message{Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-				}
-				if err := w.WriteMessages(ctx, msgs...); err != nil {
-					return err
-				}
+		inBatches(b, func(i, k int) error {
+			msgs := make([]kafkago.Message, k)
+			for j := range msgs {
+				msgs[j] = kafkago.Message{Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
 			}
-			return nil
+			return w.WriteMessages(ctx, msgs...)
 		})
 	})
 	b.Run("omnibus", func(b *testing.B) {
 		topic := kafkaTopic(b, c)
-		measureKafka(b, b.N, func() error {
-			for i := 0; i < b.N; i += kafkaBatch {
-				if err := c.Publish(ctx, topic, omnibusMessages(i, kafkaBatch, b.N)...); err != nil {
-					return err
-				}
-			}
-			return nil
+		inBatches(b, func(i, k int) error {
+			return c.Publish(ctx, topic, omnibusMessages(i, k, b.N)...)
 		})
 	})
 	b.Run("watermill-kafka", func(b *testing.B) {
 		p := watermillPublisher(b)
 		topic := kafkaTopic(b, c)
-		measureKafka(b, b.N, func() error {
-			for i := 0; i < b.N; i += kafkaBatch {
-				msgs := make([]*message.Message, min(kafkaBatch, b.N-i))
-				for j := range msgs {
-					msgs[j] = message.NewMessage(watermill.NewUUID(), kafkaPayload)
-					msgs[j].Metadata.Set("key", kafkaKey(i+j))
-				}
-				if err := p.Publish(topic, msgs...); err != nil {
-					return err
-				}
+		inBatches(b, func(i, k int) error {
+			msgs := make([]*message.Message, k)
+			for j := range msgs {
+				msgs[j] = message.NewMessage(watermill.NewUUID(), kafkaPayload)
+				msgs[j].Metadata.Set("key", kafkaKey(i+j))
 			}
-			return nil
+			return p.Publish(topic, msgs...)
 		})
+	})
+}
+
+// inBatches times send(i, k) for the b.N messages in calls of k =
+// kafkaBatch (the last call may be shorter), i the first message's index.
+func inBatches(b *testing.B, send func(i, k int) error) {
+	b.Helper()
+	measureKafka(b, b.N, func() error {
+		for i := 0; i < b.N; i += kafkaBatch {
+			if err := send(i, min(kafkaBatch, b.N-i)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 }
 

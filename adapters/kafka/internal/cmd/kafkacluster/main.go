@@ -117,7 +117,9 @@ func ready(ctx context.Context, seeds []string, want int) error {
 	return nil
 }
 
-func leader(ctx context.Context, seeds []string, topic string, p int32) error {
+// pollTopic calls check with topic's metadata every 200ms until it
+// returns nil or ctx ends.
+func pollTopic(ctx context.Context, seeds []string, topic string, check func(kadm.TopicDetail) error) error {
 	return poll(ctx, func(ctx context.Context) error {
 		adm, done, err := admin(seeds...)
 		if err != nil {
@@ -128,7 +130,16 @@ func leader(ctx context.Context, seeds []string, topic string, p int32) error {
 		if err != nil {
 			return err
 		}
-		pd, ok := td[topic].Partitions[p]
+		if d := td[topic]; d.Err != nil {
+			return d.Err
+		}
+		return check(td[topic])
+	})
+}
+
+func leader(ctx context.Context, seeds []string, topic string, p int32) error {
+	return pollTopic(ctx, seeds, topic, func(d kadm.TopicDetail) error {
+		pd, ok := d.Partitions[p]
 		if !ok || pd.Leader < 0 {
 			return errors.New("no leader yet")
 		}
@@ -138,20 +149,7 @@ func leader(ctx context.Context, seeds []string, topic string, p int32) error {
 }
 
 func isr(ctx context.Context, seeds []string, topic string, want int) error {
-	return poll(ctx, func(ctx context.Context) error {
-		adm, done, err := admin(seeds...)
-		if err != nil {
-			return err
-		}
-		defer done()
-		td, err := adm.ListTopics(ctx, topic)
-		if err != nil {
-			return err
-		}
-		d := td[topic]
-		if d.Err != nil {
-			return d.Err
-		}
+	return pollTopic(ctx, seeds, topic, func(d kadm.TopicDetail) error {
 		for _, pd := range d.Partitions {
 			if len(pd.ISR) < want {
 				return fmt.Errorf("partition %d has ISR %v, want %d members", pd.Partition, pd.ISR, want)
