@@ -129,8 +129,27 @@ func TestPublishRetriedAfterALostAnswerWritesEachRecordOnce(t *testing.T) {
 }
 
 // readAll reads every record of topic with a raw franz-go consumer and
-// returns their omnibus-id headers, in partition order.
+// returns their omnibus-id headers.
 func readAll(t *testing.T, brokers, topic string) []string {
+	t.Helper()
+	var ids []string
+	for _, r := range rawRecords(t, brokers, topic) {
+		ids = append(ids, headerID(r))
+	}
+	return ids
+}
+
+func headerID(r *kgo.Record) string {
+	for _, h := range r.Headers {
+		if h.Key == kafka.HeaderID {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// rawRecords reads every record of topic with a raw franz-go consumer.
+func rawRecords(t *testing.T, brokers, topic string) []*kgo.Record {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -149,26 +168,18 @@ func readAll(t *testing.T, brokers, topic string) []string {
 		t.Fatal(err)
 	}
 	defer cl.Close()
-	var ids []string
-	for int64(len(ids)) < total {
+	var recs []*kgo.Record
+	for int64(len(recs)) < total {
 		fs := cl.PollFetches(ctx)
 		if err := ctx.Err(); err != nil {
-			t.Fatalf("read %d of %d records: %v", len(ids), total, err)
+			t.Fatalf("read %d of %d records: %v", len(recs), total, err)
 		}
 		fs.EachError(func(_ string, p int32, err error) {
 			if !errors.Is(err, context.Canceled) {
 				t.Logf("raw fetch of partition %d: %v", p, err)
 			}
 		})
-		fs.EachRecord(func(r *kgo.Record) {
-			id := ""
-			for _, h := range r.Headers {
-				if h.Key == kafka.HeaderID {
-					id = string(h.Value)
-				}
-			}
-			ids = append(ids, id)
-		})
+		recs = append(recs, fs.Records()...)
 	}
-	return ids
+	return recs
 }

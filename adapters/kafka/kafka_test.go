@@ -490,3 +490,41 @@ func TestRecordBatchesRoundTripWithEveryCodec(t *testing.T) {
 		})
 	}
 }
+
+// TestKeysLandOnTheJavaClientsPartition pins the partitioner: javaMurmur2
+// matches the Java client's own test vectors (Kafka's UtilsTest), and every
+// key published through omnibus lands on the partition the Java client's
+// formula picks, read back with a raw consumer.
+func TestKeysLandOnTheJavaClientsPartition(t *testing.T) {
+	vectors := map[string]int32{
+		"21": -973932308, "foobar": -790332482, "a-little-bit-long-string": -985981536,
+		"a-little-bit-longer-string": -1486304829, "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971, "abc": 479470107,
+	}
+	for in, want := range vectors {
+		if got := javaMurmur2([]byte(in)); got != want {
+			t.Fatalf("javaMurmur2(%q) = %d, want %d (Kafka's UtilsTest)", in, got, want)
+		}
+	}
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "keys"))
+	var msgs []*pubsub.Message
+	for i := 0; i < 200; i++ {
+		msgs = append(msgs, &pubsub.Message{Key: fmt.Sprintf("key-%d", i), Payload: []byte("x")})
+	}
+	if err := c.Publish(context.Background(), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{} // by ID, which Publish filled in
+	for _, m := range msgs {
+		want[m.ID] = partitionOf(m.Key)
+	}
+	recs := rawRecords(t, integration.Kafka(t), topic)
+	if len(recs) != len(msgs) {
+		t.Fatalf("read back %d records, want %d", len(recs), len(msgs))
+	}
+	for _, r := range recs {
+		if p, ok := want[headerID(r)]; !ok || int(r.Partition) != p {
+			t.Errorf("key %q landed on partition %d, the Java client picks %d", r.Key, r.Partition, p)
+		}
+	}
+}

@@ -16,7 +16,7 @@ func TestParseURLReadsEveryParameter(t *testing.T) {
 	o, err := kafka.ParseURL("kafka://a:9092,b:9093/?client_id=svc&acks=leader&compression=zstd&auto_create=true&partitions=6" +
 		"&replication_factor=3&start=earliest&max_message_size=2048&commit_interval=1s&session_timeout=20s" +
 		"&heartbeat_interval=2s&rebalance_timeout=40s&write_timeout=5s&dial_timeout=3s&max_batch=100&max_in_flight=2&fetch_max_bytes=65536" +
-		"&sasl=scram-sha-512&sasl_user=u&sasl_password=p")
+		"&balancer=range&sasl=scram-sha-512&sasl_user=u&sasl_password=p")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -42,6 +42,7 @@ func TestParseURLReadsEveryParameter(t *testing.T) {
 		{"MaxBatch", o.MaxBatch, 100},
 		{"MaxInFlight", o.MaxInFlight, 2},
 		{"FetchMaxBytes", o.FetchMaxBytes, 65536},
+		{"Balancer", o.Balancer, kafka.BalancerRange},
 		{"SASL", o.SASL != nil && o.SASL.Name() == "SCRAM-SHA-512", true},
 	}
 	for _, c := range checks {
@@ -72,6 +73,7 @@ func TestParseURLRejectsBadInputNamingTheParameter(t *testing.T) {
 		{"BadAcks", "kafka://h:1?acks=al", "acks"},
 		{"BadCompression", "kafka://h:1?compression=brotli", "compression"},
 		{"BadStart", "kafka://h:1?start=oldest", "start"},
+		{"BadBalancer", "kafka://h:1?balancer=sticky", "balancer"},
 		{"ZeroPartitions", "kafka://h:1?partitions=0", "partitions"},
 		{"BadDuration", "kafka://h:1?commit_interval=soon", "commit_interval"},
 		{"BadSASL", "kafka://h:1?sasl=gssapi&sasl_user=u", "sasl"},
