@@ -29,7 +29,11 @@ type rebalanceLog struct {
 	done map[string]bool // IDs acked without error
 	want int
 	all  chan struct{} // closed when every ID was acked once
+	step chan struct{} // gets a value every stepEvery IDs acked
 }
+
+// stepEvery is how many acked messages separate two membership changes.
+const stepEvery = 5000
 
 func (l *rebalanceLog) record(o observed) {
 	l.mu.Lock()
@@ -39,6 +43,12 @@ func (l *rebalanceLog) record(o observed) {
 		l.done[o.id] = true
 		if len(l.done) == l.want {
 			close(l.all)
+		}
+		if len(l.done)%stepEvery == 0 {
+			select {
+			case l.step <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -72,8 +82,8 @@ func runMember(s *pubsub.Subscription, name string, workers int, l *rebalanceLog
 
 // TestRebalanceHandsOutNothingFromRevokedPartitions: two members of a group
 // consume a backlog of 50 000 keyed messages, their handlers the
-// bottleneck, while a third joins and leaves every 2 s, with the default
-// prefetch. Nothing is lost; duplicates per
+// bottleneck, while a third joins and leaves every 5 000 acked messages
+// (every few seconds), with the default prefetch. Nothing is lost; duplicates per
 // membership change stay within the deliveries genuinely in flight in
 // handlers (the workers), not the prefetch; a partition's deliveries never
 // interleave between members (a member hands out nothing from a partition
@@ -88,7 +98,7 @@ func TestRebalanceHandsOutNothingFromRevokedPartitions(t *testing.T) {
 	pub := openClient(t, "")
 	topic := newTopic(t, pub, uniqueName(t, "rebalance"))
 	group := uniqueName(t, "g")
-	l := &rebalanceLog{done: map[string]bool{}, want: n, all: make(chan struct{})}
+	l := &rebalanceLog{done: map[string]bool{}, want: n, all: make(chan struct{}), step: make(chan struct{}, 1)}
 	var wg sync.WaitGroup
 	var subs []*pubsub.Subscription
 	for _, name := range []string{"A", "B"} {
@@ -113,13 +123,11 @@ func TestRebalanceHandsOutNothingFromRevokedPartitions(t *testing.T) {
 		pubErr <- nil
 	}()
 
-	// A third member joins and leaves every 2 s until every message was
-	// acked.
+	// A third member joins and leaves every 5 000 acked messages (every
+	// few seconds) until every message was acked.
 	changes := 0
 	joiner := openClient(t, "")
 	var third *pubsub.Subscription
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
 	deadline := time.After(120 * time.Second)
 	for finished := false; !finished; {
 		select {
@@ -134,7 +142,7 @@ func TestRebalanceHandsOutNothingFromRevokedPartitions(t *testing.T) {
 		case <-deadline:
 			finished = true
 			continue
-		case <-tick.C:
+		case <-l.step:
 		}
 		if changes == 8 {
 			continue // enough: let the backlog drain
