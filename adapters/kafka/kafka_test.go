@@ -528,3 +528,39 @@ func TestKeysLandOnTheJavaClientsPartition(t *testing.T) {
 		}
 	}
 }
+
+// TestNewGroupStartingAtLatestCommitsItsStart: a group with no committed
+// offset starts at the newest message (start=latest), and that start is
+// committed when the partition is assigned, so a member that takes over
+// before anything was acked starts there too: it gets what was published
+// after the first member joined, and nothing from before.
+func TestNewGroupStartingAtLatestCommitsItsStart(t *testing.T) {
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "latest"))
+	group := uniqueName(t, "g")
+	const key = "latest"
+	publishSeq(t, c, topic, key, 0, 5) // before the group exists
+	first, err := c.Subscribe(context.Background(), topic, pubsub.Group(group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishSeq(t, c, topic, key, 5, 15)
+	if err := first.Close(); err != nil { // nothing acked
+		t.Fatal(err)
+	}
+	next := openClient(t, "")
+	s, err := next.Subscribe(context.Background(), topic, pubsub.Group(group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for want := 5; want < 15; want++ {
+		d := receive(t, s)
+		if got := seqOf(t, d); got != want {
+			t.Fatalf("the member that took over got %d, want %d", got, want)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
