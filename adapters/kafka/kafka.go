@@ -1,65 +1,86 @@
 // Package kafka is the omnibus adapter for Apache Kafka (kafka:// URLs), on
-// github.com/segmentio/kafka-go.
+// github.com/twmb/franz-go (pkg/kgo for producing and consuming, pkg/kadm
+// for topic administration).
+//
+// franz-go is a complete Kafka client: idempotent producing, leader changes
+// followed through fresh metadata, retries only for retriable errors, one
+// multiplexed connection per broker, throttling, SASL re-authentication
+// (KIP-368) and cooperative rebalancing. The adapter adds only what omnibus
+// needs on top: per-delivery acks that commit contiguous offsets, in-process
+// nacks, revocation of deliveries when a rebalance moves their partition,
+// and the portable error contract.
 //
 // Import it for its side effect and open a client by URL:
 //
 //	import _ "github.com/omnibusmq/omnibus/adapters/kafka"
-//	c, err := pubsub.Open(ctx, "kafka://127.0.0.1:9092,127.0.0.1:9093?acks=all&auto_create=true&partitions=12")
+//	c, err := pubsub.Open(ctx, "kafka://127.0.0.1:9092,127.0.0.1:9093?auto_create=true&partitions=12")
 //
 // or build one from Options with New and pubsub.NewClient.
 //
 // # Semantics
 //
 //   - Publish returns after the broker acknowledged every message of the call
-//     (acks=all by default: every in-sync replica has it). Concurrent Publish
-//     calls to a topic are merged by the portable layer into SendBatch calls,
-//     and each SendBatch is written as one produce request per partition
-//     leader (all its partitions in one round trip). Key is the Kafka record
-//     key (partitioned by murmur2, like the Java client); ID travels in the
-//     "omnibus-id" header and Metadata in the other headers. A failed message
-//     is an error naming topic, partition and message ID; a message over the
-//     broker's limit is an ErrInvalid error before anything is sent.
-//   - Subscribe with pubsub.Group(name) joins the Kafka consumer group name;
-//     the broker assigns partitions. Each partition is delivered in order.
-//     Acks may come in any order: the committed offset of a partition only
-//     ever advances to one past the highest contiguous acked offset. Commits
-//     are batched (commit_interval) and flushed when a rebalance takes the
-//     partition away and on Close. A nacked message is redelivered in process
-//     after its delay (Capabilities.NackDelay is false) and holds the commit
-//     back until it is acked; after a rebalance or restart, everything past
-//     the committed offset is delivered again (at-least-once).
+//     (acks=all by default: every in-sync replica has it). Producing is
+//     idempotent with acks=all: a produce whose outcome was unknown (a
+//     timeout, a dropped connection) is retried without duplicating records
+//     in the log. Concurrent Publish calls to a topic are merged by the
+//     portable layer into SendBatch calls, each handed to franz-go whole.
+//     Key is the Kafka record key, partitioned by murmur2 like the Java
+//     client; ID travels in the "omnibus-id" header and Metadata in the other
+//     headers. A failed message is an error naming topic, partition and
+//     message ID. A message over the broker's limit, an invalid topic name
+//     and a rejected record are ErrInvalid errors returned at once; an
+//     authorization failure is ErrPermanent; transient errors (leader
+//     changes, a dropped connection) are retried inside until write_timeout.
+//   - Subscribe with pubsub.Group(name) joins the Kafka consumer group name
+//     (cooperative-sticky balancing by default, see balancer=); the broker
+//     assigns partitions. Each partition is delivered in order. Acks may come
+//     in any order: the committed offset of a partition only ever advances to
+//     one past the highest contiguous acked offset. Commits are batched
+//     (commit_interval) and flushed when a rebalance takes the partition away
+//     and on Close. A nacked message is redelivered in process after its
+//     delay (Capabilities.NackDelay is false) and holds the commit back until
+//     it is acked; after a rebalance or restart, everything past the
+//     committed offset is delivered again (at-least-once).
+//   - When a rebalance takes a partition away, the adapter revokes the
+//     partition's driver.Lease before its last commit: nothing received from
+//     it is handed out any more, and Ack or Nack of a delivery from it
+//     returns pubsub.ErrRevoked (its new owner delivers it again).
 //   - A group that has no committed offset starts at start= (latest by
 //     default) or at the oldest message with pubsub.FromOldest(); its start
 //     offset is committed as soon as the member is assigned the partition, so
 //     no later rebalance can skip messages published meanwhile.
 //   - A subscription without a group reads every partition of the topic
 //     directly (no consumer group, nothing committed) from the end of each
-//     partition at Subscribe time (or the oldest with FromOldest). The set of
-//     partitions is fixed when it opens.
+//     partition at Subscribe time (or the oldest with FromOldest).
 //   - Subscribe returns once the member has joined the group and has its
 //     first assignment, with start offsets resolved.
 //   - A topic that does not exist is an ErrNotFound error, unless
 //     auto_create=true, which creates it with partitions= and
 //     replication_factor=.
+//   - Each Broker has one franz-go client for producing and administration;
+//     each subscription has one more (a consumer group is a client's own).
+//     franz-go keeps one connection per broker per client.
 //
 // # URL parameters
 //
 //	kafka://host:port[,host:port...][?param=value&...]
 //
 //	client_id=NAME              client ID sent to the broker (default "omnibus")
-//	acks=all|leader             produce acknowledgements (default all)
+//	acks=all|leader             produce acknowledgements (default all; leader turns idempotence off)
 //	compression=none|gzip|snappy|lz4|zstd   produce compression (default none)
 //	auto_create=true|false      create a missing topic on first use (default false)
 //	partitions=N                partitions of an auto-created topic (default 1)
 //	replication_factor=N        replicas of an auto-created topic (default -1: the broker's default.replication.factor)
 //	start=latest|earliest       where a new group (or a group-less subscription) starts (default latest)
+//	balancer=cooperative-sticky|range|roundrobin   group partition balancer (default cooperative-sticky)
 //	max_message_size=BYTES      largest record accepted (default: the broker's message.max.bytes)
 //	commit_interval=DURATION    how often acked offsets are committed (default 200ms)
 //	session_timeout=DURATION    group session timeout (default 10s)
 //	heartbeat_interval=DURATION group heartbeat interval (default 500ms)
 //	rebalance_timeout=DURATION  how long the broker waits for members to rejoin (default 10s)
-//	write_timeout=DURATION      bound on one Publish's produce requests and retries (default 30s)
-//	dial_timeout=DURATION       connect timeout (default 10s)
+//	write_timeout=DURATION      bound on one Publish, retries included (default 30s)
+//	dial_timeout=DURATION       bound on connecting and on the first answer of the cluster at Open (default 10s)
 //	max_batch=N                 most messages per SendBatch (default 2000)
 //	max_in_flight=N             most concurrent SendBatch calls per topic (default 4)
 //	fetch_max_bytes=BYTES       most bytes per fetch per partition (default 16 MiB)
@@ -88,9 +109,10 @@ import (
 	"sync"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
-	metadataAPI "github.com/segmentio/kafka-go/protocol/metadata"
-	"github.com/segmentio/kafka-go/sasl"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
 
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -110,9 +132,23 @@ type Acks int
 
 const (
 	// AcksAll (the zero value): every in-sync replica has the record.
+	// Producing is idempotent.
 	AcksAll Acks = iota
-	// AcksLeader: the partition leader has the record.
+	// AcksLeader: the partition leader has the record. Kafka allows
+	// idempotent producing only with AcksAll, so a retried produce may
+	// duplicate records.
 	AcksLeader
+)
+
+// Balancer names a consumer group partition balancer.
+type Balancer string
+
+// The balancers a group member offers (all members of a group must share
+// one).
+const (
+	BalancerCooperativeSticky Balancer = "cooperative-sticky"
+	BalancerRange             Balancer = "range"
+	BalancerRoundRobin        Balancer = "roundrobin"
 )
 
 // Options configure a Kafka broker connection. Zero values mean the
@@ -140,6 +176,9 @@ type Options struct {
 	// group-less subscription start at the oldest retained message instead
 	// of the newest. pubsub.FromOldest() does the same per subscription.
 	StartFromOldest bool
+	// Balancer is the group's partition balancer. Default
+	// BalancerCooperativeSticky.
+	Balancer Balancer
 	// MaxMessageSize is the largest record (payload, key and headers) in
 	// bytes. Default: the broker's message.max.bytes, read at New.
 	MaxMessageSize int
@@ -156,7 +195,8 @@ type Options struct {
 	RebalanceTimeout time.Duration
 	// WriteTimeout bounds one SendBatch, retries included. Default 30s.
 	WriteTimeout time.Duration
-	// DialTimeout bounds connecting to a broker. Default 10s.
+	// DialTimeout bounds connecting to a broker, and New's wait for the
+	// cluster's first answer. Default 10s.
 	DialTimeout time.Duration
 	// MaxBatch is the most messages the portable layer puts in one
 	// SendBatch. Default 2000.
@@ -169,13 +209,19 @@ type Options struct {
 	FetchMaxBytes int
 	// TLS, when non-nil, encrypts connections with this configuration.
 	TLS *tls.Config
-	// SASL, when non-nil, authenticates connections (see SASLPlain and
-	// SASLScram).
+	// SASL, when non-nil, authenticates connections (see SASLMechanism).
 	SASL sasl.Mechanism
-	// Logger receives background problems (failed commits, rebalances).
-	// Default slog.Default().
+	// Dialer, when non-nil, opens the TCP connections to the brokers
+	// instead of a net.Dialer (a SOCKS proxy, a test's fault proxy). It
+	// cannot be combined with TLS.
+	Dialer func(ctx context.Context, network, address string) (net.Conn, error)
+	// Logger receives background problems (failed commits, rebalances,
+	// franz-go's warnings). Default slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultDialTimeout is the default of Options.DialTimeout (dial_timeout).
+const DefaultDialTimeout = 10 * time.Second
 
 func (o Options) withDefaults() (Options, error) {
 	if len(o.Brokers) == 0 {
@@ -193,6 +239,12 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("kafka: Options.Acks %d: want AcksAll or AcksLeader: %w", o.Acks, driver.ErrInvalid)
 	}
 	if _, err := compressionCodec(o.Compression); err != nil {
+		return o, err
+	}
+	if o.Balancer == "" {
+		o.Balancer = BalancerCooperativeSticky
+	}
+	if _, err := groupBalancer(o.Balancer); err != nil {
 		return o, err
 	}
 	if o.Partitions == 0 {
@@ -217,7 +269,7 @@ func (o Options) withDefaults() (Options, error) {
 		{"HeartbeatInterval", &o.HeartbeatInterval, 500 * time.Millisecond},
 		{"RebalanceTimeout", &o.RebalanceTimeout, 10 * time.Second},
 		{"WriteTimeout", &o.WriteTimeout, 30 * time.Second},
-		{"DialTimeout", &o.DialTimeout, 10 * time.Second},
+		{"DialTimeout", &o.DialTimeout, DefaultDialTimeout},
 	}
 	for _, d := range durations {
 		if *d.v < 0 {
@@ -231,22 +283,25 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("kafka: Options.HeartbeatInterval %v must be below SessionTimeout %v: %w", o.HeartbeatInterval, o.SessionTimeout, driver.ErrInvalid)
 	}
 	ints := []struct {
-		name string
-		v    *int
-		def  int
+		name     string
+		v        *int
+		def, max int
 	}{
-		{"MaxMessageSize", &o.MaxMessageSize, 0},
-		{"MaxBatch", &o.MaxBatch, 2000},
-		{"MaxInFlight", &o.MaxInFlight, 4},
-		{"FetchMaxBytes", &o.FetchMaxBytes, 16 << 20},
+		{"MaxMessageSize", &o.MaxMessageSize, 0, 1 << 30},
+		{"MaxBatch", &o.MaxBatch, 2000, 1_000_000},
+		{"MaxInFlight", &o.MaxInFlight, 4, 1024},
+		{"FetchMaxBytes", &o.FetchMaxBytes, 16 << 20, 1 << 30},
 	}
 	for _, n := range ints {
-		if *n.v < 0 {
-			return o, fmt.Errorf("kafka: Options.%s %d: want a positive number: %w", n.name, *n.v, driver.ErrInvalid)
+		if *n.v < 0 || *n.v > n.max {
+			return o, fmt.Errorf("kafka: Options.%s %d: want a positive number up to %d: %w", n.name, *n.v, n.max, driver.ErrInvalid)
 		}
 		if *n.v == 0 {
 			*n.v = n.def
 		}
+	}
+	if o.Dialer != nil && o.TLS != nil {
+		return o, fmt.Errorf("kafka: Options.Dialer and Options.TLS are both set: a custom Dialer must do TLS itself: %w", driver.ErrInvalid)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -254,70 +309,105 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-func compressionCodec(name string) (kafkago.Compression, error) {
+func compressionCodec(name string) (kgo.CompressionCodec, error) {
 	switch name {
 	case "", "none":
-		return 0, nil
+		return kgo.NoCompression(), nil
 	case "gzip":
-		return kafkago.Gzip, nil
+		return kgo.GzipCompression(), nil
 	case "snappy":
-		return kafkago.Snappy, nil
+		return kgo.SnappyCompression(), nil
 	case "lz4":
-		return kafkago.Lz4, nil
+		return kgo.Lz4Compression(), nil
 	case "zstd":
-		return kafkago.Zstd, nil
+		return kgo.ZstdCompression(), nil
 	}
-	return 0, fmt.Errorf("kafka: compression %q: want none, gzip, snappy, lz4 or zstd: %w", name, driver.ErrInvalid)
+	return kgo.NoCompression(), fmt.Errorf("kafka: compression %q: want none, gzip, snappy, lz4 or zstd: %w", name, driver.ErrInvalid)
+}
+
+func groupBalancer(b Balancer) (kgo.GroupBalancer, error) {
+	switch b {
+	case BalancerCooperativeSticky:
+		return kgo.CooperativeStickyBalancer(), nil
+	case BalancerRange:
+		return kgo.RangeBalancer(), nil
+	case BalancerRoundRobin:
+		return kgo.RoundRobinBalancer(), nil
+	}
+	return nil, fmt.Errorf("kafka: balancer %q: want cooperative-sticky, range or roundrobin: %w", b, driver.ErrInvalid)
+}
+
+// splitUserInfo splits rest (a kafka:// URL without its scheme) into the
+// user info (ok false when there is none) and the remainder. The user info
+// ends at the last "@" before the query; an "@" after a "?" still ends it
+// when no "=" or "&" stands between the "?" and the "@" (a password holding
+// "?" that was not percent-encoded), so that such a password is never taken
+// for a host or a parameter and printed.
+func splitUserInfo(rest string) (userinfo, remainder string, ok bool) {
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return "", rest, false
+	}
+	if q := strings.Index(rest, "?"); q >= 0 && q < at && strings.ContainsAny(rest[q:at], "=&") {
+		// The last "@" is in the query (sasl_user=a@b): look before it.
+		at = strings.LastIndex(rest[:q], "@")
+		if at < 0 {
+			return "", rest, false
+		}
+	}
+	return rest[:at], rest[at+1:], true
 }
 
 // ParseURL turns a kafka:// URL into Options, validating every parameter
 // (see the package documentation). Unknown parameters are ErrInvalid errors
-// naming them. Errors never contain the password.
+// naming them. Errors never contain the password nor the URL: they name the
+// parameter or the broker's position in the list.
 func ParseURL(rawURL string) (Options, error) {
 	var o Options
-	rest, ok := strings.CutPrefix(rawURL, Scheme+"://")
+	rest, ok := strings.CutPrefix(strings.TrimSpace(rawURL), Scheme+"://")
 	if !ok {
-		return o, fmt.Errorf("kafka: URL %q: want kafka://host:port[,host:port...]: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
+		return o, fmt.Errorf("kafka: URL: want kafka://host:port[,host:port...]: %w", driver.ErrInvalid)
 	}
+	userinfo, rest, hasUser := splitUserInfo(rest)
 	// The host list may hold commas, which net/url refuses in a host:
 	// split it off by hand and parse only the query with net/url.
 	hostPart, query, _ := strings.Cut(rest, "?")
 	hostPart = strings.TrimSuffix(hostPart, "/")
 	var user, pass string
-	var hasUser bool
-	if at := strings.LastIndex(hostPart, "@"); at >= 0 {
-		ui := hostPart[:at]
-		hostPart = hostPart[at+1:]
-		u, p, _ := strings.Cut(ui, ":")
+	if hasUser {
+		u, p, _ := strings.Cut(userinfo, ":")
 		var err1, err2 error
 		user, err1 = url.PathUnescape(u)
 		pass, err2 = url.PathUnescape(p)
 		if err1 != nil || err2 != nil {
-			return o, fmt.Errorf("kafka: URL %s: bad escape in user info: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
+			return o, fmt.Errorf("kafka: URL: bad %%-escape in the user info: %w", driver.ErrInvalid)
 		}
-		hasUser = true
 	}
-	if strings.Contains(hostPart, "/") {
-		return o, fmt.Errorf("kafka: URL %s: unexpected path %q: %w", pubsub.Redact(rawURL), hostPart[strings.Index(hostPart, "/"):], driver.ErrInvalid)
+	if i := strings.Index(hostPart, "/"); i >= 0 {
+		return o, fmt.Errorf("kafka: URL: unexpected path after the broker list (a Kafka URL has none; parameters follow \"?\"): %w", driver.ErrInvalid)
 	}
-	for _, h := range strings.Split(hostPart, ",") {
+	hosts := strings.Split(hostPart, ",")
+	for i, h := range hosts {
 		h = strings.TrimSpace(h)
 		if h == "" {
 			continue
 		}
-		if _, port, found := strings.Cut(h, ":"); !found || port == "" {
+		host, port, found := strings.Cut(h, ":")
+		if !found || port == "" {
 			h += ":9092"
-		} else if n, err := strconv.Atoi(port[strings.LastIndex(port, ":")+1:]); err != nil || n <= 0 || n > 65535 {
-			return o, fmt.Errorf("kafka: URL %s: broker %q: bad port: %w", pubsub.Redact(rawURL), h, driver.ErrInvalid)
+		} else if n, err := strconv.Atoi(port[strings.LastIndex(port, ":")+1:]); err != nil || n <= 0 || n > 65535 || host == "" {
+			// The broker is named by its position only: a password that
+			// was not percent-encoded may have ended up here.
+			return o, fmt.Errorf("kafka: URL: broker %d of %d: want host:port with a port in 1..65535 (percent-encode \"@\", \":\", \"/\", \"?\" and \"#\" in a password): %w", i+1, len(hosts), driver.ErrInvalid)
 		}
 		o.Brokers = append(o.Brokers, h)
 	}
 	if len(o.Brokers) == 0 {
-		return o, fmt.Errorf("kafka: URL %s: no broker address: want kafka://host:port: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
+		return o, fmt.Errorf("kafka: URL: no broker address: want kafka://host:port: %w", driver.ErrInvalid)
 	}
 	q, err := url.ParseQuery(query)
 	if err != nil {
-		return o, fmt.Errorf("kafka: URL %s: bad query: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
+		return o, fmt.Errorf("kafka: URL: bad query (percent-encode special characters in values): %w", driver.ErrInvalid)
 	}
 	p := driver.NewParams(Scheme, q)
 	o.ClientID = p.String("client_id", "")
@@ -329,6 +419,8 @@ func ParseURL(rawURL string) (Options, error) {
 	o.Partitions = p.Int("partitions", 0, 1, 1_000_000)
 	o.ReplicationFactor = p.Int("replication_factor", 0, -1, 32767)
 	o.StartFromOldest = p.Enum("start", "latest", "latest", "earliest") == "earliest"
+	o.Balancer = Balancer(p.Enum("balancer", string(BalancerCooperativeSticky),
+		string(BalancerCooperativeSticky), string(BalancerRange), string(BalancerRoundRobin)))
 	o.MaxMessageSize = p.Int("max_message_size", 0, 1, 1<<30)
 	o.CommitInterval = p.Duration("commit_interval", 0)
 	o.SessionTimeout = p.Duration("session_timeout", 0)
@@ -365,11 +457,11 @@ func ParseURL(rawURL string) (Options, error) {
 		o.TLS = cfg
 	}
 	if mech == "" && hasUser {
-		return o, fmt.Errorf("kafka: URL %s: credentials given but no sasl= mechanism (plain, scram-sha-256, scram-sha-512): %w", pubsub.Redact(rawURL), driver.ErrInvalid)
+		return o, fmt.Errorf("kafka: URL: credentials given but no sasl= mechanism (plain, scram-sha-256, scram-sha-512): %w", driver.ErrInvalid)
 	}
 	if mech != "" {
 		if !hasUser || user == "" {
-			return o, fmt.Errorf("kafka: URL %s: sasl=%s needs sasl_user (or user info in the URL): %w", pubsub.Redact(rawURL), mech, driver.ErrInvalid)
+			return o, fmt.Errorf("kafka: URL: sasl=%s needs sasl_user (or user info in the URL): %w", mech, driver.ErrInvalid)
 		}
 		m, err := SASLMechanism(mech, user, pass)
 		if err != nil {
@@ -388,74 +480,99 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 	return New(ctx, o)
 }
 
-// Broker is a connection to a Kafka cluster; it implements driver.Broker,
-// driver.SendTuning and driver.SendGrouping. Get it from a pubsub.Client with
+// Broker is a connection to a Kafka cluster; it implements driver.Broker
+// and driver.SendTuning. Get it from a pubsub.Client with
 // c.Driver().(*kafka.Broker) for Kafka-specific features such as
 // CreateTopic.
 type Broker struct {
 	opts      Options
-	transport *kafkago.Transport
-	conns     *produceConns // produce requests go here, not through transport
-	client    *kafkago.Client
-	dialer    *kafkago.Dialer
-	codec     kafkago.Compression
+	cl        *kgo.Client // produce and admin
+	adm       *kadm.Client
 	maxRecord int // largest record batch the broker takes (message.max.bytes)
 	log       *slog.Logger
 
-	metaMu sync.Mutex
-	meta   map[string]*topicMeta
+	known sync.Map // topic → struct{}: checked to exist
 
 	mu      sync.Mutex
 	closed  bool
-	done    chan struct{}
 	pending sync.WaitGroup
 }
 
-// New connects to the cluster (one metadata request proves it answers) and
-// reads the broker's message.max.bytes unless Options.MaxMessageSize is set.
+// clientOpts are the franz-go options every client of this broker shares:
+// addresses, identity, security, timeouts and logging.
+func (o Options) clientOpts() []kgo.Opt {
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(o.Brokers...),
+		kgo.ClientID(o.ClientID),
+		kgo.DialTimeout(o.DialTimeout),
+		// A leader change is followed within this bound (franz-go refreshes
+		// metadata on NOT_LEADER errors, at most this often).
+		kgo.MetadataMinAge(250 * time.Millisecond),
+		kgo.WithLogger(slogLogger{o.Logger}),
+	}
+	if o.TLS != nil {
+		opts = append(opts, kgo.DialTLSConfig(o.TLS.Clone()))
+	}
+	if o.Dialer != nil {
+		opts = append(opts, kgo.Dialer(o.Dialer))
+	}
+	if o.SASL != nil {
+		opts = append(opts, kgo.SASL(o.SASL))
+	}
+	return opts
+}
+
+// New connects to the cluster and reads the broker's message.max.bytes
+// unless Options.MaxMessageSize is set. It fails when the cluster gives no
+// answer within DialTimeout (a port that accepts and never answers, the
+// wrong protocol), naming the brokers and the security in use.
 func New(ctx context.Context, o Options) (*Broker, error) {
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	codec, _ := compressionCodec(o.Compression)
-	tr := &kafkago.Transport{
-		DialTimeout: o.DialTimeout,
-		IdleTimeout: 5 * time.Minute,
-		MetadataTTL: 5 * time.Second,
-		ClientID:    o.ClientID,
-		TLS:         o.TLS,
-		SASL:        o.SASL,
-	}
-	b := &Broker{
-		opts:      o,
-		transport: tr,
-		conns:     &produceConns{opts: o, idle: map[string][]*produceConn{}},
-		client:    &kafkago.Client{Addr: kafkago.TCP(o.Brokers...), Transport: tr, Timeout: o.WriteTimeout},
-		dialer: &kafkago.Dialer{
-			ClientID: o.ClientID, Timeout: o.DialTimeout, DualStack: true,
-			TLS: o.TLS, SASLMechanism: o.SASL, KeepAlive: 30 * time.Second,
-		},
-		codec: codec,
-		log:   o.Logger,
-		meta:  map[string]*topicMeta{},
-		done:  make(chan struct{}),
-	}
-	octx, cancel := context.WithTimeout(ctx, o.DialTimeout)
-	defer cancel()
-	md, err := b.client.Metadata(octx, &kafkago.MetadataRequest{Topics: []string{}})
+	b := &Broker{opts: o, log: o.Logger, maxRecord: o.MaxMessageSize}
+	// A first client proves the cluster answers and reads the record
+	// limit, which the producing client needs at creation.
+	probe, err := kgo.NewClient(append(o.clientOpts(), kgo.RequestRetries(0))...)
 	if err != nil {
-		tr.CloseIdleConnections()
+		return nil, fmt.Errorf("kafka: %v: %w", err, driver.ErrInvalid)
+	}
+	pctx, cancel := context.WithTimeout(ctx, o.DialTimeout)
+	defer cancel()
+	if b.maxRecord == 0 {
+		b.maxRecord, err = brokerMaxMessageBytes(pctx, kadm.NewClient(probe))
+	} else {
+		err = probe.Ping(pctx)
+	}
+	probe.Close()
+	if err != nil {
+		if ctx.Err() == nil && pctx.Err() != nil {
+			err = fmt.Errorf("no answer within %v (dial_timeout; is it a Kafka listener with this security?): %w", o.DialTimeout, err)
+		}
 		return nil, connectError(o, err)
 	}
-	b.maxRecord = o.MaxMessageSize
-	if b.maxRecord == 0 {
-		b.maxRecord, err = b.brokerMaxMessageBytes(octx, md)
-		if err != nil {
-			tr.CloseIdleConnections()
-			return nil, err
-		}
+	codec, _ := compressionCodec(o.Compression)
+	popts := append(o.clientOpts(),
+		kgo.ProducerBatchCompression(codec),
+		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.ProducerBatchMaxBytes(int32(min(b.maxRecord, 1<<30))),
+		// The portable layer gathers concurrent Publish calls into one
+		// SendBatch: send it at once.
+		kgo.ProducerLinger(0),
+		kgo.RecordDeliveryTimeout(o.WriteTimeout),
+		kgo.MaxBufferedRecords(max(10_000, 2*o.MaxBatch*o.MaxInFlight)),
+	)
+	if o.Acks == AcksLeader {
+		popts = append(popts, kgo.RequiredAcks(kgo.LeaderAck()), kgo.DisableIdempotentWrite())
+	} else {
+		popts = append(popts, kgo.RequiredAcks(kgo.AllISRAcks()))
 	}
+	b.cl, err = kgo.NewClient(popts...)
+	if err != nil {
+		return nil, fmt.Errorf("kafka: %v: %w", err, driver.ErrInvalid)
+	}
+	b.adm = kadm.NewClient(b.cl)
 	return b, nil
 }
 
@@ -463,7 +580,7 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 // brokers, the security in use (the SASL mechanism by name, TLS), and, when
 // the broker refused the credentials or the TLS handshake failed
 // verification, ErrPermanent: retrying with the same options cannot help.
-// Credentials never appear in it (kafka-go's errors carry none either).
+// Credentials never appear in it (franz-go's errors carry none either).
 func connectError(o Options, err error) error {
 	var sec []string
 	if o.SASL != nil {
@@ -476,50 +593,50 @@ func connectError(o Options, err error) error {
 	if len(sec) > 0 {
 		how = " (" + strings.Join(sec, ", ") + ")"
 	}
+	brokers := strings.Join(o.Brokers, ",")
 	var verify *tls.CertificateVerificationError
 	var op *net.OpError
 	switch {
-	case errors.Is(err, kafkago.SASLAuthenticationFailed), errors.Is(err, kafkago.UnsupportedSASLMechanism), errors.Is(err, kafkago.IllegalSASLState):
-		return fmt.Errorf("kafka: connect to %s%s: the broker refused the credentials: %w: %w", strings.Join(o.Brokers, ","), how, err, driver.ErrPermanent)
+	case errors.Is(err, kerr.SaslAuthenticationFailed), errors.Is(err, kerr.UnsupportedSaslMechanism), errors.Is(err, kerr.IllegalSaslState):
+		return fmt.Errorf("kafka: connect to %s%s: the broker refused the credentials: %w: %w", brokers, how, err, driver.ErrPermanent)
 	case errors.As(err, &verify):
-		return fmt.Errorf("kafka: connect to %s%s: the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", strings.Join(o.Brokers, ","), how, err, driver.ErrPermanent)
+		return fmt.Errorf("kafka: connect to %s%s: the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", brokers, how, err, driver.ErrPermanent)
 	case o.TLS != nil && errors.As(err, &op) && op.Op == "remote error":
 		// A TLS alert from the broker, typically a missing or untrusted
 		// client certificate.
-		return fmt.Errorf("kafka: connect to %s%s: the broker refused the TLS handshake (does it require a client certificate? tls_cert, tls_key): %w", strings.Join(o.Brokers, ","), how, err)
+		return fmt.Errorf("kafka: connect to %s%s: the broker refused the TLS handshake (does it require a client certificate? tls_cert, tls_key): %w", brokers, how, err)
 	}
-	return fmt.Errorf("kafka: connect to %s%s: %w", strings.Join(o.Brokers, ","), how, err)
+	return fmt.Errorf("kafka: connect to %s%s: %w", brokers, how, err)
 }
 
-// brokerMaxMessageBytes reads message.max.bytes from one broker.
-func (b *Broker) brokerMaxMessageBytes(ctx context.Context, md *kafkago.MetadataResponse) (int, error) {
-	if len(md.Brokers) == 0 {
-		return 0, fmt.Errorf("kafka: metadata from %s lists no brokers", strings.Join(b.opts.Brokers, ","))
-	}
-	id := strconv.Itoa(md.Brokers[0].ID)
-	res, err := b.client.DescribeConfigs(ctx, &kafkago.DescribeConfigsRequest{
-		Resources: []kafkago.DescribeConfigRequestResource{{
-			ResourceType: kafkago.ResourceTypeBroker, ResourceName: id, ConfigNames: []string{"message.max.bytes"},
-		}},
-	})
+// brokerMaxMessageBytes reads message.max.bytes from the cluster.
+func brokerMaxMessageBytes(ctx context.Context, adm *kadm.Client) (int, error) {
+	md, err := adm.BrokerMetadata(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("kafka: read message.max.bytes of broker %s (set max_message_size to skip): %w", id, err)
+		return 0, err
 	}
-	for _, r := range res.Resources {
-		if r.Error != nil {
-			return 0, fmt.Errorf("kafka: read message.max.bytes of broker %s (set max_message_size to skip): %w", id, r.Error)
+	if len(md.Brokers) == 0 {
+		return 0, fmt.Errorf("the cluster's metadata lists no brokers")
+	}
+	rcs, err := adm.DescribeBrokerConfigs(ctx, md.Brokers[0].NodeID)
+	if err != nil {
+		return 0, err
+	}
+	for _, rc := range rcs {
+		if rc.Err != nil {
+			return 0, fmt.Errorf("read message.max.bytes (set max_message_size to skip): %w", rc.Err)
 		}
-		for _, e := range r.ConfigEntries {
-			if e.ConfigName == "message.max.bytes" {
-				n, err := strconv.Atoi(e.ConfigValue)
+		for _, c := range rc.Configs {
+			if c.Key == "message.max.bytes" && c.Value != nil {
+				n, err := strconv.Atoi(*c.Value)
 				if err != nil || n <= 0 {
-					return 0, fmt.Errorf("kafka: broker %s message.max.bytes=%q is not a positive number", id, e.ConfigValue)
+					return 0, fmt.Errorf("the broker's message.max.bytes=%q is not a positive number (set max_message_size to skip): %w", *c.Value, driver.ErrPermanent)
 				}
 				return n, nil
 			}
 		}
 	}
-	return 0, fmt.Errorf("kafka: broker %s did not report message.max.bytes (set max_message_size to skip)", id)
+	return 0, fmt.Errorf("the broker did not report message.max.bytes (set max_message_size to skip): %w", driver.ErrPermanent)
 }
 
 // recordReserve is the part of message.max.bytes kept for the record batch
@@ -539,16 +656,16 @@ func (b *Broker) Capabilities() driver.Capabilities {
 	}
 }
 
-// SendBatching implements driver.SendTuning: up to MaxBatch messages per
-// SendBatch and MaxInFlight concurrent SendBatch calls per topic.
-func (b *Broker) SendBatching() (int, int) { return b.opts.MaxBatch, b.opts.MaxInFlight }
-
-// GroupSends implements driver.SendGrouping: every SendBatch is a produce
-// request (a syscall and a round of broker work each), so concurrent Publish
-// calls wait for the send in flight and go out together when it returns
-// (group commit); a further concurrent send, up to MaxInFlight, starts only
-// while a full batch (MaxBatch) waits. A lone call is still sent at once.
-func (b *Broker) GroupSends() bool { return true }
+// Traits implements driver.Broker: up to MaxBatch messages per SendBatch and
+// MaxInFlight concurrent SendBatch calls per topic, with group commit
+// (concurrent Publish calls wait for the send in flight and go out together
+// when it returns, handed to franz-go as one batch of records; measured on
+// franz-go, this still beats franz-go's own batching of concurrent
+// ProduceSync calls, docs/benchmarks.md); an ack only marks an offset
+// (InlineAcks).
+func (b *Broker) Traits() driver.Traits {
+	return driver.Traits{MaxSendBatch: b.opts.MaxBatch, MaxConcurrentSends: b.opts.MaxInFlight, GroupSends: true, InlineAcks: true}
+}
 
 // Options returns the validated options, defaults filled in. The SASL
 // mechanism and TLS configuration are returned as given.
@@ -565,7 +682,7 @@ func (b *Broker) enter() error {
 }
 
 // Close implements driver.Broker: it waits for in-flight sends and closes
-// idle connections. Subscriptions are closed by the portable layer first.
+// the client. Subscriptions are closed by the portable layer first.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -573,11 +690,25 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
-	close(b.done)
 	b.mu.Unlock()
 	b.pending.Wait()
-	b.conns.close()
-	b.transport.CloseIdleConnections()
+	b.cl.Close()
+	return nil
+}
+
+// validTopic checks a topic name as Kafka does (1 to 249 of ASCII letters,
+// digits, ".", "_" and "-"; not "." or ".."), so that a bad name is an
+// ErrInvalid error at once instead of a wait for a topic that cannot exist.
+func validTopic(topic string) error {
+	if topic == "" || len(topic) > 249 || topic == "." || topic == ".." {
+		return fmt.Errorf("kafka: topic %q: want 1 to 249 characters, not \".\" or \"..\": %w", topic, driver.ErrInvalid)
+	}
+	for i := 0; i < len(topic); i++ {
+		c := topic[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("kafka: topic %q: byte %d (%#x) is not allowed: Kafka topic names use only ASCII letters, digits, \".\", \"_\" and \"-\": %w", topic, i, c, driver.ErrInvalid)
+		}
+	}
 	return nil
 }
 
@@ -585,197 +716,140 @@ func (b *Broker) Close() error {
 // factor (0 or -1: the broker's default) and waits until every partition
 // has a leader. An existing topic is not an error.
 func (b *Broker) CreateTopic(ctx context.Context, topic string, partitions, replicationFactor int) error {
+	if err := validTopic(topic); err != nil {
+		return err
+	}
 	if partitions < 1 {
 		return fmt.Errorf("kafka: create topic %q: partitions %d: want at least 1: %w", topic, partitions, driver.ErrInvalid)
 	}
 	if replicationFactor == 0 {
 		replicationFactor = -1
 	}
-	res, err := b.client.CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
-		Topic: topic, NumPartitions: partitions, ReplicationFactor: replicationFactor,
-	}}})
-	if err != nil {
-		return fmt.Errorf("kafka: create topic %q: %w", topic, err)
-	}
-	if err := res.Errors[topic]; err != nil && !errors.Is(err, kafkago.TopicAlreadyExists) {
+	_, err := b.adm.CreateTopic(ctx, int32(partitions), int16(replicationFactor), nil, topic)
+	if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+		if errors.Is(err, kerr.InvalidReplicationFactor) || errors.Is(err, kerr.InvalidPartitions) || errors.Is(err, kerr.InvalidTopicException) {
+			err = fmt.Errorf("%w: %w", err, driver.ErrInvalid)
+		}
 		return fmt.Errorf("kafka: create topic %q with %d partition(s), replication factor %d: %w", topic, partitions, replicationFactor, err)
 	}
 	for {
-		tm, err := b.cachedTopic(ctx, topic)
-		if err == nil && tm.ready() {
-			b.metaMu.Lock()
-			b.meta[topic] = tm
-			b.metaMu.Unlock()
+		err := b.topicReady(ctx, topic)
+		if err == nil {
+			b.known.Store(topic, struct{}{})
 			return nil
 		}
 		if !wait.Sleep(ctx, 50*time.Millisecond) {
-			if err == nil {
-				err = errors.New("some partitions have no leader yet")
-			}
 			return fmt.Errorf("kafka: create topic %q: waiting for its partitions: %v: %w", topic, err, ctx.Err())
 		}
 	}
 }
 
-// DeleteTopic deletes topic (tests and tools use it).
-func (b *Broker) DeleteTopic(ctx context.Context, topic string) error {
-	res, err := b.client.DeleteTopics(ctx, &kafkago.DeleteTopicsRequest{Topics: []string{topic}})
+// topicReady reports nil when topic exists and every partition has a
+// leader.
+func (b *Broker) topicReady(ctx context.Context, topic string) error {
+	td, err := b.adm.ListTopics(ctx, topic)
 	if err != nil {
-		return fmt.Errorf("kafka: delete topic %q: %w", topic, err)
+		return err
 	}
-	if err := res.Errors[topic]; err != nil {
-		return fmt.Errorf("kafka: delete topic %q: %w", topic, err)
+	d, ok := td[topic]
+	if !ok {
+		return kerr.UnknownTopicOrPartition
 	}
-	b.metaMu.Lock()
-	delete(b.meta, topic)
-	b.metaMu.Unlock()
+	if d.Err != nil {
+		return d.Err
+	}
+	if len(d.Partitions) == 0 {
+		return kerr.UnknownTopicOrPartition
+	}
+	for _, p := range d.Partitions {
+		if p.Err != nil {
+			return fmt.Errorf("partition %d: %w", p.Partition, p.Err)
+		}
+		if p.Leader < 0 {
+			return fmt.Errorf("partition %d has no leader yet", p.Partition)
+		}
+	}
 	return nil
 }
 
-// topicMeta is a cached view of one topic's partitions.
-type topicMeta struct {
-	partitions []int          // partition IDs, ascending
-	leader     map[int]int    // partition → leader broker ID (-1: none)
-	addr       map[int]string // leader broker ID → host:port
-	fetched    time.Time
+// DeleteTopic deletes topic (tests and tools use it).
+func (b *Broker) DeleteTopic(ctx context.Context, topic string) error {
+	b.known.Delete(topic)
+	if _, err := b.adm.DeleteTopic(ctx, topic); err != nil {
+		return fmt.Errorf("kafka: delete topic %q: %w", topic, err)
+	}
+	return nil
 }
 
-func (tm *topicMeta) ready() bool {
-	if len(tm.partitions) == 0 {
-		return false
+// ensureTopic returns nil when topic exists (checked once per Broker), and
+// creates it when AutoCreate is on; otherwise a missing topic is an
+// ErrNotFound error.
+func (b *Broker) ensureTopic(ctx context.Context, topic string) error {
+	if err := validTopic(topic); err != nil {
+		return err
 	}
-	for _, p := range tm.partitions {
-		if tm.leader[p] < 0 {
-			return false
-		}
+	if _, ok := b.known.Load(topic); ok {
+		return nil
 	}
-	return true
-}
-
-const metaTTL = 10 * time.Second
-
-// topic returns the metadata of topic, from this broker's cache unless it
-// is stale or refresh is set. A missing topic is created when AutoCreate is
-// on and is otherwise an ErrNotFound error.
-func (b *Broker) topic(ctx context.Context, topic string, refresh bool) (*topicMeta, error) {
-	b.metaMu.Lock()
-	tm := b.meta[topic]
-	b.metaMu.Unlock()
-	if tm != nil && !refresh && time.Since(tm.fetched) < metaTTL {
-		return tm, nil
-	}
-	tm, err := b.fetchTopic(ctx, topic)
+	td, err := b.adm.ListTopics(ctx, topic)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("kafka: metadata of topic %q: %w", topic, err)
 	}
-	b.metaMu.Lock()
-	b.meta[topic] = tm
-	b.metaMu.Unlock()
-	return tm, nil
+	d, ok := td[topic]
+	switch {
+	case ok && d.Err == nil:
+		b.known.Store(topic, struct{}{})
+		return nil
+	case ok && !errors.Is(d.Err, kerr.UnknownTopicOrPartition):
+		return fmt.Errorf("kafka: metadata of topic %q: %w", topic, classify(d.Err))
+	}
+	if !b.opts.AutoCreate {
+		return fmt.Errorf("kafka: topic %q does not exist (create it, or open with auto_create=true): %w", topic, driver.ErrNotFound)
+	}
+	if err := b.CreateTopic(ctx, topic, b.opts.Partitions, b.opts.ReplicationFactor); err != nil {
+		return err
+	}
+	b.log.Info("omnibus: kafka: created topic", "topic", topic, "partitions", b.opts.Partitions, "replication_factor", b.opts.ReplicationFactor)
+	return nil
 }
 
-// fetchTopic reads topic's partitions and leaders. The kafka-go transport
-// answers metadata requests from a cache that knows only the topics of its
-// last refresh, so a topic missing there is looked up with a fresh
-// connection before it is called missing, and the cache is then refreshed.
-func (b *Broker) fetchTopic(ctx context.Context, topic string) (*topicMeta, error) {
-	tm, err := b.cachedTopic(ctx, topic)
-	if err == nil && tm.ready() {
-		return tm, nil
+// classify wraps a Kafka error with the portable sentinel it means: bad
+// input is ErrInvalid, refused authorization ErrPermanent, a missing topic
+// ErrNotFound; other errors are returned as they are (transient).
+func classify(err error) error {
+	switch {
+	case errors.Is(err, kerr.MessageTooLarge), errors.Is(err, kerr.RecordListTooLarge), errors.Is(err, kerr.InvalidRecord),
+		errors.Is(err, kerr.InvalidTopicException), errors.Is(err, kerr.CorruptMessage), errors.Is(err, kerr.InvalidRequiredAcks),
+		errors.Is(err, kerr.InvalidTimestamp), errors.Is(err, kerr.UnsupportedCompressionType):
+		return fmt.Errorf("%w: %w", err, driver.ErrInvalid)
+	case errors.Is(err, kerr.TopicAuthorizationFailed), errors.Is(err, kerr.ClusterAuthorizationFailed),
+		errors.Is(err, kerr.GroupAuthorizationFailed), errors.Is(err, kerr.TransactionalIDAuthorizationFailed),
+		errors.Is(err, kerr.SaslAuthenticationFailed), errors.Is(err, kerr.UnsupportedVersion):
+		return fmt.Errorf("%w: %w", err, driver.ErrPermanent)
+	case errors.Is(err, kerr.UnknownTopicOrPartition), errors.Is(err, kerr.UnknownTopicID):
+		return fmt.Errorf("%w: %w", err, driver.ErrNotFound)
 	}
-	if err != nil && !errors.Is(err, kafkago.UnknownTopicOrPartition) {
-		return nil, fmt.Errorf("kafka: metadata of topic %q: %w", topic, err)
-	}
-	fresh, err := b.freshTopic(ctx, topic)
-	if errors.Is(err, kafkago.UnknownTopicOrPartition) {
-		if !b.opts.AutoCreate {
-			return nil, fmt.Errorf("kafka: topic %q does not exist (create it, or open with auto_create=true): %w", topic, driver.ErrNotFound)
-		}
-		if err := b.CreateTopic(ctx, topic, b.opts.Partitions, b.opts.ReplicationFactor); err != nil {
-			return nil, err
-		}
-		b.log.Info("omnibus: kafka: created topic", "topic", topic, "partitions", b.opts.Partitions, "replication_factor", b.opts.ReplicationFactor)
-		return b.cachedTopic(ctx, topic)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("kafka: metadata of topic %q: %w", topic, err)
-	}
-	// The topic exists: make the shared transport learn it. With the topic
-	// missing from its cache, a metadata request allowing auto-creation is
-	// sent to the broker and refreshes the cache; the topic exists, so
-	// nothing is created.
-	if _, err := b.transport.RoundTrip(ctx, b.client.Addr, &metadataAPI.Request{
-		TopicNames: []string{topic}, AllowAutoTopicCreation: true,
-	}); err != nil {
-		return nil, fmt.Errorf("kafka: metadata of topic %q: %w", topic, err)
-	}
-	if tm, err := b.cachedTopic(ctx, topic); err == nil && tm.ready() {
-		return tm, nil
-	}
-	return fresh, nil
+	return err
 }
 
-// cachedTopic reads topic from the shared transport's metadata cache.
-func (b *Broker) cachedTopic(ctx context.Context, topic string) (*topicMeta, error) {
-	md, err := b.client.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, err
+// slogLogger hands franz-go's log lines to slog: warnings and errors as
+// they are, info at debug level (franz-go is chatty at info).
+type slogLogger struct{ l *slog.Logger }
+
+func (s slogLogger) Level() kgo.LogLevel {
+	if s.l.Enabled(context.Background(), slog.LevelDebug) {
+		return kgo.LogLevelInfo
 	}
-	return topicFrom(md, topic)
+	return kgo.LogLevelWarn
 }
 
-// freshTopic asks the cluster itself (a new connection, no cache, no
-// auto-creation) for topic's metadata.
-func (b *Broker) freshTopic(ctx context.Context, topic string) (*topicMeta, error) {
-	tr := &kafkago.Transport{
-		DialTimeout: b.opts.DialTimeout, ClientID: b.opts.ClientID, TLS: b.opts.TLS, SASL: b.opts.SASL,
-		MetadataTopics: []string{topic}, MetadataTTL: time.Hour,
+func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
+	lv := slog.LevelDebug
+	switch level {
+	case kgo.LogLevelError:
+		lv = slog.LevelError
+	case kgo.LogLevelWarn:
+		lv = slog.LevelWarn
 	}
-	defer tr.CloseIdleConnections()
-	c := &kafkago.Client{Addr: b.client.Addr, Transport: tr}
-	md, err := c.Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
-	if err != nil {
-		return nil, err
-	}
-	return topicFrom(md, topic)
-}
-
-func topicFrom(md *kafkago.MetadataResponse, topic string) (*topicMeta, error) {
-	for _, t := range md.Topics {
-		if t.Name != topic {
-			continue
-		}
-		if t.Error != nil {
-			return nil, t.Error
-		}
-		tm := &topicMeta{leader: map[int]int{}, addr: map[int]string{}, fetched: time.Now()}
-		for _, p := range t.Partitions {
-			tm.partitions = append(tm.partitions, p.ID)
-			leader := -1
-			if p.Leader.Host != "" {
-				leader = p.Leader.ID
-				tm.addr[leader] = net.JoinHostPort(p.Leader.Host, strconv.Itoa(p.Leader.Port))
-			}
-			tm.leader[p.ID] = leader
-		}
-		sortInts(tm.partitions)
-		if len(tm.partitions) == 0 {
-			return nil, kafkago.UnknownTopicOrPartition
-		}
-		return tm, nil
-	}
-	return nil, kafkago.UnknownTopicOrPartition
-}
-
-func sortInts(a []int) {
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && a[j] < a[j-1]; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
-}
-
-// Traits implements driver.Broker.
-func (b *Broker) Traits() driver.Traits {
-	return driver.Traits{MaxSendBatch: b.opts.MaxBatch, MaxConcurrentSends: b.opts.MaxInFlight, GroupSends: true, InlineAcks: true}
+	s.l.Log(context.Background(), lv, "omnibus: kafka: franz-go: "+msg, keyvals...)
 }

@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -34,31 +35,73 @@ func committed(t testing.TB, topic, group string) map[int]int64 {
 	t.Helper()
 	ctx, cancel := wait()
 	defer cancel()
-	c := &kafkago.Client{Addr: kafkago.TCP(strings.Split(integration.Kafka(t), ",")...)}
-	parts := make([]int, testPartitions)
-	for i := range parts {
-		parts[i] = i
-	}
-	res, err := c.OffsetFetch(ctx, &kafkago.OffsetFetchRequest{GroupID: group, Topics: map[string][]int{topic: parts}})
+	adm := rawAdmin(t, integration.Kafka(t))
+	res, err := adm.FetchOffsets(ctx, group)
 	if err != nil {
 		t.Fatalf("offset fetch for group %s: %v", group, err)
 	}
-	if res.Error != nil {
-		t.Fatalf("offset fetch for group %s: %v", group, res.Error)
-	}
 	out := map[int]int64{}
-	for _, p := range res.Topics[topic] {
-		if p.Error != nil {
-			t.Fatalf("offset fetch for group %s partition %d: %v", group, p.Partition, p.Error)
+	for p := 0; p < testPartitions; p++ {
+		out[p] = -1
+		if o, ok := res.Lookup(topic, int32(p)); ok {
+			if o.Err != nil {
+				t.Fatalf("offset fetch for group %s partition %d: %v", group, p, o.Err)
+			}
+			out[p] = o.At
 		}
-		out[p.Partition] = p.CommittedOffset
 	}
 	return out
 }
 
-// partitionOf is the partition a key lands on (murmur2, like the adapter).
+// rawAdmin is a franz-go admin client of the test's own, independent of
+// the adapter under test.
+func rawAdmin(t testing.TB, brokers string, opts ...kgo.Opt) *kadm.Client {
+	t.Helper()
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(strings.Split(brokers, ",")...)}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return kadm.NewClient(cl)
+}
+
+// javaMurmur2 is org.apache.kafka.common.utils.Utils.murmur2 of the Java
+// client, transcribed: the reference the adapter's partitioner must match.
+func javaMurmur2(data []byte) int32 {
+	const seed, m, r = int32(-1756908916), int32(0x5bd1e995), 24
+	length := int32(len(data))
+	h := seed ^ length
+	n := len(data) / 4
+	for i := 0; i < n; i++ {
+		k := int32(data[4*i]) | int32(data[4*i+1])<<8 | int32(data[4*i+2])<<16 | int32(data[4*i+3])<<24
+		k *= m
+		k ^= int32(uint32(k) >> r)
+		k *= m
+		h *= m
+		h ^= k
+	}
+	tail := data[4*n:]
+	switch len(tail) {
+	case 3:
+		h ^= int32(tail[2]) << 16
+		fallthrough
+	case 2:
+		h ^= int32(tail[1]) << 8
+		fallthrough
+	case 1:
+		h ^= int32(tail[0])
+		h *= m
+	}
+	h ^= int32(uint32(h) >> 13)
+	h *= m
+	h ^= int32(uint32(h) >> 15)
+	return h
+}
+
+// partitionOf is the partition the Java client's default partitioner
+// picks for key among testPartitions: toPositive(murmur2(key)) % n.
 func partitionOf(key string) int {
-	return (&kafkago.Murmur2Balancer{}).Balance(kafkago.Message{Key: []byte(key)}, 0, 1, 2, 3)
+	return int(javaMurmur2([]byte(key))&0x7fffffff) % testPartitions
 }
 
 func receive(t testing.TB, s *pubsub.Subscription) *pubsub.Delivery {
@@ -289,15 +332,12 @@ func TestMissingTopicIsNotFoundUnlessAutoCreate(t *testing.T) {
 	}
 	ctx, cancel := wait()
 	defer cancel()
-	// A transport of its own: kafka-go's shared one answers from a cache.
-	tr := &kafkago.Transport{MetadataTopics: []string{topic}}
-	defer tr.CloseIdleConnections()
-	md, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t)), Transport: tr}).Metadata(ctx, &kafkago.MetadataRequest{Topics: []string{topic}})
+	td, err := rawAdmin(t, integration.Kafka(t)).ListTopics(ctx, topic)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(md.Topics) != 1 || len(md.Topics[0].Partitions) != 3 {
-		t.Errorf("auto-created topic metadata %+v, want 3 partitions", md.Topics)
+	if d := td[topic]; d.Err != nil || len(d.Partitions) != 3 {
+		t.Errorf("auto-created topic: %v, %d partitions, want 3", d.Err, len(d.Partitions))
 	}
 }
 
@@ -309,12 +349,8 @@ func TestOversizeMessageIsAnErrorNotAHang(t *testing.T) {
 	small := uniqueName(t, "small")
 	ctx, cancel := wait()
 	defer cancel()
-	res, err := (&kafkago.Client{Addr: kafkago.TCP(integration.Kafka(t))}).CreateTopics(ctx, &kafkago.CreateTopicsRequest{Topics: []kafkago.TopicConfig{{
-		Topic: small, NumPartitions: 1, ReplicationFactor: 1,
-		ConfigEntries: []kafkago.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "2048"}},
-	}}})
-	if err != nil || res.Errors[small] != nil {
-		t.Fatalf("create topic: %v %v", err, res.Errors[small])
+	if _, err := rawAdmin(t, integration.Kafka(t)).CreateTopic(ctx, 1, 1, map[string]*string{"max.message.bytes": kadm.StringPtr("2048")}, small); err != nil {
+		t.Fatalf("create topic: %v", err)
 	}
 	_ = admin
 	limited := openClient(t, "max_message_size=4096")
@@ -381,10 +417,9 @@ func TestAnonymousSubscriptionSeesOnlyNewMessages(t *testing.T) {
 	}
 }
 
-// TestRecordBatchesRoundTripWithEveryCodec: the adapter encodes record
-// batches itself; every codec's batches are accepted by the broker and read
-// back by kafka-go with IDs, keys, payloads (empty ones too), metadata and
-// per-key order intact.
+// TestRecordBatchesRoundTripWithEveryCodec: with every codec, records are
+// accepted by the broker and read back with IDs, keys, payloads (empty ones
+// too), metadata and per-key order intact.
 func TestRecordBatchesRoundTripWithEveryCodec(t *testing.T) {
 	for _, codec := range []string{"none", "gzip", "snappy", "lz4", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
@@ -453,5 +488,79 @@ func TestRecordBatchesRoundTripWithEveryCodec(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestKeysLandOnTheJavaClientsPartition pins the partitioner: javaMurmur2
+// matches the Java client's own test vectors (Kafka's UtilsTest), and every
+// key published through omnibus lands on the partition the Java client's
+// formula picks, read back with a raw consumer.
+func TestKeysLandOnTheJavaClientsPartition(t *testing.T) {
+	vectors := map[string]int32{
+		"21": -973932308, "foobar": -790332482, "a-little-bit-long-string": -985981536,
+		"a-little-bit-longer-string": -1486304829, "lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971, "abc": 479470107,
+	}
+	for in, want := range vectors {
+		if got := javaMurmur2([]byte(in)); got != want {
+			t.Fatalf("javaMurmur2(%q) = %d, want %d (Kafka's UtilsTest)", in, got, want)
+		}
+	}
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "keys"))
+	var msgs []*pubsub.Message
+	for i := 0; i < 200; i++ {
+		msgs = append(msgs, &pubsub.Message{Key: fmt.Sprintf("key-%d", i), Payload: []byte("x")})
+	}
+	if err := c.Publish(context.Background(), topic, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{} // by ID, which Publish filled in
+	for _, m := range msgs {
+		want[m.ID] = partitionOf(m.Key)
+	}
+	recs := rawRecords(t, integration.Kafka(t), topic)
+	if len(recs) != len(msgs) {
+		t.Fatalf("read back %d records, want %d", len(recs), len(msgs))
+	}
+	for _, r := range recs {
+		if p, ok := want[headerID(r)]; !ok || int(r.Partition) != p {
+			t.Errorf("key %q landed on partition %d, the Java client picks %d", r.Key, r.Partition, p)
+		}
+	}
+}
+
+// TestNewGroupStartingAtLatestCommitsItsStart: a group with no committed
+// offset starts at the newest message (start=latest), and that start is
+// committed when the partition is assigned, so a member that takes over
+// before anything was acked starts there too: it gets what was published
+// after the first member joined, and nothing from before.
+func TestNewGroupStartingAtLatestCommitsItsStart(t *testing.T) {
+	c := openClient(t, "")
+	topic := newTopic(t, c, uniqueName(t, "latest"))
+	group := uniqueName(t, "g")
+	const key = "latest"
+	publishSeq(t, c, topic, key, 0, 5) // before the group exists
+	first, err := c.Subscribe(context.Background(), topic, pubsub.Group(group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	publishSeq(t, c, topic, key, 5, 15)
+	if err := first.Close(); err != nil { // nothing acked
+		t.Fatal(err)
+	}
+	next := openClient(t, "")
+	s, err := next.Subscribe(context.Background(), topic, pubsub.Group(group))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for want := 5; want < 15; want++ {
+		d := receive(t, s)
+		if got := seqOf(t, d); got != want {
+			t.Fatalf("the member that took over got %d, want %d", got, want)
+		}
+		if err := d.Ack(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }

@@ -6,9 +6,9 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
+	"github.com/twmb/franz-go/pkg/sasl"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -61,23 +61,17 @@ func (f TLSFiles) Config() (*tls.Config, error) {
 	return cfg, nil
 }
 
-// SASLMechanism returns the kafka-go SASL mechanism for name: "plain",
+// SASLMechanism returns franz-go's SASL mechanism for name: "plain",
 // "scram-sha-256" or "scram-sha-512". The password never appears in its
 // errors.
 func SASLMechanism(name, user, password string) (sasl.Mechanism, error) {
 	switch name {
 	case "plain":
-		return plain.Mechanism{Username: user, Password: password}, nil
-	case "scram-sha-256", "scram-sha-512":
-		algo := scram.SHA256
-		if name == "scram-sha-512" {
-			algo = scram.SHA512
-		}
-		m, err := scram.Mechanism(algo, user, password)
-		if err != nil {
-			return nil, fmt.Errorf("kafka: sasl=%s for user %q: cannot prepare the mechanism (bad characters in the user name or password?): %w", name, user, driver.ErrInvalid)
-		}
-		return m, nil
+		return plain.Auth{User: user, Pass: password}.AsMechanism(), nil
+	case "scram-sha-256":
+		return scram.Auth{User: user, Pass: password}.AsSha256Mechanism(), nil
+	case "scram-sha-512":
+		return scram.Auth{User: user, Pass: password}.AsSha512Mechanism(), nil
 	}
 	return nil, fmt.Errorf("kafka: sasl=%q: want plain, scram-sha-256 or scram-sha-512: %w", name, driver.ErrInvalid)
 }

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
 
 	"github.com/omnibusmq/omnibus/adapters/kafka"
 	"github.com/omnibusmq/omnibus/integration"
@@ -219,8 +219,8 @@ func checkAuthError(t *testing.T, err error, mech, brokers string, secrets ...st
 	if !strings.Contains(msg, brokers) {
 		t.Errorf("the error does not name the listener %s: %v", brokers, err)
 	}
-	if !errors.Is(err, kafkago.SASLAuthenticationFailed) {
-		t.Errorf("the error is not kafka-go's SASLAuthenticationFailed: %v", err)
+	if !errors.Is(err, kerr.SaslAuthenticationFailed) {
+		t.Errorf("the error is not Kafka's SASL_AUTHENTICATION_FAILED: %v", err)
 	}
 	if !errors.Is(err, pubsub.ErrPermanent) {
 		t.Errorf("a refused login is not ErrPermanent: %v", err)

@@ -4,62 +4,55 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"sync"
 	"time"
 
-	kafkago "github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
 // subscription is one driver.Subscription: a consumer-group member (group
-// != "") or a direct reader of every partition (group == "").
+// != "") or a direct reader of every partition (group == ""), on a franz-go
+// client of its own.
 type subscription struct {
 	b          *Broker
 	topic      string
 	group      string
 	fromOldest bool
+	cl         *kgo.Client
 
-	// The fetchers of the partitions append decoded messages to q (each
-	// partition's in order) and ReceiveBatch takes them in slices: a message
-	// costs no goroutine hand-off of its own. Nacked messages wait in redo
-	// (timers push there) and go out first.
-	qMu      sync.Mutex
-	q        []*driver.Message // q[qHead:] are live
-	qHead    int
-	qCap     int // fetchers wait while q holds this many
-	redo     []*driver.Message
-	qWaiting bool          // ReceiveBatch waits on qWake
-	qWake    chan struct{} // cap 1
-	roomWait bool          // some fetcher waits on room
-	room     chan struct{} // closed (and replaced) when q drops below qCap
+	mu     sync.Mutex
+	parts  map[int32]*partition // this member's partitions now
+	redo   []*driver.Message    // nacked, due for redelivery
+	wake   context.CancelFunc   // ends a PollRecords in progress
+	closed bool
+	batch  []*driver.Message // reused by ReceiveBatch
 
-	ctx    context.Context // ends at Close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	cg     *kafkago.ConsumerGroup
-
-	ready     chan struct{} // closed after the first assignment started
+	ready     chan struct{} // closed after the first assignment
 	readyOnce sync.Once
 	readyErr  error
 
+	stop      chan struct{} // ends the commit loop
+	loops     sync.WaitGroup
 	closeOnce sync.Once
 }
 
-// partition is this member's hold on one partition for one assignment
-// (generation). Acks of an earlier assignment never touch a later one.
+// partition is this member's hold on one partition for one assignment.
+// Its lease is revoked when the assignment ends; acks of an earlier
+// assignment never touch a later one.
 type partition struct {
-	s   *subscription
-	id  int
-	gen int32
+	id    int32
+	lease *driver.Lease // nil for a group-less subscription
 
 	mu        sync.Mutex
 	tracker   *offsetTracker
-	committed int64 // last offset committed to the group
-	revoked   bool
+	committed int64 // last offset committed to the group (-1: unknown)
 }
 
 // ackToken is the AckID of one delivery.
@@ -71,61 +64,71 @@ type ackToken struct {
 }
 
 // OpenSubscription implements driver.Broker. With a group it joins the
-// consumer group and returns once the first assignment is running; without
-// one it reads every partition directly from its current end (or start).
+// consumer group and returns once the first assignment is running, start
+// offsets resolved and committed; without one it reads every partition
+// directly from its current end (or start).
 func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver.SubscriptionOptions) (driver.Subscription, error) {
 	if err := b.enter(); err != nil {
 		return nil, fmt.Errorf("kafka: subscribe to %q: %w", topic, err)
 	}
 	defer b.pending.Done()
-	tm, err := b.topic(ctx, topic, true)
-	if err != nil {
+	if err := b.ensureTopic(ctx, topic); err != nil {
 		return nil, err
 	}
-	sctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
 		b: b, topic: topic, group: opts.Group,
 		fromOldest: opts.StartFromOldest || b.opts.StartFromOldest,
-		qCap:       max(2*opts.MaxBatch, 1024),
-		qWake:      make(chan struct{}, 1),
-		room:       make(chan struct{}),
-		ctx:        sctx, cancel: cancel,
-		ready: make(chan struct{}),
+		parts:      map[int32]*partition{},
+		ready:      make(chan struct{}),
+		stop:       make(chan struct{}),
 	}
+	copts := append(b.opts.clientOpts(),
+		kgo.FetchMaxPartitionBytes(int32(max(b.opts.FetchMaxBytes, b.maxRecord+recordReserve))),
+		kgo.FetchMaxBytes(int32(max(50<<20, b.opts.FetchMaxBytes, b.maxRecord+recordReserve))),
+		kgo.FetchMaxWait(time.Second),
+	)
 	if s.group == "" {
-		if err := s.startDirect(ctx, tm); err != nil {
-			s.Close()
+		offs, err := b.resolveOffsets(ctx, topic, s.fromOldest)
+		if err != nil {
 			return nil, err
+		}
+		at := map[int32]kgo.Offset{}
+		for id, o := range offs {
+			s.parts[id] = &partition{id: id, tracker: newOffsetTracker(o), committed: -1}
+			at[id] = kgo.NewOffset().At(o)
+		}
+		copts = append(copts, kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: at}))
+		if s.cl, err = kgo.NewClient(copts...); err != nil {
+			return nil, fmt.Errorf("kafka: subscribe to %q: %v: %w", topic, err, driver.ErrInvalid)
 		}
 		return s, nil
 	}
-	start := kafkago.LastOffset
+	bal, _ := groupBalancer(b.opts.Balancer)
+	reset := kgo.NewOffset().AtEnd()
 	if s.fromOldest {
-		start = kafkago.FirstOffset
+		reset = kgo.NewOffset().AtStart()
 	}
-	s.cg, err = kafkago.NewConsumerGroup(kafkago.ConsumerGroupConfig{
-		ID:                s.group,
-		Brokers:           b.opts.Brokers,
-		Dialer:            b.dialer,
-		Topics:            []string{topic},
-		HeartbeatInterval: b.opts.HeartbeatInterval,
-		SessionTimeout:    b.opts.SessionTimeout,
-		RebalanceTimeout:  b.opts.RebalanceTimeout,
-		JoinGroupBackoff:  500 * time.Millisecond,
-		StartOffset:       start,
-		Timeout:           b.opts.DialTimeout,
-		ErrorLogger: kafkago.LoggerFunc(func(f string, a ...any) {
-			b.log.Debug("omnibus: kafka: consumer group: "+fmt.Sprintf(f, a...), "topic", topic, "group", s.group)
-		}),
-	})
-	if err != nil {
-		cancel()
+	copts = append(copts,
+		kgo.ConsumerGroup(s.group),
+		kgo.ConsumeTopics(topic),
+		kgo.Balancers(bal),
+		kgo.SessionTimeout(b.opts.SessionTimeout),
+		kgo.HeartbeatInterval(b.opts.HeartbeatInterval),
+		kgo.RebalanceTimeout(b.opts.RebalanceTimeout),
+		kgo.DisableAutoCommit(),
+		kgo.ConsumeResetOffset(reset),
+		kgo.OnPartitionsAssigned(s.assigned),
+		kgo.OnPartitionsRevoked(s.revoked),
+		kgo.OnPartitionsLost(s.lost),
+	)
+	var err error
+	if s.cl, err = kgo.NewClient(copts...); err != nil {
 		return nil, fmt.Errorf("kafka: join group %q on topic %q: %v: %w", s.group, topic, err, driver.ErrInvalid)
 	}
-	s.wg.Add(1)
-	go s.runGroup()
-	wait := max(30*time.Second, 2*b.opts.RebalanceTimeout)
-	t := time.NewTimer(wait)
+	s.loops.Add(1)
+	go s.commitLoop()
+	limit := max(30*time.Second, 2*b.opts.RebalanceTimeout)
+	t := time.NewTimer(limit)
 	defer t.Stop()
 	select {
 	case <-s.ready:
@@ -139,7 +142,7 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 		return nil, fmt.Errorf("kafka: join group %q on topic %q: %w", s.group, topic, ctx.Err())
 	case <-t.C:
 		s.Close()
-		return nil, fmt.Errorf("kafka: join group %q on topic %q: no assignment within %v", s.group, topic, wait)
+		return nil, fmt.Errorf("kafka: join group %q on topic %q: no assignment within %v", s.group, topic, limit)
 	}
 }
 
@@ -150,454 +153,245 @@ func (s *subscription) markReady(err error) {
 	})
 }
 
-// runGroup follows the group's generations until Close.
-func (s *subscription) runGroup() {
-	defer s.wg.Done()
-	for {
-		gen, err := s.cg.Next(s.ctx)
-		if err != nil {
-			if s.ctx.Err() != nil || errors.Is(err, kafkago.ErrGroupClosed) {
-				return
-			}
-			if !errors.Is(err, kafkago.RebalanceInProgress) {
-				s.b.log.Warn("omnibus: kafka: group join failed, retrying", "topic", s.topic, "group", s.group, "error", err)
-			}
-			continue
-		}
-		gen.Start(func(gctx context.Context) { s.runGeneration(gctx, gen) })
+// assigned runs when the group gives this member partitions, before
+// franz-go fetches their committed offsets: a partition with no committed
+// offset gets its start (start= or FromOldest) resolved and committed at
+// once, so that the next owner after a rebalance starts there too and
+// never skips what was published meanwhile.
+func (s *subscription) assigned(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	defer s.markReady(nil)
+	ids := m[s.topic]
+	if len(ids) == 0 {
+		return
 	}
-}
-
-// runGeneration consumes this member's partitions for one generation:
-// resolves and commits start offsets, fetches, commits acked offsets every
-// CommitInterval, and on the generation's end (rebalance or Close) stops
-// fetching and commits a last time before the partitions move on.
-func (s *subscription) runGeneration(gctx context.Context, gen *kafkago.Generation) {
-	var assigned []int
-	offsets := map[int]int64{}
-	for _, pa := range gen.Assignments[s.topic] {
-		assigned = append(assigned, pa.ID)
-		offsets[pa.ID] = pa.Offset
-	}
-	sortInts(assigned)
-	// A partition with no committed offset starts at start=; resolve it and
-	// commit it at once so that the next owner after a rebalance starts
-	// here too and never skips what was published meanwhile.
-	var unresolved []int
-	for _, p := range assigned {
-		if offsets[p] < 0 {
-			unresolved = append(unresolved, p)
-		}
-	}
-	if len(unresolved) > 0 {
-		rctx, cancel := context.WithTimeout(gctx, s.b.opts.WriteTimeout) // ends with the generation (rebalance or Close)
-		resolved, err := s.b.resolveOffsets(rctx, s.topic, unresolved, s.fromOldest)
-		cancel()
-		if err != nil {
-			s.b.log.Warn("omnibus: kafka: resolve start offsets failed; leaving generation to retry", "topic", s.topic, "group", s.group, "error", err)
-			return
-		}
-		if err := gen.CommitOffsets(map[string]map[int]int64{s.topic: resolved}); err != nil {
-			s.b.log.Warn("omnibus: kafka: commit start offsets failed; leaving generation to retry", "topic", s.topic, "group", s.group, "error", err)
-			return
-		}
-		for p, o := range resolved {
-			offsets[p] = o
-		}
-	}
-	parts := make([]*partition, 0, len(assigned))
-	for _, id := range assigned {
-		parts = append(parts, &partition{s: s, id: id, gen: gen.ID, tracker: newOffsetTracker(offsets[id]), committed: offsets[id]})
-	}
-	s.b.log.Debug("omnibus: kafka: assigned", "topic", s.topic, "group", s.group, "generation", gen.ID, "partitions", assigned)
-	fctx, stopFetch := context.WithCancel(gctx)
-	var fetchers sync.WaitGroup
-	for _, p := range parts {
-		fetchers.Add(1)
-		go func() {
-			defer fetchers.Done()
-			s.fetch(fctx, p)
-		}()
-	}
-	s.markReady(nil)
-
-	commit := func() {
-		offs := map[int]int64{}
-		for _, p := range parts {
-			p.mu.Lock()
-			if c := p.tracker.committable(); c > p.committed {
-				offs[p.id] = c
-			}
-			p.mu.Unlock()
-		}
-		if len(offs) == 0 {
-			return
-		}
-		if err := gen.CommitOffsets(map[string]map[int]int64{s.topic: offs}); err != nil {
-			s.b.log.Warn("omnibus: kafka: commit offsets failed; uncommitted messages may be redelivered", "topic", s.topic, "group", s.group, "generation", gen.ID, "error", err)
-			return
-		}
-		for _, p := range parts {
-			if o, ok := offs[p.id]; ok {
-				p.mu.Lock()
-				p.committed = max(p.committed, o)
-				p.mu.Unlock()
-			}
-		}
-	}
-	tick := time.NewTicker(s.b.opts.CommitInterval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-tick.C:
-			commit()
-			continue
-		case <-gctx.Done():
-		}
-		break
-	}
-	stopFetch()
-	fetchers.Wait()
-	// The partitions leave this member: acks from now on are dropped (the
-	// next owner redelivers from the committed offset).
-	commit()
-	for _, p := range parts {
-		p.mu.Lock()
-		p.revoked = true
-		p.mu.Unlock()
-	}
-	commit() // acks that raced the revocation above
-	s.dropRevoked()
-}
-
-// dropRevoked removes from the queue the messages of partitions that left
-// this member: their next owner delivers them again from the committed
-// offset, so delivering them here too would only duplicate them.
-func (s *subscription) dropRevoked() {
-	s.qMu.Lock()
-	defer s.qMu.Unlock()
-	live := s.q[:s.qHead]
-	for _, m := range s.q[s.qHead:] {
-		if !m.AckID.(*ackToken).p.isRevoked() {
-			live = append(live, m)
-		}
-	}
-	clear(s.q[len(live):])
-	s.q = live
-	redo := s.redo[:0]
-	for _, m := range s.redo {
-		if !m.AckID.(*ackToken).p.isRevoked() {
-			redo = append(redo, m)
-		}
-	}
-	clear(s.redo[len(redo):])
-	s.redo = redo
-	s.roomLocked()
-}
-
-func (p *partition) isRevoked() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.revoked
-}
-
-// resolveOffsets returns the first (oldest) or last (next to be written)
-// offset of each partition, retrying transient errors (a partition whose
-// leader is still being elected) until ctx ends.
-func (b *Broker) resolveOffsets(ctx context.Context, topic string, parts []int, oldest bool) (map[int]int64, error) {
-	backoff := 20 * time.Millisecond
-	for {
-		offs, err := b.listOffsets(ctx, topic, parts, oldest)
-		var kerr kafkago.Error
-		if err == nil || !errors.As(err, &kerr) || !kerr.Temporary() {
-			return offs, err
-		}
-		if !wait.Sleep(ctx, backoff) {
-			return nil, err
-		}
-		backoff = min(2*backoff, time.Second)
-	}
-}
-
-func (b *Broker) listOffsets(ctx context.Context, topic string, parts []int, oldest bool) (map[int]int64, error) {
-	reqs := make([]kafkago.OffsetRequest, 0, len(parts))
-	for _, p := range parts {
-		if oldest {
-			reqs = append(reqs, kafkago.FirstOffsetOf(p))
-		} else {
-			reqs = append(reqs, kafkago.LastOffsetOf(p))
-		}
-	}
-	res, err := b.client.ListOffsets(ctx, &kafkago.ListOffsetsRequest{Topics: map[string][]kafkago.OffsetRequest{topic: reqs}})
+	ctx, cancel := context.WithTimeout(ctx, s.b.opts.WriteTimeout)
+	defer cancel()
+	start, err := s.startOffsets(ctx, cl, ids)
 	if err != nil {
-		return nil, fmt.Errorf("kafka: list offsets of %q: %w", topic, err)
+		s.b.log.Warn("omnibus: kafka: could not resolve and commit the start offsets of new partitions; a rebalance before the first commit may start them at start= again",
+			"topic", s.topic, "group", s.group, "partitions", ids, "error", err)
 	}
-	out := map[int]int64{}
-	for _, po := range res.Topics[topic] {
-		if po.Error != nil {
-			return nil, fmt.Errorf("kafka: list offsets of %q partition %d: %w", topic, po.Partition, po.Error)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, id := range ids {
+		o, ok := start[id]
+		if !ok {
+			o = -1 // unknown: the tracker starts at the first delivery
 		}
-		if oldest {
-			out[po.Partition] = po.FirstOffset
+		s.parts[id] = &partition{id: id, lease: &driver.Lease{}, tracker: newOffsetTracker(o), committed: o}
+	}
+	s.b.log.Debug("omnibus: kafka: assigned", "topic", s.topic, "group", s.group, "partitions", ids)
+}
+
+// startOffsets returns where each of ids starts for this group: its
+// committed offset, or for a partition without one the resolved start,
+// which it commits.
+func (s *subscription) startOffsets(ctx context.Context, cl *kgo.Client, ids []int32) (map[int32]int64, error) {
+	committed, err := s.b.adm.FetchOffsets(ctx, s.group)
+	if err != nil {
+		return nil, fmt.Errorf("fetch committed offsets: %w", err)
+	}
+	out := map[int32]int64{}
+	var missing []int32
+	for _, id := range ids {
+		if o, ok := committed.Lookup(s.topic, id); ok && o.Err == nil && o.At >= 0 {
+			out[id] = o.At
 		} else {
-			out[po.Partition] = po.LastOffset
+			missing = append(missing, id)
 		}
 	}
-	for _, p := range parts {
-		if _, ok := out[p]; !ok {
-			return nil, fmt.Errorf("kafka: list offsets of %q: no answer for partition %d", topic, p)
+	if len(missing) == 0 {
+		return out, nil
+	}
+	resolved, err := s.b.resolveOffsets(ctx, s.topic, s.fromOldest)
+	if err != nil {
+		return out, err
+	}
+	commit := map[int32]kgo.EpochOffset{}
+	for _, id := range missing {
+		if o, ok := resolved[id]; ok {
+			commit[id] = kgo.EpochOffset{Epoch: -1, Offset: o}
 		}
+	}
+	if err := commitSync(ctx, cl, s.topic, commit); err != nil {
+		return out, fmt.Errorf("commit start offsets: %w", err)
+	}
+	for id, eo := range commit {
+		out[id] = eo.Offset
 	}
 	return out, nil
 }
 
-// startDirect reads every partition of the topic without a group.
-func (s *subscription) startDirect(ctx context.Context, tm *topicMeta) error {
-	offs, err := s.b.resolveOffsets(ctx, s.topic, tm.partitions, s.fromOldest)
-	if err != nil {
+// revoked runs when the group takes partitions away (a rebalance, or
+// leaving the group on Close): their leases are revoked first, so that
+// nothing buffered from them is handed out and their acks fail, then what
+// was acked is committed for their next owner.
+func (s *subscription) revoked(ctx context.Context, cl *kgo.Client, m map[string][]int32) {
+	gone := s.revoke(m[s.topic])
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.b.opts.WriteTimeout)
+	defer cancel()
+	if err := s.commit(ctx, gone); err != nil {
+		s.b.log.Warn("omnibus: kafka: commit on revocation failed; the next owner redelivers what was acked since the last commit",
+			"topic", s.topic, "group", s.group, "error", err)
+	}
+}
+
+// lost runs when the member lost its partitions without a clean
+// rebalance (session expired, fenced): the leases are revoked; a commit
+// would be refused.
+func (s *subscription) lost(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+	if gone := s.revoke(m[s.topic]); len(gone) > 0 {
+		s.b.log.Warn("omnibus: kafka: partitions lost (session expired or fenced); their unacknowledged deliveries go to the next owner",
+			"topic", s.topic, "group", s.group, "partitions", m[s.topic])
+	}
+}
+
+// revoke ends this member's hold on ids and returns their partitions.
+func (s *subscription) revoke(ids []int32) []*partition {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var gone []*partition
+	for _, id := range ids {
+		p := s.parts[id]
+		if p == nil {
+			continue
+		}
+		// Under p.mu: once revoked, no ack reaches the tracker, so the
+		// commit that follows is the partition's last.
+		p.mu.Lock()
+		p.lease.Revoke()
+		p.mu.Unlock()
+		delete(s.parts, id)
+		gone = append(gone, p)
+	}
+	if len(gone) > 0 {
+		redo := s.redo[:0]
+		for _, m := range s.redo {
+			if !m.Lease.Revoked() {
+				redo = append(redo, m)
+			}
+		}
+		clear(s.redo[len(redo):])
+		s.redo = redo
+	}
+	return gone
+}
+
+// commitLoop commits acked offsets every CommitInterval until Close.
+func (s *subscription) commitLoop() {
+	defer s.loops.Done()
+	t := time.NewTicker(s.b.opts.CommitInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), s.b.opts.WriteTimeout)
+		if err := s.commit(ctx, s.owned()); err != nil {
+			s.b.log.Debug("omnibus: kafka: commit failed; retrying at the next interval", "topic", s.topic, "group", s.group, "error", err)
+		}
+		cancel()
+	}
+}
+
+func (s *subscription) owned() []*partition {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ps := make([]*partition, 0, len(s.parts))
+	for _, p := range s.parts {
+		ps = append(ps, p)
+	}
+	return ps
+}
+
+// commit commits, for each of ps, one past its highest contiguous acked
+// offset when that moved since the last commit.
+func (s *subscription) commit(ctx context.Context, ps []*partition) error {
+	offs := map[int32]kgo.EpochOffset{}
+	for _, p := range ps {
+		p.mu.Lock()
+		if c := p.tracker.committable(); c > p.committed {
+			offs[p.id] = kgo.EpochOffset{Epoch: -1, Offset: c}
+		}
+		p.mu.Unlock()
+	}
+	if len(offs) == 0 {
+		return nil
+	}
+	if err := commitSync(ctx, s.cl, s.topic, offs); err != nil {
 		return err
 	}
-	for _, id := range tm.partitions {
-		p := &partition{s: s, id: id, tracker: newOffsetTracker(offs[id]), committed: offs[id]}
-		s.wg.Add(1)
-		go func() {
-			defer s.wg.Done()
-			s.fetch(s.ctx, p)
-		}()
+	for _, p := range ps {
+		if eo, ok := offs[p.id]; ok {
+			p.mu.Lock()
+			p.committed = max(p.committed, eo.Offset)
+			p.mu.Unlock()
+		}
 	}
-	s.markReady(nil)
 	return nil
 }
 
-// Fetch settings: a fetch waits at most fetchMaxWait for data; reading one
-// fetch response (and waiting for room in the queue between its chunks) may
-// take fetchReadTimeout before the connection is dropped and redialled.
-const (
-	fetchMaxWait     = 250 * time.Millisecond
-	fetchReadTimeout = 10 * time.Second
-	fetchChunk       = 256 // messages handed to the queue at a time
-)
-
-// fetch reads one partition from its tracker's start until ctx ends, on a
-// connection of its own to the partition's leader (long polls never delay
-// produce requests), and appends its messages, in order, to the queue in
-// chunks as they are decoded.
-func (s *subscription) fetch(ctx context.Context, p *partition) {
-	p.mu.Lock()
-	offset := p.tracker.committable()
-	p.mu.Unlock()
-	maxBytes := max(s.b.opts.FetchMaxBytes, s.b.maxRecord+1024)
-
-	// Closing the connection when ctx ends unblocks a fetch at once.
-	var connMu sync.Mutex
-	var conn *kafkago.Conn
-	setConn := func(c *kafkago.Conn) {
-		connMu.Lock()
-		if conn != nil {
-			_ = conn.Close()
-		}
-		conn = c
-		connMu.Unlock()
+// commitSync commits offs of topic in the member's current generation and
+// returns the first error of the request or of a partition.
+func commitSync(ctx context.Context, cl *kgo.Client, topic string, offs map[int32]kgo.EpochOffset) error {
+	if len(offs) == 0 {
+		return nil
 	}
-	stop := context.AfterFunc(ctx, func() { setConn(nil) })
-	defer stop()
-	defer setConn(nil)
-
-	fails := 0
-	pause := func(err error) bool {
-		if ctx.Err() != nil {
-			return false
-		}
-		fails++
-		d := min(50*time.Millisecond<<min(fails-1, 5), time.Second)
-		s.b.log.Debug("omnibus: kafka: fetch failed, retrying", "topic", s.topic, "partition", p.id, "offset", offset, "backoff", d, "error", err)
-		return wait.Sleep(ctx, d)
-	}
-	for ctx.Err() == nil {
-		c, start, err := s.dialPartition(ctx, p.id, offset)
-		if err != nil {
-			if !pause(err) {
+	var cerr error
+	cl.CommitOffsetsSync(ctx, map[string]map[int32]kgo.EpochOffset{topic: offs},
+		func(_ *kgo.Client, _ *kmsg.OffsetCommitRequest, resp *kmsg.OffsetCommitResponse, err error) {
+			if err != nil {
+				cerr = err
 				return
 			}
-			continue
-		}
-		setConn(c)
-		if ctx.Err() != nil {
-			return
-		}
-		offset = start
-		for {
-			if !s.waitRoom(ctx) {
-				return
-			}
-			var n int
-			n, offset, err = s.readBatch(ctx, c, p, offset, maxBytes)
-			if n > 0 {
-				fails = 0
-			}
-			if err == nil || errors.Is(err, io.EOF) {
-				continue
-			}
-			if errors.Is(err, kafkago.RequestTimedOut) {
-				continue
-			}
-			if errors.Is(err, kafkago.OffsetOutOfRange) {
-				first, last, oerr := s.offsetsOf(c)
-				switch {
-				case oerr != nil:
-					err = oerr
-				case offset < first:
-					s.b.log.Warn("omnibus: kafka: committed offset is before the oldest retained message; skipping the deleted ones", "topic", s.topic, "partition", p.id, "from", offset, "to", first)
-					offset = first
-					continue
-				case offset < last:
-					continue
+			for _, t := range resp.Topics {
+				for _, p := range t.Partitions {
+					if err := kerr.ErrorForCode(p.ErrorCode); err != nil && cerr == nil {
+						cerr = fmt.Errorf("partition %d: %w", p.Partition, err)
+					}
 				}
 			}
-			if ctx.Err() != nil {
-				return
-			}
-			setConn(nil)
-			if !pause(err) {
-				return
-			}
-			break
-		}
-	}
+		})
+	return cerr
 }
 
-// dialPartition connects to the leader of partition id and positions the
-// connection at offset (moved up to the oldest retained offset if the log no
-// longer has it).
-func (s *subscription) dialPartition(ctx context.Context, id int, offset int64) (*kafkago.Conn, int64, error) {
-	var err error
-	for _, addr := range s.b.opts.Brokers {
-		var c *kafkago.Conn
-		c, err = s.b.dialer.DialLeader(ctx, "tcp", addr, s.topic, id)
-		if err != nil {
-			continue
-		}
-		first, _, oerr := s.offsetsOf(c)
-		if oerr != nil {
-			_ = c.Close()
-			return nil, 0, oerr
-		}
-		if offset < first {
-			s.b.log.Warn("omnibus: kafka: committed offset is before the oldest retained message; skipping the deleted ones", "topic", s.topic, "partition", id, "from", offset, "to", first)
-			offset = first
-		}
-		if _, err := c.Seek(offset, kafkago.SeekAbsolute|kafkago.SeekDontCheck); err != nil {
-			_ = c.Close()
-			return nil, 0, err
-		}
-		return c, offset, nil
-	}
-	return nil, 0, fmt.Errorf("kafka: connect to the leader of %q partition %d: %w", s.topic, id, err)
-}
-
-func (s *subscription) offsetsOf(c *kafkago.Conn) (first, last int64, err error) {
-	_ = c.SetDeadline(time.Now().Add(s.b.opts.DialTimeout))
-	defer func() { _ = c.SetDeadline(time.Time{}) }()
-	return c.ReadOffsets()
-}
-
-// readBatch makes one fetch request and queues the messages of its answer.
-// It returns how many it read, the next offset to fetch and the error that
-// ended the batch (io.EOF when it was read to the end).
-func (s *subscription) readBatch(ctx context.Context, c *kafkago.Conn, p *partition, offset int64, maxBytes int) (int, int64, error) {
-	_ = c.SetReadDeadline(time.Now().Add(fetchMaxWait + fetchReadTimeout))
-	batch := c.ReadBatchWith(kafkago.ReadBatchConfig{MinBytes: 1, MaxBytes: maxBytes, MaxWait: fetchMaxWait})
-	defer batch.Close()
-	n := 0
-	chunk := make([]*driver.Message, 0, fetchChunk)
+// resolveOffsets returns the first (oldest) or next-to-be-written offset of
+// every partition of topic, retrying transient errors (a partition whose
+// leader is still being elected) until ctx ends.
+func (b *Broker) resolveOffsets(ctx context.Context, topic string, oldest bool) (map[int32]int64, error) {
+	backoff := 20 * time.Millisecond
 	for {
-		m, err := batch.ReadMessage()
-		if err != nil {
-			if len(chunk) > 0 {
-				s.push(p, chunk)
+		var lo kadm.ListedOffsets
+		var err error
+		if oldest {
+			lo, err = b.adm.ListStartOffsets(ctx, topic)
+		} else {
+			lo, err = b.adm.ListEndOffsets(ctx, topic)
+		}
+		if err == nil {
+			err = lo.Error()
+		}
+		if err == nil {
+			out := map[int32]int64{}
+			lo.Each(func(o kadm.ListedOffset) {
+				if o.Topic == topic && o.Partition >= 0 {
+					out[o.Partition] = o.Offset
+				}
+			})
+			if len(out) > 0 {
+				return out, nil
 			}
-			return n, offset, err
+			err = kerr.UnknownTopicOrPartition
 		}
-		n++
-		offset = m.Offset + 1
-		rec := &record{tok: ackToken{p: p, offset: m.Offset, attempt: 1}} // one allocation for both
-		dm := &rec.msg
-		fillDriver(dm, &m)
-		rec.tok.msg = dm
-		dm.AckID = &rec.tok
-		chunk = append(chunk, dm)
-		if len(chunk) == fetchChunk {
-			s.push(p, chunk)
-			chunk = make([]*driver.Message, 0, fetchChunk)
-			if !s.waitRoom(ctx) {
-				return n, offset, ctx.Err()
-			}
-			_ = c.SetReadDeadline(time.Now().Add(fetchReadTimeout))
+		if !kerr.IsRetriable(err) && !errors.Is(err, kerr.UnknownTopicOrPartition) {
+			return nil, fmt.Errorf("kafka: list offsets of %q: %w", topic, classify(err))
 		}
-	}
-}
-
-// push appends one partition's messages, in order, to the queue; offsets
-// already delivered in this assignment are skipped, and nothing is queued
-// once the partition was revoked.
-func (s *subscription) push(p *partition, msgs []*driver.Message) {
-	p.mu.Lock()
-	if p.revoked {
-		p.mu.Unlock()
-		return
-	}
-	fresh := msgs[:0]
-	for _, m := range msgs {
-		if p.tracker.delivered(m.AckID.(*ackToken).offset) {
-			fresh = append(fresh, m)
+		if !wait.Sleep(ctx, backoff) {
+			return nil, fmt.Errorf("kafka: list offsets of %q: %v: %w", topic, err, ctx.Err())
 		}
-	}
-	p.mu.Unlock()
-	if len(fresh) == 0 {
-		return
-	}
-	s.qMu.Lock()
-	s.q = append(s.q, fresh...)
-	s.wakeLocked()
-	s.qMu.Unlock()
-}
-
-// waitRoom blocks while the queue is full; false when ctx ended.
-func (s *subscription) waitRoom(ctx context.Context) bool {
-	s.qMu.Lock()
-	for len(s.q)-s.qHead >= s.qCap {
-		s.roomWait = true
-		room := s.room
-		s.qMu.Unlock()
-		select {
-		case <-room:
-		case <-ctx.Done():
-			return false
-		}
-		s.qMu.Lock()
-	}
-	s.qMu.Unlock()
-	return ctx.Err() == nil
-}
-
-// wakeLocked wakes a waiting ReceiveBatch. qMu is held.
-func (s *subscription) wakeLocked() {
-	if s.qWaiting {
-		s.qWaiting = false
-		select {
-		case s.qWake <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// roomLocked wakes the fetchers waiting for room if there is some. qMu is
-// held.
-func (s *subscription) roomLocked() {
-	if s.roomWait && len(s.q)-s.qHead < s.qCap {
-		s.roomWait = false
-		close(s.room)
-		s.room = make(chan struct{})
+		backoff = min(2*backoff, time.Second)
 	}
 }
 
@@ -607,99 +401,156 @@ type record struct {
 	tok ackToken
 }
 
-func fillDriver(dm *driver.Message, m *kafkago.Message) {
-	*dm = driver.Message{Payload: m.Value, Topic: m.Topic, PublishedAt: m.Time, Attempt: 1}
-	if len(m.Key) > 0 {
-		dm.Key = string(m.Key)
+func fillDriver(dm *driver.Message, r *kgo.Record) {
+	*dm = driver.Message{Payload: r.Value, Topic: r.Topic, PublishedAt: r.Timestamp, Attempt: 1}
+	if len(r.Key) > 0 {
+		dm.Key = string(r.Key)
 	}
-	for _, h := range m.Headers {
+	for _, h := range r.Headers {
 		if h.Key == HeaderID {
 			dm.ID = string(h.Value)
 			continue
 		}
 		if dm.Metadata == nil {
-			dm.Metadata = make(map[string]string, len(m.Headers))
+			dm.Metadata = make(map[string]string, len(r.Headers))
 		}
 		dm.Metadata[h.Key] = string(h.Value)
 	}
 	if dm.ID == "" {
 		// Written by a non-omnibus producer: the position is a stable ID.
-		dm.ID = m.Topic + "/" + strconv.Itoa(m.Partition) + "/" + strconv.FormatInt(m.Offset, 10)
+		dm.ID = r.Topic + "/" + strconv.Itoa(int(r.Partition)) + "/" + strconv.FormatInt(r.Offset, 10)
 	}
 }
 
 // ReceiveBatch implements driver.Subscription: redeliveries first, then
-// new messages, up to max, blocking until at least one.
+// what franz-go fetched, up to max, blocking until at least one. Records
+// of a partition this member no longer owns, or already delivered in this
+// assignment, are dropped.
 func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Message, error) {
 	for {
-		s.qMu.Lock()
-		n := min(len(s.redo)+len(s.q)-s.qHead, max)
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return nil, fmt.Errorf("kafka: receive from %q: %w", s.topic, driver.ErrClosed)
+		}
+		batch := s.batch[:0]
+		n := 0
+		for ; n < len(s.redo) && len(batch) < max; n++ {
+			if m := s.redo[n]; !m.Lease.Revoked() {
+				batch = append(batch, m)
+			}
+		}
 		if n > 0 {
-			batch := make([]*driver.Message, 0, n)
-			r := min(len(s.redo), n)
-			batch = append(batch, s.redo[:r]...)
-			clear(s.redo[:r])
-			s.redo = s.redo[r:]
+			clear(s.redo[:n])
+			s.redo = s.redo[n:]
 			if len(s.redo) == 0 {
 				s.redo = nil
 			}
-			k := n - r
-			batch = append(batch, s.q[s.qHead:s.qHead+k]...)
-			clear(s.q[s.qHead : s.qHead+k])
-			s.qHead += k
-			if s.qHead == len(s.q) {
-				s.q, s.qHead = s.q[:0], 0
-			} else if s.qHead >= len(s.q)/2 {
-				m := copy(s.q, s.q[s.qHead:])
-				clear(s.q[m:])
-				s.q, s.qHead = s.q[:m], 0
-			}
-			s.roomLocked()
-			s.qMu.Unlock()
+		}
+		if len(batch) > 0 {
+			s.batch = batch
+			s.mu.Unlock()
 			return batch, nil
 		}
-		s.qWaiting = true
-		s.qMu.Unlock()
-		select {
-		case <-s.qWake:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-s.ctx.Done():
+		pctx, wake := context.WithCancel(ctx)
+		s.wake = wake
+		s.mu.Unlock()
+
+		fs := s.cl.PollRecords(pctx, max)
+
+		s.mu.Lock()
+		s.wake = nil
+		s.mu.Unlock()
+		wake()
+		if fs.IsClientClosed() {
 			return nil, fmt.Errorf("kafka: receive from %q: %w", s.topic, driver.ErrClosed)
 		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		fs.EachError(func(topic string, p int32, err error) {
+			if !errors.Is(err, context.Canceled) {
+				s.b.log.Warn("omnibus: kafka: fetch failed; franz-go retries", "topic", topic, "partition", p, "error", err)
+			}
+		})
+		batch = s.take(fs, batch)
+		s.batch = batch
+		if len(batch) > 0 {
+			return batch, nil
+		}
 	}
+}
+
+// take converts the fetched records of partitions this member still owns.
+func (s *subscription) take(fs kgo.Fetches, batch []*driver.Message) []*driver.Message {
+	fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
+		if len(ftp.Records) == 0 {
+			return
+		}
+		s.mu.Lock()
+		p := s.parts[ftp.Partition]
+		s.mu.Unlock()
+		if p == nil {
+			return // revoked since the fetch: the next owner delivers it
+		}
+		recs := make([]record, len(ftp.Records))
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		if p.lease.Revoked() {
+			return
+		}
+		for i, r := range ftp.Records {
+			if !p.tracker.delivered(r.Offset) {
+				continue
+			}
+			rec := &recs[i]
+			rec.tok = ackToken{p: p, offset: r.Offset, attempt: 1}
+			dm := &rec.msg
+			fillDriver(dm, r)
+			dm.Lease = p.lease
+			rec.tok.msg = dm
+			dm.AckID = &rec.tok
+			batch = append(batch, dm)
+		}
+	})
+	return batch
 }
 
 // SendAcks implements driver.Subscription: each ack lets its partition's
-// commit advance past it once every earlier delivery was acked too.
+// commit advance past it once every earlier delivery was acked too. An ack
+// only marks the offset in its partition's tracker (the commit loop sends
+// it later), so the portable layer calls it directly from Delivery.Ack
+// (Traits.InlineAcks). An ack of a delivery whose partition was revoked is
+// an ErrRevoked error.
 func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
+	var first error
 	for _, id := range ids {
-		if err := s.AckInline(id); err != nil {
-			return err
+		if err := s.ack(id); err != nil && first == nil {
+			first = err
 		}
 	}
-	return nil
+	return first
 }
 
-// AckInline implements driver.InlineAcker: an ack only marks the offset in
-// its partition's tracker (the commit loop sends it later), so the portable
-// layer calls it directly from Delivery.Ack.
-func (s *subscription) AckInline(id driver.AckID) error {
+func (s *subscription) ack(id driver.AckID) error {
 	t, ok := id.(*ackToken)
 	if !ok {
 		return fmt.Errorf("kafka: ack: foreign ack ID %T: %w", id, driver.ErrInvalid)
 	}
 	p := t.p
 	p.mu.Lock()
-	if !p.revoked {
-		p.tracker.ack(t.offset)
+	defer p.mu.Unlock()
+	if p.lease.Revoked() {
+		return fmt.Errorf("kafka: ack of %q partition %d offset %d: %w", s.topic, p.id, t.offset, driver.ErrRevoked)
 	}
-	p.mu.Unlock()
+	p.tracker.ack(t.offset)
 	return nil
 }
 
 // SendNacks implements driver.Subscription: the message is redelivered in
 // process after delay and holds its partition's commit back until acked.
+// A nack of a revoked partition's delivery needs nothing: its next owner
+// delivers it again.
 func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay time.Duration) error {
 	for _, id := range ids {
 		t, ok := id.(*ackToken)
@@ -716,37 +567,47 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 }
 
 func (s *subscription) redeliver(t *ackToken) {
-	if s.ctx.Err() != nil {
-		return // closed: the next member starts at the committed offset
-	}
-	t.p.mu.Lock()
-	revoked := t.p.revoked
-	t.p.mu.Unlock()
-	if revoked {
-		return // the partition's next owner redelivers it
+	if t.p.lease.Revoked() {
+		return
 	}
 	nt := &ackToken{p: t.p, offset: t.offset, msg: t.msg, attempt: t.attempt + 1}
 	cp := *t.msg
 	cp.Attempt = nt.attempt
 	cp.AckID = nt
-	s.qMu.Lock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return // the next member starts at the committed offset
+	}
 	s.redo = append(s.redo, &cp)
-	s.wakeLocked()
-	s.qMu.Unlock()
+	if s.wake != nil {
+		s.wake()
+	}
 }
 
-// Close implements driver.Subscription: it stops fetching, commits every
-// contiguous acked offset, and leaves the group; whatever was not acked is
-// delivered again to the group's next owner of its partition.
+// Close implements driver.Subscription: it commits every contiguous acked
+// offset and leaves the group (revoking every lease); whatever was not
+// acked is delivered again to the group's next owner of its partition.
 func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
-		if s.cg != nil {
-			// Ends the current generation: runGeneration commits, then
-			// the member leaves the group.
-			_ = s.cg.Close()
+		s.mu.Lock()
+		s.closed = true
+		if s.wake != nil {
+			s.wake()
 		}
-		s.cancel()
-		s.wg.Wait()
+		s.mu.Unlock()
+		close(s.stop)
+		s.loops.Wait()
+		if s.group != "" {
+			ctx, cancel := context.WithTimeout(context.Background(), s.b.opts.WriteTimeout)
+			if err := s.commit(ctx, s.owned()); err != nil {
+				s.b.log.Warn("omnibus: kafka: commit on close failed; the next owner redelivers what was acked since the last commit",
+					"topic", s.topic, "group", s.group, "error", err)
+			}
+			cancel()
+		}
+		// Leaves the group: franz-go calls revoked for every partition.
+		s.cl.Close()
 		s.markReady(fmt.Errorf("kafka: subscription to %q closed: %w", s.topic, driver.ErrClosed))
 	})
 	return nil

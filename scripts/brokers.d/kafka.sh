@@ -79,7 +79,7 @@ kafka_up() {
   kafka_install
   lib=$(kafka_lib)
   mkdir -p "$dir/bin"
-  (cd "$ROOT" && go build -o "$dir/bin/kafkaready" ./integration/cmd/kafkaready) || die "cannot build integration/cmd/kafkaready"
+  (cd "$ROOT/adapters/kafka" && go build -o "$dir/bin/kafkaready" ./internal/cmd/kafkaready) || die "cannot build adapters/kafka/internal/cmd/kafkaready"
   kafka_config "$dir" "$dir/server.properties.want"
   # A running broker is kept only if it runs this very configuration (a
   # changed template or port restarts it) and every listener answers.

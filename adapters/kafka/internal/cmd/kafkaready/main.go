@@ -4,7 +4,8 @@
 // plaintext listener it can check a SASL listener (once per mechanism), a
 // TLS listener, and a SASL-over-TLS listener (once per mechanism, trusting
 // -tls-ca, without a client certificate), so a broker whose security
-// listeners are misconfigured is not reported ready.
+// listeners are misconfigured is not reported ready. It uses franz-go with
+// the adapter's own TLS and SASL set-up.
 //
 //	kafkaready -brokers 127.0.0.1:19092 -timeout 60s \
 //	  -sasl-brokers 127.0.0.1:19094 -sasl plain,scram-sha-256 -sasl-user omnibus \
@@ -17,11 +18,8 @@
 package main
 
 import (
-	"github.com/omnibusmq/omnibus/internal/wait"
-
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -29,16 +27,19 @@ import (
 	"strings"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl"
+
+	"github.com/omnibusmq/omnibus/adapters/kafka"
 )
 
 // target is one listener to probe, described for error messages.
 type target struct {
-	desc   string
-	client *kafka.Client
+	desc    string
+	brokers string
+	tls     *tls.Config
+	sasl    sasl.Mechanism
 }
 
 func main() {
@@ -54,41 +55,45 @@ func main() {
 	saslSSLBrokers := flag.String("sasl-ssl-brokers", "", "SASL_SSL bootstrap brokers to check too (with -sasl, -sasl-user and -tls-ca; no client certificate)")
 	flag.Parse()
 
-	targets := []target{{"plaintext " + *brokers, newClient(*brokers, nil, nil)}}
-	if *saslBrokers != "" {
+	mechs := func() []sasl.Mechanism {
+		var ms []sasl.Mechanism
 		for _, name := range strings.Split(*saslMechs, ",") {
-			m, err := mechanism(name, *saslUser, os.Getenv("KAFKAREADY_SASL_PASSWORD"))
+			m, err := kafka.SASLMechanism(name, *saslUser, os.Getenv("KAFKAREADY_SASL_PASSWORD"))
 			if err != nil {
 				fatal(err)
 			}
-			targets = append(targets, target{fmt.Sprintf("sasl %s as %q on %s", name, *saslUser, *saslBrokers), newClient(*saslBrokers, nil, m)})
+			ms = append(ms, m)
+		}
+		return ms
+	}
+	tlsConfig := func(f kafka.TLSFiles) *tls.Config {
+		cfg, err := f.Config()
+		if err != nil {
+			fatal(err)
+		}
+		return cfg
+	}
+	targets := []target{{desc: "plaintext " + *brokers, brokers: *brokers}}
+	if *saslBrokers != "" {
+		for _, m := range mechs() {
+			targets = append(targets, target{fmt.Sprintf("sasl %s as %q on %s", m.Name(), *saslUser, *saslBrokers), *saslBrokers, nil, m})
 		}
 	}
 	if *tlsBrokers != "" {
-		cfg, err := tlsConfig(*tlsCA, *tlsCert, *tlsKey)
-		if err != nil {
-			fatal(err)
-		}
-		targets = append(targets, target{"tls " + *tlsBrokers, newClient(*tlsBrokers, cfg, nil)})
+		cfg := tlsConfig(kafka.TLSFiles{CAFile: *tlsCA, CertFile: *tlsCert, KeyFile: *tlsKey})
+		targets = append(targets, target{"tls " + *tlsBrokers, *tlsBrokers, cfg, nil})
 	}
 	if *saslSSLBrokers != "" {
-		cfg, err := tlsConfig(*tlsCA, "", "")
-		if err != nil {
-			fatal(err)
-		}
-		for _, name := range strings.Split(*saslMechs, ",") {
-			m, err := mechanism(name, *saslUser, os.Getenv("KAFKAREADY_SASL_PASSWORD"))
-			if err != nil {
-				fatal(err)
-			}
-			targets = append(targets, target{fmt.Sprintf("sasl_ssl %s as %q on %s", name, *saslUser, *saslSSLBrokers), newClient(*saslSSLBrokers, cfg, m)})
+		cfg := tlsConfig(kafka.TLSFiles{CAFile: *tlsCA})
+		for _, m := range mechs() {
+			targets = append(targets, target{fmt.Sprintf("sasl_ssl %s as %q on %s", m.Name(), *saslUser, *saslSSLBrokers), *saslSSLBrokers, cfg, m})
 		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
 	for _, tg := range targets {
-		if err := awaitReady(ctx, tg.client); err != nil {
+		if err := awaitReady(ctx, tg); err != nil {
 			fmt.Fprintf(os.Stderr, "kafkaready: %s not ready after %v: %v\n", tg.desc, *timeout, err)
 			os.Exit(1)
 		}
@@ -100,72 +105,48 @@ func fatal(err error) {
 	os.Exit(2)
 }
 
-func newClient(brokers string, cfg *tls.Config, m sasl.Mechanism) *kafka.Client {
-	return &kafka.Client{
-		Addr:      kafka.TCP(strings.Split(brokers, ",")...),
-		Timeout:   2 * time.Second,
-		Transport: &kafka.Transport{DialTimeout: 2 * time.Second, TLS: cfg, SASL: m},
-	}
-}
-
-func mechanism(name, user, password string) (sasl.Mechanism, error) {
-	switch name {
-	case "plain":
-		return plain.Mechanism{Username: user, Password: password}, nil
-	case "scram-sha-256":
-		return scram.Mechanism(scram.SHA256, user, password)
-	case "scram-sha-512":
-		return scram.Mechanism(scram.SHA512, user, password)
-	}
-	return nil, fmt.Errorf("unknown SASL mechanism %q", name)
-}
-
-func tlsConfig(ca, cert, key string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, err
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificate", ca)
-		}
-	}
-	if cert != "" {
-		c, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, err
-		}
-		cfg.Certificates = []tls.Certificate{c}
-	}
-	return cfg, nil
-}
-
-func awaitReady(ctx context.Context, client *kafka.Client) error {
+func awaitReady(ctx context.Context, tg target) error {
 	var last error
 	for {
-		last = probe(ctx, client)
-		if last == nil {
+		err := probe(ctx, tg)
+		if err == nil {
 			return nil
 		}
-		if !wait.Sleep(ctx, 200*time.Millisecond) {
+		if last == nil || ctx.Err() == nil {
+			last = err // keep the broker's answer over the deadline's
+		}
+		select {
+		case <-ctx.Done():
 			return last
+		case <-time.After(200 * time.Millisecond):
 		}
 	}
 }
 
-func probe(ctx context.Context, client *kafka.Client) error {
+// probe asks tg for metadata once, on a fresh client.
+func probe(ctx context.Context, tg target) error {
+	opts := []kgo.Opt{kgo.SeedBrokers(strings.Split(tg.brokers, ",")...), kgo.DialTimeout(2 * time.Second), kgo.RequestRetries(0)}
+	if tg.tls != nil {
+		opts = append(opts, kgo.DialTLSConfig(tg.tls))
+	}
+	if tg.sasl != nil {
+		opts = append(opts, kgo.SASL(tg.sasl))
+	}
+	cl, err := kgo.NewClient(opts...)
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
 	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	md, err := client.Metadata(pctx, &kafka.MetadataRequest{})
+	md, err := kadm.NewClient(cl).BrokerMetadata(pctx)
 	if err != nil {
 		return err
 	}
 	if len(md.Brokers) == 0 {
 		return errors.New("metadata lists no brokers")
 	}
-	if md.Controller.Host == "" {
+	if md.Controller < 0 {
 		return errors.New("metadata names no controller")
 	}
 	return nil
