@@ -49,7 +49,7 @@ func Example() {
 	r.Use(middleware.Poison(client, "orders.poison"), // give up → poison topic, with the reason
 		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 5}), // exponential backoff, full jitter
 		middleware.Dedup(store, middleware.DedupOptions{}),       // by message ID, marked after success
-		middleware.Recover())                                     // a panic is an error, not a crash
+		middleware.Recover()) // a panic is an error, not a crash
 	r.Handle("orders.created", "billing", router.JSON(chargeOrder), router.Concurrency(32), router.OrderedByKey(), router.Group("billing"))
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }() // returns after ctx ends and every in-flight message was acked or nacked
