@@ -5,14 +5,18 @@ go 1.26.0
 require (
 	github.com/IBM/sarama v1.43.3
 	github.com/ThreeDotsLabs/watermill v1.5.1
+	github.com/ThreeDotsLabs/watermill-amqp/v3 v3.0.2
 	github.com/ThreeDotsLabs/watermill-kafka/v3 v3.1.2
 	github.com/omnibusmq/omnibus v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000
+	github.com/rabbitmq/amqp091-go v1.16.0
 	github.com/segmentio/kafka-go v0.4.51
 	github.com/twmb/franz-go v1.22.3
 )
 
 require (
+	github.com/cenkalti/backoff/v3 v3.2.2 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/davecgh/go-spew v1.1.1 // indirect
@@ -54,4 +58,5 @@ require (
 replace (
 	github.com/omnibusmq/omnibus => ..
 	github.com/omnibusmq/omnibus/adapters/kafka => ../adapters/kafka
+	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../adapters/rabbitmq
 )

@@ -1,6 +1,6 @@
 //go:build !unix
 
-package rabbitmq_test
+package bench_test
 
 import "time"
 

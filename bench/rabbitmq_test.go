@@ -1,4 +1,4 @@
-package rabbitmq_test
+package bench_test
 
 // Benchmarks against a real RabbitMQ, comparing in one run the raw
 // amqp091-go client, omnibus and watermill-amqp v3 on the same messages
@@ -7,7 +7,7 @@ package rabbitmq_test
 // type). Run:
 //
 //	eval "$(scripts/brokers up rabbitmq)"
-//	go test -run XXX -bench . ./adapters/rabbitmq/
+//	cd bench && go test -run XXX -bench RabbitMQ .
 //
 // Publish: 4 goroutines share b.N messages, each with at most 512 messages
 // in flight: "raw" streams on its own confirm channel per goroutine with a
@@ -59,7 +59,7 @@ const (
 	benchGroup      = "bench"
 )
 
-var benchPayload = []byte("0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789")
+var rabbitPayload = []byte("0123456789012345678901234567890123456789012345678901234567890123456789012345678901234567890123456789")
 
 // rates records the last msg/s of each sub-benchmark, for the ratio lines.
 type rates struct {
@@ -123,7 +123,7 @@ func rawPublishing(i int) amqp.Publishing {
 		MessageId:    "bench-" + strconv.Itoa(i),
 		Headers:      amqp.Table{"x-bench": "1"},
 		Timestamp:    time.Now(),
-		Body:         benchPayload,
+		Body:         rabbitPayload,
 	}
 }
 
@@ -241,7 +241,7 @@ func forQueueTypes(b *testing.B, fn func(b *testing.B, url, qt string, conn *amq
 	}
 }
 
-func BenchmarkPublish(b *testing.B) {
+func BenchmarkRabbitMQPublish(b *testing.B) {
 	forQueueTypes(b, func(b *testing.B, url, qt string, conn *amqp.Connection, r *rates) {
 		ctx := context.Background()
 
@@ -274,7 +274,7 @@ func BenchmarkPublish(b *testing.B) {
 				for i := 0; i < n; i += benchBatch {
 					msgs := make([]*pubsub.Message, min(benchBatch, n-i))
 					for j := range msgs {
-						msgs[j] = &pubsub.Message{ID: "bench-" + strconv.Itoa(from+i+j), Payload: benchPayload, Metadata: map[string]string{"x-bench": "1"}}
+						msgs[j] = &pubsub.Message{ID: "bench-" + strconv.Itoa(from+i+j), Payload: rabbitPayload, Metadata: map[string]string{"x-bench": "1"}}
 					}
 					if err := c.Publish(ctx, topic, msgs...); err != nil {
 						return err
@@ -305,7 +305,7 @@ func BenchmarkPublish(b *testing.B) {
 				for i := 0; i < n; i += benchBatch {
 					msgs := make([]*message.Message, min(benchBatch, n-i))
 					for j := range msgs {
-						msgs[j] = message.NewMessage("bench-"+strconv.Itoa(from+i+j), benchPayload)
+						msgs[j] = message.NewMessage("bench-"+strconv.Itoa(from+i+j), rabbitPayload)
 						msgs[j].Metadata.Set("x-bench", "1")
 					}
 					if err := pub.Publish(topic, msgs...); err != nil {
@@ -365,7 +365,7 @@ func report(b *testing.B, start mark) float64 {
 // to the ctl wrapper) and /proc can be read; else 0. The resolution is a
 // clock tick (10ms): meaningful over a run of a second or more.
 func brokerCPU() time.Duration {
-	ctl := os.Getenv(EnvCtl)
+	ctl := os.Getenv("OMNIBUS_AMQP_CTL")
 	if ctl == "" {
 		return 0
 	}
@@ -405,7 +405,7 @@ func fill(b *testing.B, conn *amqp.Connection, topic string, n int) {
 	}
 }
 
-func BenchmarkConsume(b *testing.B) {
+func BenchmarkRabbitMQConsume(b *testing.B) {
 	forQueueTypes(b, func(b *testing.B, url, qt string, conn *amqp.Connection, r *rates) {
 		ctx := context.Background()
 		for _, every := range []int{1, 64} {
