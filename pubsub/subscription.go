@@ -144,8 +144,7 @@ func (s *Subscription) fetchLoop(ctx context.Context, max int) {
 	for {
 		msgs, err := s.ds.ReceiveBatch(ctx, max)
 		if ctx.Err() != nil {
-			s.giveBack(msgs)
-			return
+			return // Close: the driver's Close redelivers what nobody received
 		}
 		if err != nil {
 			if terminal(err) {
@@ -193,19 +192,6 @@ func (s *Subscription) signal(ch chan struct{}) {
 	case ch <- struct{}{}:
 	default:
 	}
-}
-
-// giveBack nacks fetched messages that no caller received.
-func (s *Subscription) giveBack(msgs []*driver.Message) {
-	if len(msgs) == 0 {
-		return
-	}
-	s.ackMu.Lock()
-	for _, m := range msgs {
-		s.nacks[0] = append(s.nacks[0], m.AckID)
-	}
-	s.ackMu.Unlock()
-	s.wakeAcker()
 }
 
 func (s *Subscription) delivery(d *Delivery, dm *driver.Message) *Delivery {
@@ -466,23 +452,22 @@ func (s *Subscription) enqueue(id driver.AckID, nack bool, delay time.Duration) 
 	return nil
 }
 
-// Close stops receiving, gives back fetched messages nobody received,
-// flushes pending acks and nacks, then closes the broker subscription; the
-// broker redelivers every delivery that was not acked. Receive, Ack and Nack
+// Close stops receiving, drops fetched messages nobody received, flushes
+// pending acks and nacks, then closes the broker subscription; the broker
+// redelivers every delivery that was not acked, in its own order. Receive, Ack and Nack
 // return ErrClosed afterwards. Close is idempotent.
 func (s *Subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closing)
 		s.stop()
 		s.loopWG.Wait()
-		// Give back what the fetch loop had buffered and nobody received.
+		// What the fetch loop buffered and nobody received is neither
+		// acked nor nacked: the driver's Close redelivers every unacked
+		// delivery, in the broker's own order (a nack could put it behind
+		// later messages of its key: RabbitMQ republishes a nack).
 		s.bufMu.Lock()
-		var left []*driver.Message
-		for d := s.take(); d != nil; d = s.take() {
-			left = append(left, &driver.Message{AckID: d.ackID})
-		}
+		s.buf, s.head = nil, 0
 		s.bufMu.Unlock()
-		s.giveBack(left)
 		s.ackMu.Lock()
 		s.ackDone = true
 		s.ackMu.Unlock()
