@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -278,8 +279,29 @@ func (c *Client) Close() error {
 	return errors.Join(errs...)
 }
 
-// Driver returns the adapter's Broker, for adapter-specific features
-// (type-assert it to the adapter's exported type).
+// As is the escape hatch to the adapter (Go CDK's pattern): target must be
+// a non-nil pointer; As sets *target to the adapter's Broker when its type
+// fits (var kb *kafka.Broker; c.As(&kb)), or to a client library value the
+// adapter exposes through its own As method (var kc *kgo.Client; c.As(&kc)),
+// and reports whether it did. Each adapter documents what it exposes.
+func (c *Client) As(target any) bool {
+	v := reflect.ValueOf(target)
+	if !v.IsValid() || v.Kind() != reflect.Pointer || v.IsNil() {
+		return false
+	}
+	if d := reflect.ValueOf(c.drv); d.Type().AssignableTo(v.Elem().Type()) {
+		v.Elem().Set(d)
+		return true
+	}
+	if a, ok := c.drv.(interface{ As(target any) bool }); ok {
+		return a.As(target)
+	}
+	return false
+}
+
+// Driver returns the adapter's Broker, for tools that drive the driver
+// contract directly (conformance suites, the CLI's driver benchmark).
+// Reach adapter features with As.
 func (c *Client) Driver() driver.Broker { return c.drv }
 
 // batcher combines concurrent Publish calls to one topic into SendBatch

@@ -481,8 +481,8 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 }
 
 // Broker is a connection to a Kafka cluster; it implements driver.Broker
-// and driver.SendTuning. Get it from a pubsub.Client with
-// c.Driver().(*kafka.Broker) for Kafka-specific features such as
+// (its Traits ask for group commit). Get it from a pubsub.Client with
+// c.As(&kb) (var kb *kafka.Broker) for Kafka-specific features such as
 // CreateTopic.
 type Broker struct {
 	opts      Options
@@ -852,4 +852,19 @@ func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 		lv = slog.LevelWarn
 	}
 	s.l.Log(context.Background(), lv, "omnibus: kafka: franz-go: "+msg, keyvals...)
+}
+
+// As exposes the franz-go clients for pubsub.Client.As: a **kgo.Client
+// gets the client that produces and administers (not the consumers'), a
+// **kadm.Client its admin client.
+func (b *Broker) As(target any) bool {
+	switch t := target.(type) {
+	case **kgo.Client:
+		*t = b.cl
+	case **kadm.Client:
+		*t = b.adm
+	default:
+		return false
+	}
+	return true
 }

@@ -519,3 +519,13 @@ func (b *Broker) QueueTable() string { return b.queue }
 
 // GroupsTable returns the quoted, schema-qualified name of the groups table.
 func (b *Broker) GroupsTable() string { return b.groups }
+
+// As exposes the connection pool for pubsub.Client.As: a **pgxpool.Pool
+// gets the pool the adapter publishes and consumes through.
+func (b *Broker) As(target any) bool {
+	if t, ok := target.(**pgxpool.Pool); ok {
+		*t = b.pool
+		return true
+	}
+	return false
+}
