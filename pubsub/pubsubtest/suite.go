@@ -45,6 +45,7 @@ func Run(t *testing.T, h Harness) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) { c.fn(t, h) })
 	}
+	t.Run("Driver", func(t *testing.T) { runDriver(t, h) })
 }
 
 func bg() context.Context { return context.Background() }
