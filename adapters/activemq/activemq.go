@@ -421,21 +421,16 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Conn, error) {
 func connectError(addr, role string, ctx context.Context, err error) error {
 	var verify *tls.CertificateVerificationError
 	var amqpErr *amqp.Error
-	var connErr *amqp.ConnError
 	switch {
 	case errors.As(err, &verify):
 		return fmt.Errorf("activemq: connect to %s (%s): the broker's certificate did not verify (tls_ca, tls_server_name): %w: %w", addr, role, err, driver.ErrPermanent)
 	case errors.As(err, &amqpErr) && amqpErr.Condition == amqp.ErrCondUnauthorizedAccess,
-		strings.Contains(err.Error(), "sasl") && strings.Contains(strings.ToLower(err.Error()), "auth"):
+		strings.Contains(strings.ToLower(err.Error()), "sasl") && strings.Contains(strings.ToLower(err.Error()), "auth"):
 		return fmt.Errorf("activemq: connect to %s (%s): the broker refused the credentials: %w: %w", addr, role, err, driver.ErrPermanent)
-	case ctx.Err() != nil:
-		return fmt.Errorf("activemq: connect to %s (%s): no AMQP handshake within the connection timeout: %w: %w", addr, role, err, ctx.Err())
-	case errors.As(err, &connErr):
-		return fmt.Errorf("activemq: connect to %s (%s): %w", addr, role, err)
 	}
 	var netErr net.Error
-	if errors.As(err, &netErr) {
-		return fmt.Errorf("activemq: connect to %s (%s): %w", addr, role, err)
+	if ctx.Err() != nil || (errors.As(err, &netErr) && netErr.Timeout()) {
+		return fmt.Errorf("activemq: connect to %s (%s): no AMQP handshake within the connection timeout: %w: %w", addr, role, err, context.DeadlineExceeded)
 	}
 	return fmt.Errorf("activemq: connect to %s (%s): %w", addr, role, err)
 }

@@ -4,6 +4,8 @@ go 1.26.0
 
 require github.com/omnibusmq/omnibus v0.0.0-00010101000000-000000000000
 
+require golang.org/x/time v0.16.0 // indirect
+
 require (
 	dario.cat/mergo v1.0.2 // indirect
 	github.com/Azure/go-amqp v1.7.0
