@@ -295,3 +295,69 @@ func TestWrongPasswordIsPermanentAndNotInTheError(t *testing.T) {
 		t.Errorf("error contains the password: %v", err)
 	}
 }
+
+func TestNackDelayIsExactAndNack0IsImmediate(t *testing.T) {
+	cases := []struct {
+		name  string
+		group string // "" = anonymous subscription (delay waited in process)
+		delay time.Duration
+		slack time.Duration // how late the redelivery may be
+	}{
+		{"Nack0", "g", 0, time.Second},
+		{"300ms", "g", 300 * time.Millisecond, time.Second},
+		{"2s", "g", 2 * time.Second, time.Second},
+		{"AnonymousSubscription700ms", "", 700 * time.Millisecond, time.Second},
+	}
+	c := open(t, "")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := newTopic(t)
+			var opts []pubsub.SubscribeOption
+			if tc.group != "" {
+				opts = append(opts, pubsub.Group(tc.group))
+			}
+			s := mustSubscribe(t, c, topic, opts...)
+			m := &pubsub.Message{ID: "delay-" + tc.name, Key: "k", Payload: []byte("later"), Metadata: map[string]string{"a": "b"}}
+			if err := c.Publish(context.Background(), topic, m); err != nil {
+				t.Fatal(err)
+			}
+			d := receive(t, s, 10*time.Second)
+			nackedAt := time.Now()
+			if err := d.Nack(tc.delay); err != nil {
+				t.Fatal(err)
+			}
+			d2 := receive(t, s, tc.delay+10*time.Second)
+			took := time.Since(nackedAt)
+			_ = d2.Ack()
+			if d2.Message.ID != m.ID || d2.Message.Attempt != 2 || d2.Message.Key != "k" || d2.Message.Metadata["a"] != "b" || string(d2.Message.Payload) != "later" {
+				t.Errorf("redelivered %+v, want %s intact with Attempt 2", d2.Message, m.ID)
+			}
+			if took < tc.delay || took > tc.delay+tc.slack {
+				t.Errorf("redelivered after %v, want between %v and %v", took, tc.delay, tc.delay+tc.slack)
+			}
+			t.Logf("Nack(%v) redelivered after %v", tc.delay, took.Round(time.Millisecond))
+		})
+	}
+}
+
+func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
+	u := integration.ActiveMQ(t)
+	cases := []struct {
+		require string
+		wantErr bool
+	}{
+		{"ordering,persistence,nackdelay,groups,attemptcount", false},
+		{"replay", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.require, func(t *testing.T) {
+			c, err := pubsub.Open(context.Background(), u+"?require="+tc.require)
+			if err == nil {
+				c.Close()
+			}
+			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, pubsub.ErrUnsupported)) {
+				t.Errorf("require=%s: %v, want error: %v (ErrUnsupported)", tc.require, err, tc.wantErr)
+			}
+		})
+	}
+}
