@@ -105,13 +105,11 @@ package activemq
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -278,38 +276,12 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("activemq: tls_* parameters need an activemqs:// URL, not activemq://: %w", driver.ErrInvalid)
 	}
 	if u.Scheme == SchemeTLS {
-		if opts.TLS, err = tlsConfig(ca, cert, key, sni); err != nil {
+		if opts.TLS, err = driver.TLSConfig("activemq", ca, cert, key, sni); err != nil {
 			return "", opts, err
 		}
 	}
 	u.RawQuery = ""
 	return u.String(), opts, nil
-}
-
-func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: sni}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("activemq: tls_ca=%q: %v: %w", ca, err, driver.ErrInvalid)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("activemq: tls_ca=%q: no PEM certificate in the file: %w", ca, driver.ErrInvalid)
-		}
-		cfg.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("activemq: tls_cert=%q tls_key=%q: give both or neither: %w", cert, key, driver.ErrInvalid)
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("activemq: tls_cert=%q tls_key=%q: %v: %w", cert, key, err, driver.ErrInvalid)
-		}
-		cfg.Certificates = []tls.Certificate{kp}
-	}
-	return cfg, nil
 }
 
 // Broker is a connection to one ActiveMQ Artemis broker; it implements

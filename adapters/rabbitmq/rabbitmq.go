@@ -108,13 +108,11 @@ package rabbitmq
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -304,38 +302,12 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("rabbitmq: tls_* parameters need an amqps:// URL, not amqp://: %w", driver.ErrInvalid)
 	}
 	if u.Scheme == SchemeTLS {
-		if opts.TLS, err = tlsConfig(ca, cert, key, sni); err != nil {
+		if opts.TLS, err = driver.TLSConfig("rabbitmq", ca, cert, key, sni); err != nil {
 			return "", opts, err
 		}
 	}
 	u.RawQuery = ""
 	return u.String(), opts, nil
-}
-
-func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: sni}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitmq: tls_ca=%q: %v: %w", ca, err, driver.ErrInvalid)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("rabbitmq: tls_ca=%q: no PEM certificate in the file: %w", ca, driver.ErrInvalid)
-		}
-		cfg.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("rabbitmq: tls_cert=%q tls_key=%q: give both or neither: %w", cert, key, driver.ErrInvalid)
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitmq: tls_cert=%q tls_key=%q: %v: %w", cert, key, err, driver.ErrInvalid)
-		}
-		cfg.Certificates = []tls.Certificate{kp}
-	}
-	return cfg, nil
 }
 
 // Broker is a connection to one RabbitMQ vhost; it implements
