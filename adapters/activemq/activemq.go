@@ -84,6 +84,7 @@
 //
 // # URL parameters
 //
+//	flavor=artemis             the broker (default artemis; classic is refused: not supported yet)
 //	groups=a,b                 groups whose queues are created up front (default none)
 //	unroutable=error|drop      what a publish to a topic without queues does (default error)
 //	prefetch=N                 link credit per subscription, 1..65535 (default: the subscription's Prefetch)
@@ -133,6 +134,16 @@ func init() {
 	pubsub.Register(Scheme, openURL)
 	pubsub.Register(SchemeTLS, openURL)
 }
+
+// Broker flavors for the flavor= URL parameter.
+const (
+	// FlavorArtemis is ActiveMQ Artemis, the default and the only flavor
+	// supported.
+	FlavorArtemis = "artemis"
+	// FlavorClassic is ActiveMQ Classic: recognised, and refused with an
+	// error wrapping pubsub.ErrUnsupported.
+	FlavorClassic = "classic"
+)
 
 // Options configure a Broker. Zero values mean the documented defaults;
 // Dial rejects values out of range with an error naming the field.
@@ -251,6 +262,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("activemq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)
 	}
 	p := driver.NewParams(u.Scheme, u.Query())
+	flavor := p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
 	if g := p.String("groups", ""); g != "" {
 		for _, name := range strings.Split(g, ",") {
 			if name = strings.TrimSpace(name); name != "" {
@@ -271,6 +283,9 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	ca, cert, key, sni := p.String("tls_ca", ""), p.String("tls_cert", ""), p.String("tls_key", ""), p.String("tls_server_name", "")
 	if err := p.Err(); err != nil {
 		return "", opts, err
+	}
+	if flavor == FlavorClassic {
+		return "", opts, fmt.Errorf("activemq: flavor=classic: ActiveMQ Classic is not supported yet (only Artemis): %w", driver.ErrUnsupported)
 	}
 	if u.Scheme == Scheme && (ca != "" || cert != "" || key != "" || sni != "") {
 		return "", opts, fmt.Errorf("activemq: tls_* parameters need an activemqs:// URL, not activemq://: %w", driver.ErrInvalid)

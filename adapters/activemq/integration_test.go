@@ -40,6 +40,16 @@ func open(t testing.TB, params string) *pubsub.Client {
 	return c
 }
 
+func TestConformanceOverTLS(t *testing.T) {
+	u, ca := integration.ActiveMQS(t)
+	u += "?tls_ca=" + url.QueryEscape(ca)
+	pubsubtest.Run(t, pubsubtest.Harness{
+		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+			return pubsub.Open(ctx, u)
+		},
+	})
+}
+
 func TestConformance(t *testing.T) {
 	u := integration.ActiveMQ(t)
 	pubsubtest.Run(t, pubsubtest.Harness{

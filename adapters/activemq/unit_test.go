@@ -62,6 +62,7 @@ func TestBadURLParamsAreErrorsNamingTheParam(t *testing.T) {
 		{"activemqs://127.0.0.1:5671?tls_cert=/c.pem", "tls_cert"},
 		{"activemqs://127.0.0.1:5671?tls_ca=/does/not/exist.pem", "tls_ca"},
 		{"amqp://127.0.0.1:5672", "scheme"},
+		{"activemq://127.0.0.1:61616?flavor=apollo", `flavor="apollo"`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.mention, func(t *testing.T) {
@@ -73,6 +74,16 @@ func TestBadURLParamsAreErrorsNamingTheParam(t *testing.T) {
 				t.Errorf("error %q does not mention %q", err, tc.mention)
 			}
 		})
+	}
+}
+
+func TestFlavorClassicIsUnsupportedAndArtemisIsTheDefault(t *testing.T) {
+	if _, _, err := ParseURL("activemq://127.0.0.1:61616?flavor=artemis"); err != nil {
+		t.Errorf("flavor=artemis: %v", err)
+	}
+	_, _, err := ParseURL("activemq://127.0.0.1:61616?flavor=classic")
+	if !errors.Is(err, driver.ErrUnsupported) || !strings.Contains(err.Error(), "flavor=classic") {
+		t.Errorf("flavor=classic: %v, want ErrUnsupported naming it", err)
 	}
 }
 
