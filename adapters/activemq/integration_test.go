@@ -371,3 +371,28 @@ func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
 		})
 	}
 }
+
+func TestTopicWithOnlyAnAnonymousSubscriptionIsCheckedOnEveryPublish(t *testing.T) {
+	c := open(t, "")
+	topic := newTopic(t)
+	s, err := c.Subscribe(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(context.Background(), topic, &pubsub.Message{ID: "while-anon", Payload: []byte("x")}); err != nil {
+		t.Fatalf("publish while an anonymous subscription exists: %v", err)
+	}
+	if d := receive(t, s, 10*time.Second); d.Message.ID != "while-anon" {
+		t.Fatalf("got %s", d.Message.ID)
+	} else {
+		_ = d.Ack()
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Its private queue is gone with it: the next publish must not vanish.
+	err = c.Publish(context.Background(), topic, &pubsub.Message{ID: "after-anon", Payload: []byte("x")})
+	if !errors.Is(err, pubsub.ErrNotFound) {
+		t.Fatalf("publish after the only (anonymous) subscription closed = %v, want ErrNotFound", err)
+	}
+}

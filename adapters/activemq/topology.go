@@ -118,9 +118,11 @@ func (b *Broker) queueNames(ctx context.Context, sess *amqp.Session, topic strin
 	_ = reply.AcceptMessage(ctx, res)
 	body := managementBody(res)
 	if ok, _ := res.ApplicationProperties["_AMQ_OperationSucceeded"].(bool); !ok {
-		if strings.Contains(body, "AMQ229017") || strings.Contains(strings.ToLower(body), "not found") ||
-			strings.Contains(strings.ToLower(body), "no resource") {
-			return nil, nil // no such address yet
+		// AMQ229067 "Cannot find resource with name address.T": the address
+		// does not exist (yet, or any more: the broker deletes an
+		// auto-created address with its last queue).
+		if strings.Contains(body, "AMQ229067") || strings.Contains(strings.ToLower(body), "cannot find resource") {
+			return nil, nil
 		}
 		return nil, fmt.Errorf("activemq: topic %q: the broker's management refused getQueueNames: %s (the login needs the manage permission, or set unroutable=drop): %w", topic, body, driver.ErrPermanent)
 	}
