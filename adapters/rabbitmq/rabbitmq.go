@@ -222,24 +222,14 @@ func (o Options) withDefaults() (Options, error) {
 			*r.v = r.def
 		}
 	}
-	type drng struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}
-	for _, r := range []drng{
-		{"PublishTimeout", &o.PublishTimeout, 30 * time.Second},
-		{"ReconnectMin", &o.ReconnectMin, 100 * time.Millisecond},
-		{"ReconnectMax", &o.ReconnectMax, 10 * time.Second},
-		{"Heartbeat", &o.Heartbeat, 10 * time.Second},
-		{"ConnectionTimeout", &o.ConnectionTimeout, 30 * time.Second},
-	} {
-		if *r.v < 0 {
-			return o, fmt.Errorf("rabbitmq: %s %v: want a positive duration (0 for the default %v): %w", r.name, *r.v, r.def, driver.ErrInvalid)
-		}
-		if *r.v == 0 {
-			*r.v = r.def
-		}
+	if err := driver.DefaultDurations("rabbitmq",
+		driver.DurationOption{Name: "PublishTimeout", Value: &o.PublishTimeout, Default: 30 * time.Second},
+		driver.DurationOption{Name: "ReconnectMin", Value: &o.ReconnectMin, Default: 100 * time.Millisecond},
+		driver.DurationOption{Name: "ReconnectMax", Value: &o.ReconnectMax, Default: 10 * time.Second},
+		driver.DurationOption{Name: "Heartbeat", Value: &o.Heartbeat, Default: 10 * time.Second},
+		driver.DurationOption{Name: "ConnectionTimeout", Value: &o.ConnectionTimeout, Default: 30 * time.Second},
+	); err != nil {
+		return o, err
 	}
 	if o.ReconnectMax < o.ReconnectMin {
 		return o, fmt.Errorf("rabbitmq: ReconnectMax %v is below ReconnectMin %v: %w", o.ReconnectMax, o.ReconnectMin, driver.ErrInvalid)

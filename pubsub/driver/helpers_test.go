@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTLSConfigBadFilesAreErrorsNamingTheParameter(t *testing.T) {
@@ -39,5 +40,20 @@ func TestTLSConfigDefaultsToSystemRootsAndTLS12(t *testing.T) {
 	}
 	if cfg.RootCAs != nil || cfg.MinVersion < 0x0303 || cfg.ServerName != "mq.internal" || len(cfg.Certificates) != 0 {
 		t.Errorf("config = %+v", cfg)
+	}
+}
+
+func TestDefaultDurationsFillsZeroAndRejectsNegative(t *testing.T) {
+	a, b := time.Duration(0), 5*time.Second
+	if err := DefaultDurations("x", DurationOption{"A", &a, time.Second}, DurationOption{"B", &b, time.Minute}); err != nil {
+		t.Fatal(err)
+	}
+	if a != time.Second || b != 5*time.Second {
+		t.Errorf("a=%v b=%v, want 1s (default) and 5s (kept)", a, b)
+	}
+	neg := -time.Second
+	err := DefaultDurations("x", DurationOption{"Neg", &neg, time.Second})
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "x: Neg -1s") {
+		t.Errorf("negative duration: %v, want ErrInvalid naming x: Neg", err)
 	}
 }
