@@ -95,7 +95,47 @@ func benchTopic(b *testing.B, sess *amqp.Session, lib string) string {
 		b.Fatal(err)
 	}
 	_ = r.Close(ctx)
+	b.Cleanup(func() { destroyQueue(b, sess, activemq.QueueName(topic, benchGroup)) })
 	return topic
+}
+
+// destroyQueue deletes queue and its address through the broker's
+// management address, so that a benchmark leaves no messages behind (the
+// broker's journal recovery holds every stored message in memory).
+func destroyQueue(b testing.TB, sess *amqp.Session, queue string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	reply, err := sess.NewReceiver(ctx, "", &amqp.ReceiverOptions{DynamicAddress: true, Credit: 1})
+	if err != nil {
+		b.Errorf("destroy queue %s: %v", queue, err)
+		return
+	}
+	defer reply.Close(ctx)
+	snd, err := sess.NewSender(ctx, "activemq.management", nil)
+	if err != nil {
+		b.Errorf("destroy queue %s: %v", queue, err)
+		return
+	}
+	defer snd.Close(ctx)
+	replyTo := reply.Address()
+	req := &amqp.Message{
+		Properties:            &amqp.MessageProperties{ReplyTo: &replyTo},
+		ApplicationProperties: map[string]any{"_AMQ_ResourceName": "broker", "_AMQ_OperationName": "destroyQueue"},
+		Value:                 fmt.Sprintf("[%q,true,true]", queue),
+	}
+	if err := snd.Send(ctx, req, nil); err != nil {
+		b.Errorf("destroy queue %s: %v", queue, err)
+		return
+	}
+	res, err := reply.Receive(ctx, nil)
+	if err != nil {
+		b.Errorf("destroy queue %s: no answer: %v", queue, err)
+		return
+	}
+	_ = reply.AcceptMessage(ctx, res)
+	if ok, _ := res.ApplicationProperties["_AMQ_OperationSucceeded"].(bool); !ok {
+		b.Errorf("destroy queue %s: %v", queue, res.Value)
+	}
 }
 
 func rawMessage(i int) *amqp.Message {

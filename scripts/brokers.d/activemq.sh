@@ -98,8 +98,8 @@ artemis_create() {
     --host 127.0.0.1 --default-port "$ARTEMIS_PORT" --no-amqp-acceptor --no-stomp-acceptor --no-mqtt-acceptor \
     --no-hornetq-acceptor --no-web --java-memory 384M --nio --data "$dir/data" "$dir/instance" >"$dir/create.log" 2>&1 \
     || { tail -20 "$dir/create.log" >&2; die "artemis create failed"; }
-  # A small heap: 128 MB at start, at most 384 MB.
-  sed -i -E 's/-Xms[0-9]+[MmGg]/-Xms128M/; s/-Xmx[0-9]+[MmGg]/-Xmx384M/' "$dir/instance/etc/artemis.profile"
+  # A small heap: 128 MB at start, at most 512 MB.
+  sed -i -E 's/-Xms[0-9]+[MmGg]/-Xms128M/; s/-Xmx[0-9]+[MmGg]/-Xmx512M/' "$dir/instance/etc/artemis.profile"
   grep -q -- '-Xms128M' "$dir/instance/etc/artemis.profile" || die "artemis.profile: cannot set the heap size"
   xml=$dir/instance/etc/broker.xml
   # The catch-all address setting: the settings above, a group queue that
