@@ -57,6 +57,7 @@ require (
 
 replace (
 	github.com/omnibusmq/omnibus => ..
+	github.com/omnibusmq/omnibus/adapters/activemq => ../adapters/activemq
 	github.com/omnibusmq/omnibus/adapters/kafka => ../adapters/kafka
 	github.com/omnibusmq/omnibus/adapters/rabbitmq => ../adapters/rabbitmq
 )

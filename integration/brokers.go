@@ -45,7 +45,41 @@ const (
 	// rabbitmq-cluster` (quorum queues with a member on each node).
 	EnvAMQPClusterURLs = "OMNIBUS_AMQP_CLUSTER_URLS" // amqp:// URL of each node, comma-separated
 	EnvAMQPClusterCtl  = "OMNIBUS_AMQP_CLUSTER_CTL"  // ctl: kill N, start N, leader QUEUE, ctl N ARGS
+
+	// ActiveMQ Artemis of scripts/brokers: AMQP 1.0, plain and over TLS
+	// (a certificate signed by a throwaway CA), its CLI and its pidfile
+	// (for the broker restart tests).
+	EnvActiveMQ        = "OMNIBUS_ACTIVEMQ_URL"     // activemq://user:pass@host:port
+	EnvActiveMQS       = "OMNIBUS_ACTIVEMQS_URL"    // activemqs://user:pass@host:port
+	EnvActiveMQCA      = "OMNIBUS_ACTIVEMQ_CA"      // PEM CA that signed the TLS acceptor's certificate
+	EnvActiveMQCLI     = "OMNIBUS_ACTIVEMQ_CLI"     // the broker instance's bin/artemis
+	EnvActiveMQPidfile = "OMNIBUS_ACTIVEMQ_PIDFILE" // pidfile of the broker's JVM
 )
+
+// ActiveMQ returns an activemq:// URL of the test ActiveMQ Artemis broker.
+// Only `scripts/brokers up activemq` (or the variable set by hand) provides
+// one: there is no container fallback.
+func ActiveMQ(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "activemq broker", "activemq", EnvActiveMQ)[0]
+}
+
+// ActiveMQS returns an activemqs:// URL of the TLS acceptor of the test
+// ActiveMQ Artemis broker and the CA file that signed its certificate.
+func ActiveMQS(t testing.TB) (url, caFile string) {
+	t.Helper()
+	v := fromEnv(t, "activemq TLS acceptor", "activemq", EnvActiveMQS, EnvActiveMQCA)
+	return v[0], v[1]
+}
+
+// ActiveMQControl returns the test ActiveMQ Artemis broker's CLI
+// (bin/artemis of its instance) and the pidfile of its JVM, for tests that
+// inspect queues or kill and restart the broker.
+func ActiveMQControl(t testing.TB) (cli, pidfile string) {
+	t.Helper()
+	v := fromEnv(t, "activemq broker control", "activemq", EnvActiveMQCLI, EnvActiveMQPidfile)
+	return v[0], v[1]
+}
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.
 func Kafka(t testing.TB) string { return find(t, "kafka", EnvKafka) }

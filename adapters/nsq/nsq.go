@@ -313,7 +313,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("nsq: tls_* parameters need tls=true: %w", driver.ErrInvalid)
 	}
 	if useTLS {
-		if opts.TLS, err = driver.TLSFromFiles(Scheme, ca, cert, key, sni); err != nil {
+		if opts.TLS, err = driver.TLSConfig(Scheme, ca, cert, key, sni); err != nil {
 			return "", opts, err
 		}
 	}

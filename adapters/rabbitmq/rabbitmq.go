@@ -126,13 +126,11 @@ package rabbitmq
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -252,24 +250,14 @@ func (o Options) withDefaults() (Options, error) {
 			*r.v = r.def
 		}
 	}
-	type drng struct {
-		name string
-		v    *time.Duration
-		def  time.Duration
-	}
-	for _, r := range []drng{
-		{"PublishTimeout", &o.PublishTimeout, 30 * time.Second},
-		{"ReconnectMin", &o.ReconnectMin, 100 * time.Millisecond},
-		{"ReconnectMax", &o.ReconnectMax, 10 * time.Second},
-		{"Heartbeat", &o.Heartbeat, 10 * time.Second},
-		{"ConnectionTimeout", &o.ConnectionTimeout, 30 * time.Second},
-	} {
-		if *r.v < 0 {
-			return o, fmt.Errorf("rabbitmq: %s %v: want a positive duration (0 for the default %v): %w", r.name, *r.v, r.def, driver.ErrInvalid)
-		}
-		if *r.v == 0 {
-			*r.v = r.def
-		}
+	if err := driver.DefaultDurations("rabbitmq",
+		driver.DurationOption{Name: "PublishTimeout", Value: &o.PublishTimeout, Default: 30 * time.Second},
+		driver.DurationOption{Name: "ReconnectMin", Value: &o.ReconnectMin, Default: 100 * time.Millisecond},
+		driver.DurationOption{Name: "ReconnectMax", Value: &o.ReconnectMax, Default: 10 * time.Second},
+		driver.DurationOption{Name: "Heartbeat", Value: &o.Heartbeat, Default: 10 * time.Second},
+		driver.DurationOption{Name: "ConnectionTimeout", Value: &o.ConnectionTimeout, Default: 30 * time.Second},
+	); err != nil {
+		return o, err
 	}
 	if o.ReconnectMax < o.ReconnectMin {
 		return o, fmt.Errorf("rabbitmq: ReconnectMax %v is below ReconnectMin %v: %w", o.ReconnectMax, o.ReconnectMin, driver.ErrInvalid)
@@ -333,38 +321,12 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("rabbitmq: tls_* parameters need an amqps:// URL, not amqp://: %w", driver.ErrInvalid)
 	}
 	if u.Scheme == SchemeTLS {
-		if opts.TLS, err = tlsConfig(ca, cert, key, sni); err != nil {
+		if opts.TLS, err = driver.TLSConfig("rabbitmq", ca, cert, key, sni); err != nil {
 			return "", opts, err
 		}
 	}
 	u.RawQuery = ""
 	return u.String(), opts, nil
-}
-
-func tlsConfig(ca, cert, key, sni string) (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: sni}
-	if ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitmq: tls_ca=%q: %v: %w", ca, err, driver.ErrInvalid)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("rabbitmq: tls_ca=%q: no PEM certificate in the file: %w", ca, driver.ErrInvalid)
-		}
-		cfg.RootCAs = pool
-	}
-	if (cert == "") != (key == "") {
-		return nil, fmt.Errorf("rabbitmq: tls_cert=%q tls_key=%q: give both or neither: %w", cert, key, driver.ErrInvalid)
-	}
-	if cert != "" {
-		kp, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("rabbitmq: tls_cert=%q tls_key=%q: %v: %w", cert, key, err, driver.ErrInvalid)
-		}
-		cfg.Certificates = []tls.Certificate{kp}
-	}
-	return cfg, nil
 }
 
 // Broker is a connection to one RabbitMQ vhost; it implements

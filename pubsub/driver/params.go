@@ -122,3 +122,26 @@ func (p *Params) Err() error {
 	}
 	return fmt.Errorf("%s: bad URL: %s: %w", p.scheme, strings.Join(errs, "; "), ErrInvalid)
 }
+
+// DurationOption is one duration field of an adapter's Options, for
+// DefaultDurations.
+type DurationOption struct {
+	Name    string         // the field's name, for errors
+	Value   *time.Duration // the field
+	Default time.Duration  // what zero means
+}
+
+// DefaultDurations sets every zero duration to its default and rejects a
+// negative one with an error wrapping ErrInvalid that names the field,
+// prefixed with the adapter's name.
+func DefaultDurations(adapter string, opts ...DurationOption) error {
+	for _, o := range opts {
+		if *o.Value < 0 {
+			return fmt.Errorf("%s: %s %v: want a positive duration (0 for the default %v): %w", adapter, o.Name, *o.Value, o.Default, ErrInvalid)
+		}
+		if *o.Value == 0 {
+			*o.Value = o.Default
+		}
+	}
+	return nil
+}

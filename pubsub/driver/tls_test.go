@@ -25,7 +25,7 @@ func TestTLSFromFilesRejectsBadFilesNamingTheParameter(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := TLSFromFiles("x", tc.ca, tc.cert, tc.key, "")
+			_, err := TLSConfig("x", tc.ca, tc.cert, tc.key, "")
 			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.wants) || !strings.HasPrefix(err.Error(), "x: ") {
 				t.Errorf("TLSFromFiles: %v, want ErrInvalid starting with the scheme and mentioning %q", err, tc.wants)
 			}
@@ -34,7 +34,7 @@ func TestTLSFromFilesRejectsBadFilesNamingTheParameter(t *testing.T) {
 }
 
 func TestTLSFromFilesDefaultsToSystemRootsAndTLS12(t *testing.T) {
-	cfg, err := TLSFromFiles("x", "", "", "", "broker.example")
+	cfg, err := TLSConfig("x", "", "", "", "broker.example")
 	if err != nil {
 		t.Fatal(err)
 	}

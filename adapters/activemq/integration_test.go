@@ -1,0 +1,398 @@
+package activemq_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/Azure/go-amqp"
+
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/middleware"
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
+	"github.com/omnibusmq/omnibus/router"
+	"github.com/omnibusmq/omnibus/router/routertest"
+
+	_ "github.com/omnibusmq/omnibus/adapters/activemq"
+)
+
+// open returns a client on the test broker with extra URL parameters.
+func open(t testing.TB, params string) *pubsub.Client {
+	t.Helper()
+	u := integration.ActiveMQ(t)
+	if params != "" {
+		u += "?" + params
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pubsub.Open(ctx, u)
+	if err != nil {
+		t.Fatalf("open %s: %v", pubsub.Redact(u), err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func TestConformanceOverTLS(t *testing.T) {
+	u, ca := integration.ActiveMQS(t)
+	u += "?tls_ca=" + url.QueryEscape(ca)
+	pubsubtest.Run(t, pubsubtest.Harness{
+		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+			return pubsub.Open(ctx, u)
+		},
+	})
+}
+
+func TestConformance(t *testing.T) {
+	u := integration.ActiveMQ(t)
+	pubsubtest.Run(t, pubsubtest.Harness{
+		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+			return pubsub.Open(ctx, u)
+		},
+	})
+}
+
+var topicSeq atomic.Int64
+
+// newTopic returns a topic name unique to this test run.
+func newTopic(t testing.TB) string {
+	return fmt.Sprintf("omnibus-amq-%s-%d-%d", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()), time.Now().UnixNano()%1e9, topicSeq.Add(1))
+}
+
+func mustSubscribe(t testing.TB, c *pubsub.Client, topic string, opts ...pubsub.SubscribeOption) *pubsub.Subscription {
+	t.Helper()
+	s, err := c.Subscribe(context.Background(), topic, opts...)
+	if err != nil {
+		t.Fatalf("subscribe %s: %v", topic, err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return s
+}
+
+func receive(t testing.TB, s *pubsub.Subscription, wait time.Duration) *pubsub.Delivery {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	d, err := s.Receive(ctx)
+	if err != nil {
+		t.Fatalf("receive from %s: %v", s.Topic(), err)
+	}
+	return d
+}
+
+func TestPublishBeforeAnyGroupFollowsTheUnroutableRule(t *testing.T) {
+	cases := []struct {
+		name    string
+		params  string
+		wantErr error  // nil: Publish succeeds
+		group   string // subscribed after the publish; must receive the message
+	}{
+		{"ErrorByDefault", "", pubsub.ErrNotFound, ""},
+		{"GroupsDeclaredUpFrontKeepTheMessage", "groups=early,late", nil, "late"},
+		{"DropIsAnExplicitOptIn", "unroutable=drop", nil, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := open(t, tc.params)
+			topic := newTopic(t)
+			m := &pubsub.Message{ID: "before-" + tc.name, Payload: []byte("early bird")}
+			err := c.Publish(context.Background(), topic, m)
+			if tc.wantErr != nil {
+				if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), topic) {
+					t.Fatalf("Publish before any group = %v, want %v naming topic %q", err, tc.wantErr, topic)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("Publish: %v", err)
+			}
+			if tc.group == "" {
+				return
+			}
+			s := mustSubscribe(t, c, topic, pubsub.Group(tc.group))
+			d := receive(t, s, 10*time.Second)
+			if d.Message.ID != m.ID {
+				t.Fatalf("group %s got %s, want the message published before it subscribed (%s)", tc.group, d.Message.ID, m.ID)
+			}
+			_ = d.Ack()
+		})
+	}
+}
+
+// rawReceiver attaches a plain go-amqp receiver to source on the test broker.
+func rawReceiver(t testing.TB, source string) *amqp.Receiver {
+	t.Helper()
+	u, err := url.Parse(integration.ActiveMQ(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pass, _ := u.User.Password()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := amqp.Dial(ctx, "amqp://"+u.Host, &amqp.ConnOptions{SASLType: amqp.SASLTypePlain(u.User.Username(), pass)})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	sess, err := conn.NewSession(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := sess.NewReceiver(ctx, source, &amqp.ReceiverOptions{Credit: 10})
+	if err != nil {
+		t.Fatalf("attach %s: %v", source, err)
+	}
+	return r
+}
+
+func TestPoisonMessagesLandInTheBrokersDeadLetterQueue(t *testing.T) {
+	cases := []struct {
+		name   string
+		params string
+		delay  time.Duration // of every Nack
+		nacks  int           // deliveries until the broker dead-letters
+		dlq    string        // queue on the dead-letter address; "" = DLQ.<topic>
+	}{
+		// The adapter rejects on Nack once Attempt reaches max_attempts.
+		{"MaxAttemptsWithImmediateNacks", "max_attempts=3", 0, 3, ""},
+		// Delayed nacks (which the broker does not count) too; the delayed
+		// copy's address is the group queue's fully qualified name, which
+		// the per-topic dead-letter queue's filter does not match: it lands
+		// in the dead-letter address's catch-all queue.
+		{"MaxAttemptsWithDelayedNacks", "max_attempts=3", 20 * time.Millisecond, 3, "DLQ"},
+		// Nack(0) is counted by the broker: its max-delivery-attempts (10
+		// in scripts/brokers) dead-letters the message.
+		{"BrokerMaxDeliveryAttempts", "", 0, 10, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := open(t, tc.params)
+			topic := newTopic(t)
+			s := mustSubscribe(t, c, topic, pubsub.Group("work"))
+			m := &pubsub.Message{ID: "poison-" + tc.name, Key: "k", Payload: []byte("bad"), Metadata: map[string]string{"why": "test"}}
+			if err := c.Publish(context.Background(), topic, m); err != nil {
+				t.Fatal(err)
+			}
+			for want := 1; want <= tc.nacks; want++ {
+				d := receive(t, s, 15*time.Second)
+				if d.Message.ID != m.ID || d.Message.Attempt != want {
+					t.Fatalf("delivery %d: got %s attempt %d, want %s attempt %d", want, d.Message.ID, d.Message.Attempt, m.ID, want)
+				}
+				if err := d.Nack(tc.delay); err != nil {
+					t.Fatalf("nack: %v", err)
+				}
+			}
+			queue := tc.dlq
+			if queue == "" {
+				queue = "DLQ." + topic
+			}
+			dlq := rawReceiver(t, "DLQ::"+queue)
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			var dm *amqp.Message
+			for dm == nil || dm.Properties.MessageID != m.ID {
+				var err error
+				if dm, err = dlq.Receive(ctx, nil); err != nil {
+					t.Fatalf("%s not in dead-letter queue %s: %v", m.ID, queue, err)
+				}
+				_ = dlq.AcceptMessage(ctx, dm) // only these tests dead-letter
+			}
+			if dm.Properties.MessageID != m.ID || string(dm.GetData()) != "bad" || dm.ApplicationProperties["why"] != "test" {
+				t.Errorf("dead letter %+v %q %v, want %s intact", dm.Properties, dm.GetData(), dm.ApplicationProperties, m.ID)
+			}
+			ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+			defer cancel2()
+			if d, err := s.Receive(ctx2); err == nil {
+				t.Errorf("dead-lettered message delivered again: %s attempt %d", d.Message.ID, d.Message.Attempt)
+			}
+		})
+	}
+}
+
+func TestPoisonMiddlewarePublishesAfterDelayedRedeliveries(t *testing.T) {
+	c := open(t, "")
+	topic := newTopic(t)
+	poison := mustSubscribe(t, c, topic+".poison", pubsub.Group("ops"))
+	var attempts []int
+	var mu sync.Mutex
+	r := router.New(c, router.Options{})
+	r.Use(middleware.Poison(c, topic+".poison"))
+	r.Handle(topic, "billing", func(ctx context.Context, m *pubsub.Message) error {
+		mu.Lock()
+		attempts = append(attempts, m.Attempt)
+		mu.Unlock()
+		if m.Attempt < 3 {
+			return router.Redeliver(errors.New("busy"), 50*time.Millisecond)
+		}
+		return pubsub.Permanent(errors.New("invalid order"))
+	})
+	stop := routertest.Start(t, r)
+	defer stop()
+	if err := c.Publish(context.Background(), topic, &pubsub.Message{ID: "o1", Key: "k", Payload: []byte("bad")}); err != nil {
+		t.Fatal(err)
+	}
+	d := receive(t, poison, 20*time.Second)
+	_ = d.Ack()
+	if d.Message.ID != "o1" || d.Message.Key != "k" || string(d.Message.Payload) != "bad" {
+		t.Errorf("poisoned %+v, want o1 intact", d.Message)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(attempts) != "[1 2 3]" {
+		t.Errorf("handler saw attempts %v, want [1 2 3]", attempts)
+	}
+}
+
+func TestTLSAcceptorRoundTripAndUnknownCA(t *testing.T) {
+	u, ca := integration.ActiveMQS(t)
+	t.Run("TrustedCA", func(t *testing.T) {
+		c, err := pubsub.Open(context.Background(), u+"?tls_ca="+url.QueryEscape(ca))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		topic := newTopic(t)
+		s := mustSubscribe(t, c, topic, pubsub.Group("tls"))
+		if err := c.Publish(context.Background(), topic, &pubsub.Message{ID: "over-tls", Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+		if d := receive(t, s, 10*time.Second); d.Message.ID != "over-tls" {
+			t.Fatalf("got %s", d.Message.ID)
+		} else {
+			_ = d.Ack()
+		}
+	})
+	t.Run("SystemRootsRejectTheTestCA", func(t *testing.T) {
+		c, err := pubsub.Open(context.Background(), u+"?connection_timeout=10s")
+		if err == nil {
+			c.Close()
+			t.Fatal("Open verified a certificate signed by an unknown CA")
+		}
+		pass, _ := mustURL(t, u).User.Password()
+		if !errors.Is(err, pubsub.ErrPermanent) || strings.Contains(err.Error(), pass) {
+			t.Errorf("error %v: want ErrPermanent without the password", err)
+		}
+	})
+}
+
+func mustURL(t testing.TB, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+func TestWrongPasswordIsPermanentAndNotInTheError(t *testing.T) {
+	u := mustURL(t, integration.ActiveMQ(t))
+	u.User = url.UserPassword(u.User.Username(), "wrong-hunter2-secret")
+	c, err := pubsub.Open(context.Background(), u.String()+"?connection_timeout=10s")
+	if err == nil {
+		c.Close()
+		t.Fatal("Open succeeded with a wrong password")
+	}
+	if !errors.Is(err, pubsub.ErrPermanent) {
+		t.Errorf("error %v does not wrap ErrPermanent", err)
+	}
+	if strings.Contains(err.Error(), "wrong-hunter2-secret") {
+		t.Errorf("error contains the password: %v", err)
+	}
+}
+
+func TestNackDelayIsExactAndNack0IsImmediate(t *testing.T) {
+	cases := []struct {
+		name  string
+		group string // "" = anonymous subscription (delay waited in process)
+		delay time.Duration
+		slack time.Duration // how late the redelivery may be
+	}{
+		{"Nack0", "g", 0, time.Second},
+		{"300ms", "g", 300 * time.Millisecond, time.Second},
+		{"2s", "g", 2 * time.Second, time.Second},
+		{"AnonymousSubscription700ms", "", 700 * time.Millisecond, time.Second},
+	}
+	c := open(t, "")
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			topic := newTopic(t)
+			var opts []pubsub.SubscribeOption
+			if tc.group != "" {
+				opts = append(opts, pubsub.Group(tc.group))
+			}
+			s := mustSubscribe(t, c, topic, opts...)
+			m := &pubsub.Message{ID: "delay-" + tc.name, Key: "k", Payload: []byte("later"), Metadata: map[string]string{"a": "b"}}
+			if err := c.Publish(context.Background(), topic, m); err != nil {
+				t.Fatal(err)
+			}
+			d := receive(t, s, 10*time.Second)
+			nackedAt := time.Now()
+			if err := d.Nack(tc.delay); err != nil {
+				t.Fatal(err)
+			}
+			d2 := receive(t, s, tc.delay+10*time.Second)
+			took := time.Since(nackedAt)
+			_ = d2.Ack()
+			if d2.Message.ID != m.ID || d2.Message.Attempt != 2 || d2.Message.Key != "k" || d2.Message.Metadata["a"] != "b" || string(d2.Message.Payload) != "later" {
+				t.Errorf("redelivered %+v, want %s intact with Attempt 2", d2.Message, m.ID)
+			}
+			if took < tc.delay || took > tc.delay+tc.slack {
+				t.Errorf("redelivered after %v, want between %v and %v", took, tc.delay, tc.delay+tc.slack)
+			}
+			t.Logf("Nack(%v) redelivered after %v", tc.delay, took.Round(time.Millisecond))
+		})
+	}
+}
+
+func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
+	u := integration.ActiveMQ(t)
+	cases := []struct {
+		require string
+		wantErr bool
+	}{
+		{"ordering,persistence,nackdelay,groups,attemptcount", false},
+		{"replay", true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.require, func(t *testing.T) {
+			c, err := pubsub.Open(context.Background(), u+"?require="+tc.require)
+			if err == nil {
+				c.Close()
+			}
+			if tc.wantErr != (err != nil) || (err != nil && !errors.Is(err, pubsub.ErrUnsupported)) {
+				t.Errorf("require=%s: %v, want error: %v (ErrUnsupported)", tc.require, err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestTopicWithOnlyAnAnonymousSubscriptionIsCheckedOnEveryPublish(t *testing.T) {
+	c := open(t, "")
+	topic := newTopic(t)
+	s, err := c.Subscribe(context.Background(), topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Publish(context.Background(), topic, &pubsub.Message{ID: "while-anon", Payload: []byte("x")}); err != nil {
+		t.Fatalf("publish while an anonymous subscription exists: %v", err)
+	}
+	if d := receive(t, s, 10*time.Second); d.Message.ID != "while-anon" {
+		t.Fatalf("got %s", d.Message.ID)
+	} else {
+		_ = d.Ack()
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Its private queue is gone with it: the next publish must not vanish.
+	err = c.Publish(context.Background(), topic, &pubsub.Message{ID: "after-anon", Payload: []byte("x")})
+	if !errors.Is(err, pubsub.ErrNotFound) {
+		t.Fatalf("publish after the only (anonymous) subscription closed = %v, want ErrNotFound", err)
+	}
+}
