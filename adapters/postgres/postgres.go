@@ -142,6 +142,12 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
+// DefaultConnectTimeout bounds each connection attempt of a Broker opened
+// from a URL (TCP connect, TLS and startup until the server is ready for
+// queries) when the URL has no connect_timeout parameter. pgx's own default
+// is no limit at all.
+const DefaultConnectTimeout = 10 * time.Second
+
 // pgxParams are the connection parameters passed through to pgx (libpq's
 // names plus pgxpool's pool_*). Anything else in the URL that is not one of
 // the adapter's own parameters is an error naming it.
@@ -187,6 +193,11 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	if err != nil {
 		// pgconn redacts the password in its parse errors.
 		return nil, fmt.Errorf("postgres: parse connection URL %s: %v: %w", pubsub.Redact(raw), err, driver.ErrInvalid)
+	}
+	if !pass.Has("connect_timeout") {
+		// Without it pgx waits for a silent server as long as ctx allows,
+		// which for a background context is forever.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "omnibus"
