@@ -94,4 +94,3 @@ func TestNackedMessageKeepsItsPlaceInItsKey(t *testing.T) {
 		})
 	}
 }
-
