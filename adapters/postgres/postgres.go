@@ -376,11 +376,22 @@ UPDATE ` + q + ` AS t SET attempt = t.attempt + 1, visible_at = now() + $4::bigi
 FROM c WHERE t.seq = c.seq
 RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_at`
 	}
-	match := ` FROM unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) WHERE t.seq = a.seq AND t.attempt = a.attempt`
-	b.sqlAck = `DELETE FROM ` + q + ` AS t USING unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) WHERE t.seq = a.seq AND t.attempt = a.attempt`
-	b.sqlNack = `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond', holder = NULL` + match
-	b.sqlExtend = `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond'` + match
-	b.sqlRelease = `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL` + match
+	// Ack, nack, heartbeat and release write rows a subscription holds,
+	// concurrently on different connections (the heartbeat runs while acks
+	// arrive). They all lock those rows first, in seq order (the sort runs
+	// before the row locks are taken), so no two of them can wait for each
+	// other: without that PostgreSQL cancels one with a deadlock (40P01).
+	// A row whose attempt changed (claimed again after its visibility
+	// timeout) or that is gone is skipped.
+	held := `WITH l AS MATERIALIZED (
+	SELECT r.seq FROM ` + q + ` r JOIN unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) ON r.seq = a.seq AND r.attempt = a.attempt
+	ORDER BY r.seq
+	FOR UPDATE OF r
+) `
+	b.sqlAck = held + `DELETE FROM ` + q + ` AS t USING l WHERE t.seq = l.seq`
+	b.sqlNack = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond', holder = NULL FROM l WHERE t.seq = l.seq`
+	b.sqlExtend = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond' FROM l WHERE t.seq = l.seq`
+	b.sqlRelease = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL FROM l WHERE t.seq = l.seq`
 }
 
 // Capabilities implements driver.Broker.

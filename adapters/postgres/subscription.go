@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -10,7 +11,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -117,6 +120,39 @@ func (s *subscription) poke() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+}
+
+// Retries of an ack or nack that PostgreSQL cancelled to resolve a deadlock
+// or a serialization failure (the adapter's own statements take their row
+// locks in one order, but a user's transaction on the queue table may not).
+const (
+	settleAttempts = 5
+	settleBackoff  = 10 * time.Millisecond // doubled after each attempt
+)
+
+// sendRetrying sends the batch that fill builds as one implicit transaction,
+// again (up to settleAttempts times in all, with backoff) while PostgreSQL
+// cancels it with SQLSTATE 40P01 (deadlock detected) or 40001
+// (serialization failure): those roll the whole transaction back, so
+// sending it again is safe.
+func (b *Broker) sendRetrying(ctx context.Context, fill func(*pgx.Batch)) error {
+	backoff := settleBackoff
+	for attempt := 1; ; attempt++ {
+		batch := &pgx.Batch{}
+		fill(batch)
+		err := b.pool.SendBatch(ctx, batch).Close()
+		var pe *pgconn.PgError
+		if err == nil || attempt == settleAttempts || !errors.As(err, &pe) || (pe.Code != "40P01" && pe.Code != "40001") {
+			if err != nil && attempt > 1 {
+				return fmt.Errorf("after %d attempts: %w", attempt, err)
+			}
+			return err
+		}
+		if !wait.Sleep(ctx, backoff) {
+			return fmt.Errorf("%w (after %d attempts; last: %w)", ctx.Err(), attempt, err)
+		}
+		backoff *= 2
 	}
 }
 
@@ -256,13 +292,14 @@ func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 		return err
 	}
 	keyed := s.drop(seqs, atts)
-	batch := &pgx.Batch{}
-	batch.Queue(s.b.sqlAck, seqs, atts)
-	if keyed && !s.b.opts.DisableKeyOrdering {
-		// The next message of each acked key is now claimable by any member.
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-	}
-	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
+		batch.Queue(s.b.sqlAck, seqs, atts)
+		if keyed && !s.b.opts.DisableKeyOrdering {
+			// The next message of each acked key is now claimable by any member.
+			batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+		}
+	})
+	if err != nil {
 		return fmt.Errorf("postgres: ack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
 	}
 	if keyed {
@@ -279,12 +316,13 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 		return err
 	}
 	s.drop(seqs, atts)
-	batch := &pgx.Batch{}
-	batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
-	if delay <= 0 {
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-	}
-	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
+		batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
+		if delay <= 0 {
+			batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+		}
+	})
+	if err != nil {
 		return fmt.Errorf("postgres: nack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
 	}
 	if delay <= 0 {
@@ -319,33 +357,40 @@ func (s *subscription) heartbeat() {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		seqs := make([]int64, 0, len(s.inflight))
-		atts := make([]int32, 0, len(s.inflight))
-		for seq, h := range s.inflight {
-			seqs = append(seqs, seq)
-			atts = append(atts, h.attempt)
-		}
-		s.mu.Unlock()
-		if len(seqs) == 0 && !s.anon {
-			continue
-		}
 		ctx, cancel := context.WithTimeout(context.Background(), every)
-		batch := &pgx.Batch{}
-		if len(seqs) > 0 {
-			batch.Queue(s.b.sqlExtend, seqs, atts, micros(s.b.opts.VisibilityTimeout))
-		}
-		if s.anon {
-			batch.Queue(`UPDATE `+s.b.groups+` SET expires_at = now() + $3::bigint * interval '1 microsecond' WHERE topic = $1 AND grp = $2`,
-				s.topic, s.group, micros(s.anonTTL()))
-		}
-		err := s.b.pool.SendBatch(ctx, batch).Close()
+		n, err := s.extendHeld(ctx)
 		cancel()
 		if err != nil {
 			s.b.log.Warn("omnibus: postgres heartbeat failed; held messages may be redelivered to other members",
-				"topic", s.topic, "group", s.group, "held", len(seqs), "error", err)
+				"topic", s.topic, "group", s.group, "held", n, "error", err)
 		}
 	}
+}
+
+// extendHeld is one heartbeat: it pushes the visibility of every held claim
+// (and the lease of an anonymous group) VisibilityTimeout into the future.
+// It returns how many claims it extended.
+func (s *subscription) extendHeld(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	seqs := make([]int64, 0, len(s.inflight))
+	atts := make([]int32, 0, len(s.inflight))
+	for seq, h := range s.inflight {
+		seqs = append(seqs, seq)
+		atts = append(atts, h.attempt)
+	}
+	s.mu.Unlock()
+	if len(seqs) == 0 && !s.anon {
+		return 0, nil
+	}
+	batch := &pgx.Batch{}
+	if len(seqs) > 0 {
+		batch.Queue(s.b.sqlExtend, seqs, atts, micros(s.b.opts.VisibilityTimeout))
+	}
+	if s.anon {
+		batch.Queue(`UPDATE `+s.b.groups+` SET expires_at = now() + $3::bigint * interval '1 microsecond' WHERE topic = $1 AND grp = $2`,
+			s.topic, s.group, micros(s.anonTTL()))
+	}
+	return len(seqs), s.b.pool.SendBatch(ctx, batch).Close()
 }
 
 // Close implements driver.Subscription: it stops the heartbeat and makes
