@@ -334,3 +334,51 @@ func BenchmarkConsume(b *testing.B) {
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 	})
 }
+
+// BenchmarkConsumeKeyed times receiving and acking b.N pre-filled messages
+// spread over a few keys with key_ordering on (one message of a key out at
+// a time per group), one consumer.
+func BenchmarkConsumeKeyed(b *testing.B) {
+	for _, keys := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("keys%d", keys), func(b *testing.B) {
+			pool, u := benchPool(b)
+			c, err := pubsub.Open(context.Background(), u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			topic := uniq("bench-keyed")
+			cleanupTopic(b, pool, c, topic)
+			s, err := c.Subscribe(context.Background(), topic, pubsub.Group("bench"), pubsub.Prefetch(benchBatch))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			for i := 0; i < b.N; i += 1000 {
+				ms := omnibusMessages(min(1000, b.N-i))
+				for j, m := range ms {
+					m.Key = fmt.Sprintf("k%d", (i+j)%keys)
+				}
+				if err := c.Publish(ctx, topic, ms...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				d, err := s.Receive(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if err := d.Ack(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := s.Close(); err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		})
+	}
+}

@@ -69,6 +69,15 @@ func TestNackedMessageKeepsItsPlaceInItsKey(t *testing.T) {
 					return
 				}
 				effects[d.Message.Key] = append(effects[d.Message.Key], n)
+				// Claims parked behind the nacked message and given back
+				// with it were never delivered: they are not an attempt.
+				wantAttempt := 1
+				if d.Message.Key == "a" && n == 0 {
+					wantAttempt = 2
+				}
+				if d.Message.Attempt != wantAttempt {
+					t.Errorf("key %s message %d: Attempt %d, want %d", d.Message.Key, n, d.Message.Attempt, wantAttempt)
+				}
 				total++
 				done := total == 2*per
 				mu.Unlock()

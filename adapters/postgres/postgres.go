@@ -27,17 +27,21 @@
 // connection stays gone, the heartbeat stops and the rows become visible to
 // the group's other members after at most visibility_timeout.
 //
-// Order per key (key_ordering=true, the default): a row with a non-empty
-// key is claimed only while it is the oldest row of its key left in the
-// group, that is once every earlier message of the key has been acked
-// (deleted). So a key has at most one message out per group, whether it is
-// in a handler, in a subscription's prefetch buffer, delayed by a nack or
-// held by a dead process until its visibility timeout; messages of a key are
-// never claimed together. A nacked message keeps its place: it stays the
-// oldest row of its key, is redelivered first (after its delay) and blocks
-// its key until it is acked; other keys go on meanwhile. That holds with any
-// number of competing consumers and across crashes, at the cost of one
-// claim round trip per message of a key. key_ordering=false lifts that and
+// Order per key (key_ordering=true, the default): a keyed row is claimed
+// only when every earlier row of its key still in the group is held by the
+// claiming subscription itself (or claimed in the same statement); a row
+// behind one that another member holds, or that a nack delays, waits. The
+// subscription hands a key's claimed rows out one at a time, in seq order:
+// the next one is parked in process until the one before is acked (then it
+// is handed out at once) or nacked (then every parked row of the key is
+// given back in the nack's own transaction, uncounted as an attempt, and
+// waits behind the nacked message again). So a key has at most one message
+// out per group, in a handler or in the portable prefetch buffer; a nacked
+// message keeps its place, is redelivered first (after its delay) and
+// blocks its key until it is acked; other keys go on meanwhile. That holds
+// with any number of competing consumers and across crashes (a dead
+// member's rows, parked ones included, come back in order after the
+// visibility timeout). key_ordering=false lifts that and
 // Capabilities.OrderingPerKey becomes false.
 //
 // Wake-ups: publishers NOTIFY on one channel (<prefix>queue) with the topic
@@ -233,7 +237,7 @@ type Broker struct {
 	channel       string // NOTIFY channel (raw name)
 	lockClass     int32  // first key of the per-topic advisory locks
 
-	sqlPublish, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease string
+	sqlPublish, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim string
 
 	lis *listener
 
@@ -355,25 +359,33 @@ UPDATE ` + q + ` AS t SET attempt = t.attempt + 1, visible_at = now() + $4::bigi
 FROM c WHERE t.seq = c.seq
 RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_at`
 	} else {
-		// A keyed row is claimable only while it is the oldest row of its
-		// key left in the group: every earlier one has been acked (deleted).
-		// Whatever happened to that earlier row (claimed by any member,
-		// waiting in a prefetch buffer, nacked with or without a delay,
-		// held by a dead process until its visibility timeout), its
-		// successors wait for its ack. Rows of a key are never claimed
-		// together, so there is nothing to give back when one is nacked.
+		// A keyed row r is claimable by subscription $5 only when every
+		// earlier row of its key is either held by $5 itself or claimed in
+		// this same statement: c drops rows behind a row that another
+		// member holds or that a nack delays; ok drops rows behind a ready
+		// row this statement did not get (locked by a concurrent claim, or
+		// past the LIMIT). The subscription hands a key's rows out one at a
+		// time (see subscription.lanes), so the rows it holds behind a
+		// key's first one are parked, not delivered.
 		b.sqlClaim = `WITH c AS (
-	SELECT r.seq FROM ` + q + ` r
+	SELECT r.seq, r.key FROM ` + q + ` r
 	WHERE r.topic = $1 AND r.grp = $2 AND r.visible_at <= now()
 	  AND (r.key = '' OR NOT EXISTS (
 		SELECT 1 FROM ` + q + ` e
-		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.seq < r.seq))
+		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.seq < r.seq
+		  AND e.visible_at > now() AND e.holder IS DISTINCT FROM $5))
 	ORDER BY r.seq
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED
+), ok AS (
+	SELECT c.seq FROM c
+	WHERE c.key = '' OR NOT EXISTS (
+		SELECT 1 FROM ` + q + ` e
+		WHERE e.topic = $1 AND e.grp = $2 AND e.key = c.key AND e.seq < c.seq
+		  AND e.visible_at <= now() AND e.seq NOT IN (SELECT seq FROM c))
 )
 UPDATE ` + q + ` AS t SET attempt = t.attempt + 1, visible_at = now() + $4::bigint * interval '1 microsecond', holder = $5
-FROM c WHERE t.seq = c.seq
+FROM ok WHERE t.seq = ok.seq
 RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_at`
 	}
 	// Ack, nack, heartbeat and release write rows a subscription holds,
@@ -392,6 +404,9 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 	b.sqlNack = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond', holder = NULL FROM l WHERE t.seq = l.seq`
 	b.sqlExtend = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond' FROM l WHERE t.seq = l.seq`
 	b.sqlRelease = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL FROM l WHERE t.seq = l.seq`
+	// Unclaim gives back parked claims, never delivered: their claim did
+	// not count as an attempt.
+	b.sqlUnclaim = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL, attempt = t.attempt - 1 FROM l WHERE t.seq = l.seq`
 }
 
 // Capabilities implements driver.Broker.

@@ -28,6 +28,18 @@ type ackID struct {
 type held struct {
 	attempt int32
 	key     string
+	parked  bool // claimed, not handed out yet (its lane's turn has not come)
+}
+
+// lane is one key's claims, with key ordering: the message handed out (not
+// yet acked or nacked), and the ones claimed behind it, in seq order.
+// Nothing of a key is handed out while its lane has a message out: an ack
+// hands out the next parked one at once, a nack gives every parked one back
+// to the database in the nack's transaction, where they wait behind the
+// nacked message again.
+type lane struct {
+	out    bool
+	parked []*driver.Message
 }
 
 // subscription implements driver.Subscription for one (topic, group).
@@ -40,8 +52,16 @@ type subscription struct {
 
 	wake chan struct{} // buffered(1): a NOTIFY, an ack of a keyed message, a nack's delay passed
 
+	// claimMu keeps a claim and a nack from overlapping, so that a nack
+	// gives back every row its key has parked, including those a claim
+	// running meanwhile would have added.
+	claimMu sync.Mutex
+
 	mu       sync.Mutex
-	inflight map[int64]held // claims not yet acked or nacked
+	inflight map[int64]held // claims not yet acked or nacked (parked ones too)
+	lanes    map[string]*lane
+	parked   int               // messages parked in lanes
+	ready    []*driver.Message // parked messages whose turn came, to hand out
 	timers   map[*time.Timer]struct{}
 	closed   bool
 
@@ -54,6 +74,7 @@ func newSubscription(b *Broker, topic, group string) *subscription {
 		b: b, topic: topic, group: group,
 		wake:     make(chan struct{}, 1),
 		inflight: map[int64]held{},
+		lanes:    map[string]*lane{},
 		timers:   map[*time.Timer]struct{}{},
 		stopHB:   make(chan struct{}),
 		hbDone:   make(chan struct{}),
@@ -175,22 +196,41 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 	for {
 		s.mu.Lock()
 		closed := s.closed
+		var out []*driver.Message
+		if n := min(len(s.ready), max); n > 0 && !closed {
+			out = append(out, s.ready[:n]...)
+			s.ready = append(s.ready[:0], s.ready[n:]...)
+			for _, m := range out {
+				id := m.AckID.(ackID)
+				h := s.inflight[id.seq]
+				h.parked = false
+				s.inflight[id.seq] = h
+			}
+		}
+		// Parked messages count against max: a hot key cannot make the
+		// subscription claim without bound.
+		room := max - s.parked
 		s.mu.Unlock()
 		if closed {
 			return nil, fmt.Errorf("postgres: receive from %q: %w", s.topic, driver.ErrClosed)
 		}
+		if len(out) > 0 {
+			return out, nil
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, err := s.claim(ctx, max)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		if room > 0 {
+			msgs, err := s.claim(ctx, room)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, retryable{fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err)}
 			}
-			return nil, retryable{fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err)}
-		}
-		if len(msgs) > 0 {
-			return msgs, nil
+			if len(msgs) > 0 {
+				return msgs, nil
+			}
 		}
 		select {
 		case <-s.wake:
@@ -206,6 +246,8 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 // database claimed are always returned (the portable layer gives them back
 // when its context ended), never left to the visibility timeout.
 func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, error) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	rows, err := s.b.pool.Query(qctx, s.b.sqlClaim, s.topic, s.group, max, micros(s.b.opts.VisibilityTimeout), s.id)
@@ -244,16 +286,44 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 		}
 		return nil, err
 	}
-	s.mu.Lock()
-	for _, m := range out {
-		id := m.AckID.(ackID)
-		s.inflight[id.seq] = held{attempt: id.attempt, key: m.Key}
-	}
-	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b *driver.Message) int {
 		return int(a.AckID.(ackID).seq - b.AckID.(ackID).seq)
 	})
-	return out, nil
+	ordered := !s.b.opts.DisableKeyOrdering
+	give := out[:0]
+	s.mu.Lock()
+	for _, m := range out {
+		id := m.AckID.(ackID)
+		h := held{attempt: id.attempt, key: m.Key}
+		if ordered && m.Key != "" {
+			l := s.lanes[m.Key]
+			if l == nil {
+				l = &lane{}
+				s.lanes[m.Key] = l
+			}
+			if l.out {
+				h.parked = true
+				l.parked = append(l.parked, m)
+				s.parked++
+			} else {
+				l.out = true
+			}
+		}
+		s.inflight[id.seq] = h
+		if !h.parked {
+			give = append(give, m)
+		}
+	}
+	s.mu.Unlock()
+	return give, nil
+}
+
+func splitMsgs(msgs []*driver.Message) ([]int64, []int32, error) {
+	ids := make([]driver.AckID, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.AckID
+	}
+	return splitIDs(ids)
 }
 
 func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
@@ -270,17 +340,44 @@ func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
 	return seqs, atts, nil
 }
 
-// drop stops holding the given claims; it reports whether any had a key.
-func (s *subscription) drop(seqs []int64, atts []int32) (keyed bool) {
+// settled stops holding the given claims (handed out, acked or nacked) and
+// ends their turn in their key's lane. After an ack (next) the lane's next
+// parked message is handed out; after a nack (!next) every parked message
+// of the lane is returned, to be given back. It reports whether any claim
+// had a key and whether a parked message became ready.
+func (s *subscription) settled(seqs []int64, atts []int32, next bool) (keyed, woke bool, back []*driver.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i, seq := range seqs {
-		if h, ok := s.inflight[seq]; ok && h.attempt == atts[i] {
-			delete(s.inflight, seq)
-			keyed = keyed || h.key != ""
+		h, ok := s.inflight[seq]
+		if !ok || h.attempt != atts[i] || h.parked {
+			continue
 		}
+		delete(s.inflight, seq)
+		if h.key == "" {
+			continue
+		}
+		keyed = true
+		l := s.lanes[h.key]
+		if l == nil {
+			continue
+		}
+		if next && len(l.parked) > 0 {
+			m := l.parked[0]
+			l.parked = l.parked[1:]
+			s.parked--
+			s.ready = append(s.ready, m)
+			woke = true
+			continue
+		}
+		for _, m := range l.parked {
+			delete(s.inflight, m.AckID.(ackID).seq)
+		}
+		back = append(back, l.parked...)
+		s.parked -= len(l.parked)
+		delete(s.lanes, h.key)
 	}
-	return keyed
+	return keyed, woke, back
 }
 
 // SendAcks implements driver.Subscription: it deletes exactly the acked
@@ -291,7 +388,13 @@ func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	if err != nil {
 		return err
 	}
-	keyed := s.drop(seqs, atts)
+	// The key's next message is handed out before the delete commits: the
+	// handler is done with this one, so its first effect came first even if
+	// the delete fails and the message is redelivered.
+	keyed, woke, _ := s.settled(seqs, atts, true)
+	if woke {
+		s.poke()
+	}
 	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
 		batch.Queue(s.b.sqlAck, seqs, atts)
 		if keyed && !s.b.opts.DisableKeyOrdering {
@@ -315,10 +418,19 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 	if err != nil {
 		return err
 	}
-	s.drop(seqs, atts)
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	_, _, back := s.settled(seqs, atts, false)
+	bseqs, batts, _ := splitMsgs(back)
+	// One transaction: the parked rows become visible again together with
+	// (and behind) the nacked one. If it fails, they all come back after
+	// the visibility timeout, in order.
 	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
 		batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
-		if delay <= 0 {
+		if len(back) > 0 {
+			batch.Queue(s.b.sqlUnclaim, bseqs, batts)
+		}
+		if delay <= 0 || len(back) > 0 {
 			batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
 		}
 	})
@@ -408,13 +520,19 @@ func (s *subscription) Close() error {
 		tm.Stop()
 	}
 	s.timers = nil
-	seqs := make([]int64, 0, len(s.inflight))
-	atts := make([]int32, 0, len(s.inflight))
+	var seqs, pseqs []int64
+	var atts, patts []int32
 	for seq, h := range s.inflight {
-		seqs = append(seqs, seq)
-		atts = append(atts, h.attempt)
+		if h.parked {
+			pseqs = append(pseqs, seq)
+			patts = append(patts, h.attempt)
+		} else {
+			seqs = append(seqs, seq)
+			atts = append(atts, h.attempt)
+		}
 	}
 	s.inflight = map[int64]held{}
+	s.lanes, s.ready, s.parked = map[string]*lane{}, nil, 0
 	s.mu.Unlock()
 	close(s.stopHB)
 	<-s.hbDone
@@ -426,8 +544,13 @@ func (s *subscription) Close() error {
 	if s.anon {
 		batch.Queue(`DELETE FROM `+s.b.groups+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
 		batch.Queue(`DELETE FROM `+s.b.queue+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
-	} else if len(seqs) > 0 {
-		batch.Queue(s.b.sqlRelease, seqs, atts)
+	} else if len(seqs)+len(pseqs) > 0 {
+		if len(seqs) > 0 {
+			batch.Queue(s.b.sqlRelease, seqs, atts)
+		}
+		if len(pseqs) > 0 {
+			batch.Queue(s.b.sqlUnclaim, pseqs, patts)
+		}
 		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
 	}
 	if batch.Len() == 0 {
