@@ -237,9 +237,16 @@ type Broker struct {
 	channel       string // NOTIFY channel (raw name)
 	lockClass     int32  // first key of the per-topic advisory locks
 
-	sqlPublish, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim string
+	sqlPublish, sqlPublishNamed, sqlHasNamed, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim string
 
 	lis *listener
+	ntf *notifier
+
+	// named holds the topics known to have a named group. omnibus never
+	// deletes a named group, so an entry stays true; SendBatch drops it
+	// when it finds the groups gone (deleted by hand).
+	namedMu sync.Mutex
+	named   map[string]bool
 
 	mu     sync.Mutex
 	closed bool
@@ -266,6 +273,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Broker, error)
 		idxPrefix: opts.TablePrefix + "queue_",
 		channel:   opts.TablePrefix + "queue",
 		subs:      map[*subscription]struct{}{},
+		named:     map[string]bool{},
 	}
 	h := fnv.New32a()
 	h.Write([]byte(b.queue))
@@ -277,6 +285,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Broker, error)
 		}
 	}
 	b.lis = newListener(b)
+	b.ntf = newNotifier(b)
 	return b, nil
 }
 
@@ -338,15 +347,29 @@ func (b *Broker) buildSQL() {
 	// One statement: a copy of every message for every live group of the
 	// topic, or for the backlog ("") while the topic has no named group.
 	// ORDER BY m.n makes seq follow the batch order (per-key order).
-	b.sqlPublish = `INSERT INTO ` + q + ` (topic, grp, msg_id, key, payload, metadata, published_at, visible_at)
+	insert := `INSERT INTO ` + q + ` (topic, grp, msg_id, key, payload, metadata, published_at, visible_at)
 SELECT $1, g.grp, m.id, m.key, m.payload, m.meta::jsonb, now(), now()
-FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY AS m(id, key, payload, meta, n)
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY AS m(id, key, payload, meta, n)`
+	b.sqlPublish = insert + `
 CROSS JOIN (
 	SELECT grp FROM ` + g + ` WHERE topic = $1 AND (NOT anonymous OR expires_at > now())
 	UNION ALL
 	SELECT '' WHERE NOT EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)
 ) AS g
 ORDER BY m.n, g.grp`
+	// Once a topic has a named group it never goes back to the backlog, so
+	// no registration can adopt a backlog under a publish: no lock needed.
+	// The groups are still read by the statement itself, so a group
+	// registered (committed) before the statement began gets the message.
+	// It inserts nothing if the named groups are gone (deleted by hand);
+	// SendBatch then publishes again with sqlPublish.
+	b.sqlPublishNamed = insert + `
+CROSS JOIN (
+	SELECT grp FROM ` + g + ` WHERE topic = $1 AND (NOT anonymous OR expires_at > now())
+	  AND EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)
+) AS g
+ORDER BY m.n, g.grp`
+	b.sqlHasNamed = `SELECT EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)`
 	if b.opts.DisableKeyOrdering {
 		b.sqlClaim = `WITH c AS (
 	SELECT r.seq FROM ` + q + ` r
@@ -426,6 +449,11 @@ func (b *Broker) Capabilities() driver.Capabilities {
 // messages; four run concurrently per topic.
 func (b *Broker) SendBatching() (int, int) { return 1000, 4 }
 
+// GroupSends implements driver.SendGrouping: a publish costs a statement
+// and a commit whatever its size, so concurrent Publish calls to a topic
+// wait for the send in flight and go out together (group commit).
+func (b *Broker) GroupSends() bool { return true }
+
 func (b *Broker) isClosed() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -434,9 +462,13 @@ func (b *Broker) isClosed() bool {
 
 func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
-// SendBatch implements driver.Broker: one implicit transaction (a pgx batch)
-// takes the topic's shared advisory lock, inserts every message for every
-// group and NOTIFYs the subscribers.
+// SendBatch implements driver.Broker. On a topic known to have a named
+// group it is one INSERT of every message for every group. Otherwise one
+// implicit transaction (a pgx batch) takes the topic's shared advisory lock
+// (a first named group's registration, which adopts the backlog, takes it
+// exclusively), inserts every message for every group or for the backlog,
+// and learns whether the topic has a named group now. Subscribers are
+// woken after the commit (see wake).
 func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	if b.isClosed() {
 		return fmt.Errorf("postgres: publish to %q: %w", topic, driver.ErrClosed)
@@ -468,14 +500,59 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			metas[i] = &js
 		}
 	}
+	if b.hasNamed(topic) {
+		tag, err := b.pool.Exec(ctx, b.sqlPublishNamed, topic, ids, keys, payloads, metas)
+		if err != nil {
+			return fmt.Errorf("postgres: publish %d message(s) to %q (first id %q): %w", len(msgs), topic, ids[0], err)
+		}
+		if tag.RowsAffected() > 0 {
+			b.wake(topic)
+			return nil
+		}
+		// The topic's named groups were deleted by hand: nothing was
+		// inserted; publish again the careful way.
+		b.setNamed(topic, false)
+	}
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, b.lockClass, topic)
 	batch.Queue(b.sqlPublish, topic, ids, keys, payloads, metas)
-	batch.Queue(`SELECT pg_notify($1, $2)`, b.channel, topic)
+	var named bool
+	batch.Queue(b.sqlHasNamed, topic).QueryRow(func(row pgx.Row) error { return row.Scan(&named) })
 	if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
 		return fmt.Errorf("postgres: publish %d message(s) to %q (first id %q): %w", len(msgs), topic, ids[0], err)
 	}
+	if named {
+		b.setNamed(topic, true)
+	}
+	b.wake(topic)
 	return nil
+}
+
+func (b *Broker) hasNamed(topic string) bool {
+	b.namedMu.Lock()
+	defer b.namedMu.Unlock()
+	return b.named[topic]
+}
+
+func (b *Broker) setNamed(topic string, named bool) {
+	b.namedMu.Lock()
+	defer b.namedMu.Unlock()
+	if named {
+		b.named[topic] = true
+	} else {
+		delete(b.named, topic)
+	}
+}
+
+// wake wakes the topic's subscriptions after a commit made messages
+// claimable (a publish, a nack, an ack of a keyed message, a release):
+// this Broker's at once, those of other processes through a NOTIFY that the
+// notifier sends, for every topic woken since its last one (a NOTIFY in each
+// transaction would serialise those commits on PostgreSQL's notification
+// queue lock).
+func (b *Broker) wake(topic string) {
+	b.lis.wakeTopic(topic)
+	b.ntf.add(topic)
 }
 
 // OpenSubscription implements driver.Broker. A named group's first
@@ -496,6 +573,9 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	s := newSubscription(b, topic, opts.Group)
 	if err := s.register(ctx); err != nil {
 		return nil, err
+	}
+	if !s.anon {
+		b.setNamed(topic, true)
 	}
 	b.mu.Lock()
 	if b.closed {
@@ -537,6 +617,7 @@ func (b *Broker) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	b.ntf.stop()
 	b.lis.stop()
 	if b.ownPool {
 		b.pool.Close()

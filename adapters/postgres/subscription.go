@@ -397,16 +397,14 @@ func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	}
 	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
 		batch.Queue(s.b.sqlAck, seqs, atts)
-		if keyed && !s.b.opts.DisableKeyOrdering {
-			// The next message of each acked key is now claimable by any member.
-			batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-		}
 	})
 	if err != nil {
 		return fmt.Errorf("postgres: ack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
 	}
-	if keyed {
-		s.poke()
+	if keyed && !s.b.opts.DisableKeyOrdering {
+		// The next message of each acked key may now be claimable by any
+		// member.
+		s.b.wake(s.topic)
 	}
 	return nil
 }
@@ -430,15 +428,14 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 		if len(back) > 0 {
 			batch.Queue(s.b.sqlUnclaim, bseqs, batts)
 		}
-		if delay <= 0 || len(back) > 0 {
-			batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-		}
 	})
 	if err != nil {
 		return fmt.Errorf("postgres: nack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
 	}
+	if delay <= 0 || len(back) > 0 {
+		s.b.wake(s.topic)
+	}
 	if delay <= 0 {
-		s.poke()
 		return nil
 	}
 	s.mu.Lock()
@@ -551,7 +548,6 @@ func (s *subscription) Close() error {
 		if len(pseqs) > 0 {
 			batch.Queue(s.b.sqlUnclaim, pseqs, patts)
 		}
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
 	}
 	if batch.Len() == 0 {
 		return nil
@@ -562,6 +558,9 @@ func (s *subscription) Close() error {
 		}
 		return fmt.Errorf("postgres: close subscription to %q (group %q): release %d unacked message(s) (they are redelivered after the visibility timeout): %w",
 			s.topic, s.group, len(seqs), err)
+	}
+	if !s.anon {
+		s.b.wake(s.topic)
 	}
 	return nil
 }
