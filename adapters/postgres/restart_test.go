@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/omnibusmq/omnibus/adapters/postgres"
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -293,5 +294,34 @@ func TestConsumeSurvivesPostgresRestart(t *testing.T) {
 			t.Logf("%s: published %d, lost %d, duplicates %d, per-key order violations %d, first delivery %v after the server was back",
 				tc.name, total, lost, dups, len(violations), recovered.Round(time.Millisecond))
 		})
+	}
+}
+
+// An ack sent while the database server is down is sent again until the
+// server is back (within the visibility timeout), instead of being logged
+// and lost: the message is not redelivered.
+func TestAckSentWhileServerDownLandsWhenItIsBack(t *testing.T) {
+	c := privateCluster(t)
+	u := c.url("visibility_timeout", "30s", "connect_timeout", "2")
+	cl := open(t, u)
+	topic := uniq("ackdown")
+	s := subscribe(t, cl, topic, pubsub.Group(uniq("g")))
+	publishN(t, cl, topic, 1, "")
+	d := receive(t, s)
+	c.run("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop")
+	if err := d.Ack(); err != nil {
+		t.Fatalf("ack: %v", err)
+	}
+	c.start()
+	if err := s.Close(); err != nil { // waits for the ack to be sent
+		t.Fatalf("close: %v", err)
+	}
+	br := cl.Driver().(*postgres.Broker)
+	var left int
+	if err := pool(t, c.url()).QueryRow(context.Background(), `SELECT count(*) FROM `+br.QueueTable()+` WHERE topic = $1`, topic).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d row(s) left: the ack sent while the server was down was lost and the message will be redelivered", left)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -144,28 +145,63 @@ func (s *subscription) poke() {
 	}
 }
 
-// Retries of an ack or nack that PostgreSQL cancelled to resolve a deadlock
-// or a serialization failure (the adapter's own statements take their row
-// locks in one order, but a user's transaction on the queue table may not).
+// Retries of acks and nacks. PostgreSQL cancels a transaction to resolve a
+// deadlock or a serialization failure (the adapter's own statements take
+// their row locks in one order, but a user's transaction on the queue table
+// may not): it rolled back, so it is sent again, settleAttempts times in
+// all. An ack is also sent again while the database cannot be reached
+// (connection refused or lost, server shutting down or starting), until
+// the visibility timeout: it is idempotent (a row already deleted, or
+// claimed again with another attempt, is not touched), and after that the
+// message is redelivered anyway.
 const (
-	settleAttempts = 5
-	settleBackoff  = 10 * time.Millisecond // doubled after each attempt
+	settleAttempts   = 5
+	settleBackoff    = 10 * time.Millisecond // doubled after each attempt
+	settleBackoffMax = time.Second
 )
 
-// sendRetrying sends the batch that fill builds as one implicit transaction,
-// again (up to settleAttempts times in all, with backoff) while PostgreSQL
-// cancels it with SQLSTATE 40P01 (deadlock detected) or 40001
-// (serialization failure): those roll the whole transaction back, so
-// sending it again is safe.
-func (b *Broker) sendRetrying(ctx context.Context, fill func(*pgx.Batch)) error {
+// rolledBack reports an error after which PostgreSQL rolled the whole
+// transaction back and sending it again can succeed.
+func rolledBack(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+// unreachable reports an error of the connection rather than of the
+// statement: the network, or a server that is shutting down or starting.
+func unreachable(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+}
+
+// sendRetrying sends the batch that fill builds as one implicit
+// transaction, again while it was rolled back by a deadlock or
+// serialization failure (settleAttempts in all) or, with idempotent, while
+// the database is unreachable (until the visibility timeout), with backoff.
+func (b *Broker) sendRetrying(ctx context.Context, idempotent bool, fill func(*pgx.Batch)) error {
 	backoff := settleBackoff
+	until := time.Now().Add(b.opts.VisibilityTimeout)
+	rolled := 0
 	for attempt := 1; ; attempt++ {
 		batch := &pgx.Batch{}
 		fill(batch)
 		err := b.pool.SendBatch(ctx, batch).Close()
-		var pe *pgconn.PgError
-		if err == nil || attempt == settleAttempts || !errors.As(err, &pe) || (pe.Code != "40P01" && pe.Code != "40001") {
-			if err != nil && attempt > 1 {
+		if err == nil {
+			return nil
+		}
+		retry := false
+		switch {
+		case rolledBack(err):
+			rolled++
+			retry = rolled < settleAttempts
+		case idempotent && unreachable(err):
+			retry = time.Now().Add(backoff).Before(until)
+		}
+		if !retry {
+			if attempt > 1 {
 				return fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
 			return err
@@ -173,7 +209,7 @@ func (b *Broker) sendRetrying(ctx context.Context, fill func(*pgx.Batch)) error 
 		if !wait.Sleep(ctx, backoff) {
 			return fmt.Errorf("%w (after %d attempts; last: %w)", ctx.Err(), attempt, err)
 		}
-		backoff *= 2
+		backoff = min(2*backoff, settleBackoffMax)
 	}
 }
 
@@ -395,7 +431,7 @@ func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	if woke {
 		s.poke()
 	}
-	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
+	err = s.b.sendRetrying(ctx, true, func(batch *pgx.Batch) {
 		batch.Queue(s.b.sqlAck, seqs, atts)
 	})
 	if err != nil {
@@ -423,7 +459,7 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 	// One transaction: the parked rows become visible again together with
 	// (and behind) the nacked one. If it fails, they all come back after
 	// the visibility timeout, in order.
-	err = s.b.sendRetrying(ctx, func(batch *pgx.Batch) {
+	err = s.b.sendRetrying(ctx, false, func(batch *pgx.Batch) {
 		batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
 		if len(back) > 0 {
 			batch.Queue(s.b.sqlUnclaim, bseqs, batts)
