@@ -19,13 +19,22 @@
 // Messages published to a topic that has no named group yet are kept (in
 // the pseudo-group "", the backlog) and handed to the first named group that
 // subscribes, so nothing published before the first consumer starts
-// vanishes. Registration and publishing serialise on a per-topic advisory
-// lock (publishers share it), so a publish never races a group's creation.
+// vanishes. A first group's registration, which adopts the backlog, and
+// the publishes of a Broker that does not yet know the topic to have a
+// named group serialise on a per-topic advisory lock (publishers share it),
+// so no publish lands in a backlog that was just adopted. Once a Broker
+// knows a named group exists (omnibus never deletes one), its publishes are
+// a single INSERT without the lock; concurrent Publish calls are grouped
+// into one send while a send is in flight.
 //
 // A subscription extends the visibility of the rows it holds every
 // visibility_timeout/3 (heartbeat). When its process dies, or its database
 // connection stays gone, the heartbeat stops and the rows become visible to
-// the group's other members after at most visibility_timeout.
+// the group's other members after at most visibility_timeout. Ack, nack,
+// heartbeat and release lock the held rows in seq order, so they never
+// deadlock each other; an ack or nack cancelled by a deadlock or
+// serialization failure anyway is sent again (5 attempts), and an ack is
+// sent again while the database is unreachable, up to visibility_timeout.
 //
 // Order per key (key_ordering=true, the default): a keyed row is claimed
 // only when every earlier row of its key still in the group is held by the
@@ -44,10 +53,12 @@
 // visibility timeout). key_ordering=false lifts that and
 // Capabilities.OrderingPerKey becomes false.
 //
-// Wake-ups: publishers NOTIFY on one channel (<prefix>queue) with the topic
-// as payload; one LISTEN connection per Broker wakes the topic's
-// subscriptions. Every subscription also polls every poll_interval, so a lost
-// listen connection only slows delivery down.
+// Wake-ups: after a publish (or a nack, a keyed ack, a release) commits, the
+// Broker wakes its own subscriptions of the topic and a notifier sends one
+// NOTIFY on one channel (<prefix>queue, payload the topic) for every topic
+// woken since its previous one; one LISTEN connection per Broker wakes the
+// topic's subscriptions. Every subscription also polls every poll_interval,
+// so a lost NOTIFY or listen connection only slows delivery down.
 package postgres
 
 import (
