@@ -257,17 +257,40 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
+// fill publishes b.N messages with send, 1000 per call (not timed).
+func fill(b *testing.B, send func(ctx context.Context, n int) error) {
+	ctx := context.Background()
+	for i := 0; i < b.N; i += 1000 {
+		if err := send(ctx, min(1000, b.N-i)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// receiveAndAck times receiving and acking b.N messages from s and closing
+// it (so that the last acks are in the database too), and reports msg/s.
+func receiveAndAck(b *testing.B, s *pubsub.Subscription) {
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		d, err := s.Receive(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := d.Ack(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
+
 // BenchmarkConsume pre-fills b.N messages (not timed), then times receiving
 // and acking all of them with one consumer.
 func BenchmarkConsume(b *testing.B) {
-	fill := func(b *testing.B, send func(ctx context.Context, n int) error) {
-		ctx := context.Background()
-		for i := 0; i < b.N; i += 1000 {
-			if err := send(ctx, min(1000, b.N-i)); err != nil {
-				b.Fatal(err)
-			}
-		}
-	}
 	b.Run("omnibus", func(b *testing.B) {
 		pool, u := benchPool(b)
 		c, err := pubsub.Open(context.Background(), withParams(b, u, "key_ordering", "false"))
@@ -283,23 +306,7 @@ func BenchmarkConsume(b *testing.B) {
 		}
 		defer s.Close()
 		fill(b, func(ctx context.Context, n int) error { return c.Publish(ctx, topic, omnibusMessages(n)...) })
-		ctx := context.Background()
-		b.ResetTimer()
-		start := time.Now()
-		for i := 0; i < b.N; i++ {
-			d, err := s.Receive(ctx)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := d.Ack(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		// Count the time until the last acks are in the database too.
-		if err := s.Close(); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		receiveAndAck(b, s)
 	})
 	b.Run("rawpgx", func(b *testing.B) {
 		pool, _ := benchPool(b)
@@ -367,31 +374,16 @@ func BenchmarkConsumeKeyed(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer s.Close()
-			ctx := context.Background()
-			for i := 0; i < b.N; i += 1000 {
-				ms := omnibusMessages(min(1000, b.N-i))
-				for j, m := range ms {
-					m.Key = fmt.Sprintf("k%d", (i+j)%keys)
+			sent := 0
+			fill(b, func(ctx context.Context, n int) error {
+				ms := omnibusMessages(n)
+				for _, m := range ms {
+					m.Key = fmt.Sprintf("k%d", sent%keys)
+					sent++
 				}
-				if err := c.Publish(ctx, topic, ms...); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.ResetTimer()
-			start := time.Now()
-			for i := 0; i < b.N; i++ {
-				d, err := s.Receive(ctx)
-				if err != nil {
-					b.Fatal(err)
-				}
-				if err := d.Ack(); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if err := s.Close(); err != nil {
-				b.Fatal(err)
-			}
-			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+				return c.Publish(ctx, topic, ms...)
+			})
+			receiveAndAck(b, s)
 		})
 	}
 }

@@ -406,7 +406,7 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 	WHERE r.topic = $1 AND r.grp = $2 AND r.visible_at <= now()
 	  AND (r.key = '' OR NOT EXISTS (
 		SELECT 1 FROM ` + q + ` e
-		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.seq < r.seq
+		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.key <> '' AND e.seq < r.seq
 		  AND e.visible_at > now() AND e.holder IS DISTINCT FROM $5))
 	ORDER BY r.seq
 	LIMIT $3
@@ -415,7 +415,7 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 	SELECT c.seq FROM c
 	WHERE c.key = '' OR NOT EXISTS (
 		SELECT 1 FROM ` + q + ` e
-		WHERE e.topic = $1 AND e.grp = $2 AND e.key = c.key AND e.seq < c.seq
+		WHERE e.topic = $1 AND e.grp = $2 AND e.key = c.key AND e.key <> '' AND e.seq < c.seq
 		  AND e.visible_at <= now() AND e.seq NOT IN (SELECT seq FROM c))
 )
 UPDATE ` + q + ` AS t SET attempt = t.attempt + 1, visible_at = now() + $4::bigint * interval '1 microsecond', holder = $5
