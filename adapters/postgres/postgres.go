@@ -588,6 +588,7 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if !s.anon {
 		b.setNamed(topic, true)
 	}
+	s.start() // before anything can Close it: Close waits for its goroutines
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -597,7 +598,6 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	b.lis.add(s)
-	s.start()
 	return s, nil
 }
 

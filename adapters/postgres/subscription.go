@@ -68,6 +68,14 @@ type subscription struct {
 
 	stopHB chan struct{}
 	hbDone chan struct{}
+
+	// Acks taken inline (AckInline), deleted by the ack flusher.
+	pendSeqs  []int64
+	pendAtts  []int32
+	pendKeyed bool
+	ackWake   chan struct{} // cap 1
+	ackStop   chan struct{}
+	ackDone   chan struct{}
 }
 
 func newSubscription(b *Broker, topic, group string) *subscription {
@@ -79,6 +87,9 @@ func newSubscription(b *Broker, topic, group string) *subscription {
 		timers:   map[*time.Timer]struct{}{},
 		stopHB:   make(chan struct{}),
 		hbDone:   make(chan struct{}),
+		ackWake:  make(chan struct{}, 1),
+		ackStop:  make(chan struct{}),
+		ackDone:  make(chan struct{}),
 		id:       uuid.New(),
 	}
 	if group == "" {
@@ -136,7 +147,10 @@ DELETE FROM `+b.queue+` WHERE topic = $1 AND grp IN (SELECT grp FROM gone)`, s.t
 
 func (s *subscription) anonTTL() time.Duration { return 3 * s.b.opts.VisibilityTimeout }
 
-func (s *subscription) start() { go s.heartbeat() }
+func (s *subscription) start() {
+	go s.heartbeat()
+	go s.ackFlusher()
+}
 
 func (s *subscription) poke() {
 	select {
@@ -389,6 +403,11 @@ func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
 func (s *subscription) settled(seqs []int64, atts []int32, next bool) (keyed, woke bool, back []*driver.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.settledLocked(seqs, atts, next)
+}
+
+// settledLocked is settled with s.mu held.
+func (s *subscription) settledLocked(seqs []int64, atts []int32, next bool) (keyed, woke bool, back []*driver.Message) {
 	for i, seq := range seqs {
 		h, ok := s.inflight[seq]
 		if !ok || h.attempt != atts[i] || h.parked {
@@ -419,6 +438,70 @@ func (s *subscription) settled(seqs []int64, atts []int32, next bool) (keyed, wo
 		delete(s.lanes, h.key)
 	}
 	return keyed, woke, back
+}
+
+// AckInline implements driver.InlineAcker: an ack is local bookkeeping
+// (the claim leaves the heartbeat; its key's next parked message is handed
+// out at once) plus a delete that the ack flusher sends, batched with the
+// acks that come meanwhile. So a key's next message does not wait for the
+// previous ack's round trip, and acks do not wait for each other.
+func (s *subscription) AckInline(id driver.AckID) error {
+	a, ok := id.(ackID)
+	if !ok {
+		return fmt.Errorf("postgres: ack id %v (%T) is not from this adapter: %w", id, id, driver.ErrInvalid)
+	}
+	s.mu.Lock()
+	keyed, woke, _ := s.settledLocked([]int64{a.seq}, []int32{a.attempt}, true)
+	s.pendSeqs = append(s.pendSeqs, a.seq)
+	s.pendAtts = append(s.pendAtts, a.attempt)
+	s.pendKeyed = s.pendKeyed || keyed
+	s.mu.Unlock()
+	if woke {
+		s.poke()
+	}
+	select {
+	case s.ackWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// ackFlusher deletes the inline acks, all that are pending in one
+// statement, until Close, which has it send the last ones.
+func (s *subscription) ackFlusher() {
+	defer close(s.ackDone)
+	for {
+		select {
+		case <-s.ackWake:
+			s.flushAcks()
+		case <-s.ackStop:
+			s.flushAcks()
+			return
+		}
+	}
+}
+
+func (s *subscription) flushAcks() {
+	s.mu.Lock()
+	seqs, atts, keyed := s.pendSeqs, s.pendAtts, s.pendKeyed
+	s.pendSeqs, s.pendAtts, s.pendKeyed = nil, nil, false
+	s.mu.Unlock()
+	if len(seqs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.b.opts.VisibilityTimeout+10*time.Second)
+	defer cancel()
+	err := s.b.sendRetrying(ctx, true, func(batch *pgx.Batch) {
+		batch.Queue(s.b.sqlAck, seqs, atts)
+	})
+	if err != nil {
+		s.b.log.Error("omnibus: postgres ack failed; the messages will be redelivered after the visibility timeout",
+			"topic", s.topic, "group", s.group, "count", len(seqs), "error", err)
+		return
+	}
+	if keyed && !s.b.opts.DisableKeyOrdering {
+		s.b.wake(s.topic)
+	}
 }
 
 // SendAcks implements driver.Subscription: it deletes exactly the acked
@@ -574,6 +657,8 @@ func (s *subscription) Close() error {
 	s.mu.Unlock()
 	close(s.stopHB)
 	<-s.hbDone
+	close(s.ackStop) // the inline acks taken before Close are deleted now
+	<-s.ackDone
 	s.b.forget(s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
