@@ -350,6 +350,21 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 	for _, m := range out {
 		id := m.AckID.(ackID)
 		h := held{attempt: id.attempt, key: m.Key}
+		if prev, ok := s.inflight[id.seq]; ok {
+			// Our own claim expired (no heartbeat got through for a
+			// visibility timeout) and we claimed the row again: the new
+			// claim takes the old one's place. A settle of the old one no
+			// longer matches and is ignored.
+			h.parked = prev.parked
+			if prev.parked {
+				s.replaceParked(m)
+			}
+			s.inflight[id.seq] = h
+			if !h.parked {
+				give = append(give, m)
+			}
+			continue
+		}
 		if ordered && m.Key != "" {
 			l := s.lanes[m.Key]
 			if l == nil {
@@ -371,6 +386,26 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 	}
 	s.mu.Unlock()
 	return give, nil
+}
+
+// replaceParked puts m in the place of the parked (or ready) message with
+// the same seq. s.mu must be held.
+func (s *subscription) replaceParked(m *driver.Message) {
+	seq := m.AckID.(ackID).seq
+	if l := s.lanes[m.Key]; l != nil {
+		for i, p := range l.parked {
+			if p.AckID.(ackID).seq == seq {
+				l.parked[i] = m
+				return
+			}
+		}
+	}
+	for i, p := range s.ready {
+		if p.AckID.(ackID).seq == seq {
+			s.ready[i] = m
+			return
+		}
+	}
 }
 
 func splitMsgs(msgs []*driver.Message) ([]int64, []int32, error) {
