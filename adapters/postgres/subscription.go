@@ -51,7 +51,7 @@ type subscription struct {
 	anon  bool
 	id    uuid.UUID // holder of its claims
 
-	wake chan struct{} // buffered(1): a NOTIFY, an ack of a keyed message, a nack's delay passed
+	wake chan struct{} // buffered(1): a NOTIFY or local wake-up, a parked message handed out, a nack's delay passed
 
 	// claimMu keeps a claim and a nack from overlapping, so that a nack
 	// gives back every row its key has parked, including those a claim
@@ -540,8 +540,10 @@ func (s *subscription) flushAcks() {
 }
 
 // SendAcks implements driver.Subscription: it deletes exactly the acked
-// claims. The claims are dropped from the heartbeat even when the delete
-// fails, so the rows come back after the visibility timeout.
+// claims at once (the portable layer acks through AckInline; SendAcks is the
+// synchronous form of the same). The claims are dropped from the heartbeat
+// even when the delete fails, so the rows come back after the visibility
+// timeout.
 func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	seqs, atts, err := splitIDs(ids)
 	if err != nil {
