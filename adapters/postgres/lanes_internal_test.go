@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -18,27 +16,10 @@ import (
 // handed out again, a settle of its old delivery is ignored, and the ack of
 // the new one hands out the next parked message. The key is not stuck.
 func TestReclaimedOwnClaimsKeepTheKeyMoving(t *testing.T) {
-	pool, err := pgxpool.New(context.Background(), integration.Postgres(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	b, s, pool := ownTables(t, integration.Postgres(t), "reclaim",
+		Options{VisibilityTimeout: time.Minute, PollInterval: 10 * time.Millisecond}, "reclaim")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prefix := fmt.Sprintf("omnibus_reclaim_%d_", time.Now().UnixNano()%1e9)
-	b, err := New(ctx, pool, Options{TablePrefix: prefix, VisibilityTimeout: time.Minute, PollInterval: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = b.Close()
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+b.queue+`, `+b.groups)
-	})
-	ds, err := b.OpenSubscription(ctx, "reclaim", driver.SubscriptionOptions{Group: "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := ds.(*subscription)
 	if err := b.SendBatch(ctx, "reclaim", []*driver.Message{{ID: "a", Key: "k"}, {ID: "b", Key: "k"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -21,29 +21,11 @@ import (
 // order, and PostgreSQL cancelled one of them (SQLSTATE 40P01) after its
 // deadlock_timeout; a cancelled ack was lost until the visibility timeout.
 func TestHeartbeatAcksAndNacksNeverDeadlock(t *testing.T) {
-	u := integration.Postgres(t)
-	pool, err := pgxpool.New(context.Background(), u+"&pool_max_conns=8")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	const topic, total = "lockorder", 3000
+	b, s, pool := ownTables(t, integration.Postgres(t)+"&pool_max_conns=8", "lockorder",
+		Options{VisibilityTimeout: time.Minute, DisableKeyOrdering: true}, topic)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	prefix := fmt.Sprintf("omnibus_lockorder_%d_", time.Now().UnixNano()%1e9)
-	b, err := New(ctx, pool, Options{TablePrefix: prefix, VisibilityTimeout: time.Minute, DisableKeyOrdering: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = b.Close()
-		_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+b.queue+`, `+b.groups)
-	})
-	const topic, total = "lockorder", 3000
-	ds, err := b.OpenSubscription(ctx, topic, driver.SubscriptionOptions{Group: "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := ds.(*subscription)
 	msgs := make([]*driver.Message, total)
 	for i := range msgs {
 		msgs[i] = &driver.Message{ID: fmt.Sprint(i), Payload: []byte("x")}
@@ -138,11 +120,7 @@ func TestAckSentAgainAfterDeadlockVictim(t *testing.T) {
 	// The broker's sessions detect deadlocks after 50ms, the user's after
 	// the server's default (1s): the ack is the one PostgreSQL cancels.
 	u := integration.Postgres(t) + "&application_name=" + app + "&options=-c%20deadlock_timeout%3D50ms"
-	pool, err := pgxpool.New(context.Background(), u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pool.Close)
+	b, s, _ := ownTables(t, u, "victim", Options{DisableKeyOrdering: true}, "victim")
 	user, err := pgxpool.New(context.Background(), integration.Postgres(t))
 	if err != nil {
 		t.Fatal(err)
@@ -150,20 +128,6 @@ func TestAckSentAgainAfterDeadlockVictim(t *testing.T) {
 	t.Cleanup(user.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	prefix := fmt.Sprintf("omnibus_victim_%d_", time.Now().UnixNano()%1e9)
-	b, err := New(ctx, pool, Options{TablePrefix: prefix, DisableKeyOrdering: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = b.Close()
-		_, _ = user.Exec(context.Background(), `DROP TABLE IF EXISTS `+b.queue+`, `+b.groups)
-	})
-	ds, err := b.OpenSubscription(ctx, "victim", driver.SubscriptionOptions{Group: "g"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := ds.(*subscription)
 	if err := b.SendBatch(ctx, "victim", []*driver.Message{{ID: "a", Payload: []byte("a")}, {ID: "b", Payload: []byte("b")}}); err != nil {
 		t.Fatal(err)
 	}
