@@ -627,7 +627,10 @@ func (s *subscription) heartbeat() {
 			return
 		case <-t.C:
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
+		// The claims the previous heartbeat extended expire two periods
+		// from now: a slow heartbeat (a loaded server) still counts until
+		// then.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*every)
 		n, err := s.extendHeld(ctx)
 		cancel()
 		if err != nil {
