@@ -19,26 +19,46 @@
 // Messages published to a topic that has no named group yet are kept (in
 // the pseudo-group "", the backlog) and handed to the first named group that
 // subscribes, so nothing published before the first consumer starts
-// vanishes. Registration and publishing serialise on a per-topic advisory
-// lock (publishers share it), so a publish never races a group's creation.
+// vanishes. A first group's registration, which adopts the backlog, and
+// the publishes of a Broker that does not yet know the topic to have a
+// named group serialise on a per-topic advisory lock (publishers share it),
+// so no publish lands in a backlog that was just adopted. Once a Broker
+// knows a named group exists (omnibus never deletes one), its publishes are
+// a single INSERT without the lock; concurrent Publish calls are grouped
+// into one send while a send is in flight.
 //
 // A subscription extends the visibility of the rows it holds every
 // visibility_timeout/3 (heartbeat). When its process dies, or its database
 // connection stays gone, the heartbeat stops and the rows become visible to
-// the group's other members after at most visibility_timeout.
+// the group's other members after at most visibility_timeout. Ack, nack,
+// heartbeat and release lock the held rows in seq order, so they never
+// deadlock each other; an ack or nack cancelled by a deadlock or
+// serialization failure anyway is sent again (5 attempts), and an ack is
+// sent again while the database is unreachable, up to visibility_timeout.
 //
-// Order per key (key_ordering=true, the default): a message with a non-empty
-// key is handed out only when no earlier message of that key remains in the
-// group (in flight, delayed by a nack, or ready). That holds with any number
-// of competing consumers, across crashes and nacks (a nacked message keeps
-// its place and blocks its key until it is acked), at the cost of one message
-// in flight per key per group. key_ordering=false lifts that and
+// Order per key (key_ordering=true, the default): a keyed row is claimed
+// only when every earlier row of its key still in the group is held by the
+// claiming subscription itself (or claimed in the same statement); a row
+// behind one that another member holds, or that a nack delays, waits. The
+// subscription hands a key's claimed rows out one at a time, in seq order:
+// the next one is parked in process until the one before is acked (then it
+// is handed out at once) or nacked (then every parked row of the key is
+// given back in the nack's own transaction, uncounted as an attempt, and
+// waits behind the nacked message again). So a key has at most one message
+// out per group, in a handler or in the portable prefetch buffer; a nacked
+// message keeps its place, is redelivered first (after its delay) and
+// blocks its key until it is acked; other keys go on meanwhile. That holds
+// with any number of competing consumers and across crashes (a dead
+// member's rows, parked ones included, come back in order after the
+// visibility timeout). key_ordering=false lifts that and
 // Capabilities.OrderingPerKey becomes false.
 //
-// Wake-ups: publishers NOTIFY on one channel (<prefix>queue) with the topic
-// as payload; one LISTEN connection per Broker wakes the topic's
-// subscriptions. Every subscription also polls every poll_interval, so a lost
-// listen connection only slows delivery down.
+// Wake-ups: after a publish (or a nack, a keyed ack, a release) commits, the
+// Broker wakes its own subscriptions of the topic and a notifier sends one
+// NOTIFY on one channel (<prefix>queue, payload the topic) for every topic
+// woken since its previous one; one LISTEN connection per Broker wakes the
+// topic's subscriptions. Every subscription also polls every poll_interval,
+// so a lost NOTIFY or listen connection only slows delivery down.
 package postgres
 
 import (
@@ -142,6 +162,12 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
+// DefaultConnectTimeout bounds each connection attempt of a Broker opened
+// from a URL (TCP connect, TLS and startup until the server is ready for
+// queries) when the URL has no connect_timeout parameter. pgx's own default
+// is no limit at all.
+const DefaultConnectTimeout = 10 * time.Second
+
 // pgxParams are the connection parameters passed through to pgx (libpq's
 // names plus pgxpool's pool_*). Anything else in the URL that is not one of
 // the adapter's own parameters is an error naming it.
@@ -188,6 +214,11 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 		// pgconn redacts the password in its parse errors.
 		return nil, fmt.Errorf("postgres: parse connection URL %s: %v: %w", pubsub.Redact(raw), err, driver.ErrInvalid)
 	}
+	if !pass.Has("connect_timeout") {
+		// Without it pgx waits for a silent server as long as ctx allows,
+		// which for a background context is forever.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
 	if _, ok := cfg.ConnConfig.RuntimeParams["application_name"]; !ok {
 		cfg.ConnConfig.RuntimeParams["application_name"] = "omnibus"
 	}
@@ -217,9 +248,16 @@ type Broker struct {
 	channel       string // NOTIFY channel (raw name)
 	lockClass     int32  // first key of the per-topic advisory locks
 
-	sqlPublish, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease string
+	sqlPublish, sqlPublishNamed, sqlHasNamed, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim string
 
 	lis *listener
+	ntf *notifier
+
+	// named holds the topics known to have a named group. omnibus never
+	// deletes a named group, so an entry stays true; SendBatch drops it
+	// when it finds the groups gone (deleted by hand).
+	namedMu sync.Mutex
+	named   map[string]bool
 
 	mu     sync.Mutex
 	closed bool
@@ -246,6 +284,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Broker, error)
 		idxPrefix: opts.TablePrefix + "queue_",
 		channel:   opts.TablePrefix + "queue",
 		subs:      map[*subscription]struct{}{},
+		named:     map[string]bool{},
 	}
 	h := fnv.New32a()
 	h.Write([]byte(b.queue))
@@ -257,6 +296,7 @@ func New(ctx context.Context, pool *pgxpool.Pool, opts Options) (*Broker, error)
 		}
 	}
 	b.lis = newListener(b)
+	b.ntf = newNotifier(b)
 	return b, nil
 }
 
@@ -318,15 +358,29 @@ func (b *Broker) buildSQL() {
 	// One statement: a copy of every message for every live group of the
 	// topic, or for the backlog ("") while the topic has no named group.
 	// ORDER BY m.n makes seq follow the batch order (per-key order).
-	b.sqlPublish = `INSERT INTO ` + q + ` (topic, grp, msg_id, key, payload, metadata, published_at, visible_at)
+	insert := `INSERT INTO ` + q + ` (topic, grp, msg_id, key, payload, metadata, published_at, visible_at)
 SELECT $1, g.grp, m.id, m.key, m.payload, m.meta::jsonb, now(), now()
-FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY AS m(id, key, payload, meta, n)
+FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) WITH ORDINALITY AS m(id, key, payload, meta, n)`
+	b.sqlPublish = insert + `
 CROSS JOIN (
 	SELECT grp FROM ` + g + ` WHERE topic = $1 AND (NOT anonymous OR expires_at > now())
 	UNION ALL
 	SELECT '' WHERE NOT EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)
 ) AS g
 ORDER BY m.n, g.grp`
+	// Once a topic has a named group it never goes back to the backlog, so
+	// no registration can adopt a backlog under a publish: no lock needed.
+	// The groups are still read by the statement itself, so a group
+	// registered (committed) before the statement began gets the message.
+	// It inserts nothing if the named groups are gone (deleted by hand);
+	// SendBatch then publishes again with sqlPublish.
+	b.sqlPublishNamed = insert + `
+CROSS JOIN (
+	SELECT grp FROM ` + g + ` WHERE topic = $1 AND (NOT anonymous OR expires_at > now())
+	  AND EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)
+) AS g
+ORDER BY m.n, g.grp`
+	b.sqlHasNamed = `SELECT EXISTS (SELECT 1 FROM ` + g + ` WHERE topic = $1 AND NOT anonymous)`
 	if b.opts.DisableKeyOrdering {
 		b.sqlClaim = `WITH c AS (
 	SELECT r.seq FROM ` + q + ` r
@@ -344,13 +398,15 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 		// this same statement: c drops rows behind a row that another
 		// member holds or that a nack delays; ok drops rows behind a ready
 		// row this statement did not get (locked by a concurrent claim, or
-		// past the LIMIT).
+		// past the LIMIT). The subscription hands a key's rows out one at a
+		// time (see subscription.lanes), so the rows it holds behind a
+		// key's first one are parked, not delivered.
 		b.sqlClaim = `WITH c AS (
 	SELECT r.seq, r.key FROM ` + q + ` r
 	WHERE r.topic = $1 AND r.grp = $2 AND r.visible_at <= now()
 	  AND (r.key = '' OR NOT EXISTS (
 		SELECT 1 FROM ` + q + ` e
-		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.seq < r.seq
+		WHERE e.topic = r.topic AND e.grp = r.grp AND e.key = r.key AND e.key <> '' AND e.seq < r.seq
 		  AND e.visible_at > now() AND e.holder IS DISTINCT FROM $5))
 	ORDER BY r.seq
 	LIMIT $3
@@ -359,18 +415,32 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 	SELECT c.seq FROM c
 	WHERE c.key = '' OR NOT EXISTS (
 		SELECT 1 FROM ` + q + ` e
-		WHERE e.topic = $1 AND e.grp = $2 AND e.key = c.key AND e.seq < c.seq
+		WHERE e.topic = $1 AND e.grp = $2 AND e.key = c.key AND e.key <> '' AND e.seq < c.seq
 		  AND e.visible_at <= now() AND e.seq NOT IN (SELECT seq FROM c))
 )
 UPDATE ` + q + ` AS t SET attempt = t.attempt + 1, visible_at = now() + $4::bigint * interval '1 microsecond', holder = $5
 FROM ok WHERE t.seq = ok.seq
 RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_at`
 	}
-	match := ` FROM unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) WHERE t.seq = a.seq AND t.attempt = a.attempt`
-	b.sqlAck = `DELETE FROM ` + q + ` AS t USING unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) WHERE t.seq = a.seq AND t.attempt = a.attempt`
-	b.sqlNack = `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond', holder = NULL` + match
-	b.sqlExtend = `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond'` + match
-	b.sqlRelease = `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL` + match
+	// Ack, nack, heartbeat and release write rows a subscription holds,
+	// concurrently on different connections (the heartbeat runs while acks
+	// arrive). They all lock those rows first, in seq order (the sort runs
+	// before the row locks are taken), so no two of them can wait for each
+	// other: without that PostgreSQL cancels one with a deadlock (40P01).
+	// A row whose attempt changed (claimed again after its visibility
+	// timeout) or that is gone is skipped.
+	held := `WITH l AS MATERIALIZED (
+	SELECT r.seq FROM ` + q + ` r JOIN unnest($1::bigint[], $2::integer[]) AS a(seq, attempt) ON r.seq = a.seq AND r.attempt = a.attempt
+	ORDER BY r.seq
+	FOR UPDATE OF r
+) `
+	b.sqlAck = held + `DELETE FROM ` + q + ` AS t USING l WHERE t.seq = l.seq`
+	b.sqlNack = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond', holder = NULL FROM l WHERE t.seq = l.seq`
+	b.sqlExtend = held + `UPDATE ` + q + ` AS t SET visible_at = now() + $3::bigint * interval '1 microsecond' FROM l WHERE t.seq = l.seq`
+	b.sqlRelease = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL FROM l WHERE t.seq = l.seq`
+	// Unclaim gives back parked claims, never delivered: their claim did
+	// not count as an attempt.
+	b.sqlUnclaim = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL, attempt = t.attempt - 1 FROM l WHERE t.seq = l.seq`
 }
 
 // Capabilities implements driver.Broker.
@@ -386,10 +456,13 @@ func (b *Broker) Capabilities() driver.Capabilities {
 	}
 }
 
-// Traits implements driver.Broker: one INSERT carries up to 1000
-// messages; four run concurrently per topic.
+// Traits implements driver.Broker: one INSERT carries up to 1000 messages,
+// four run concurrently per topic; a publish costs a statement and a commit
+// whatever its size, so concurrent Publish calls to a topic wait for the
+// send in flight and go out together (group commit); an ack is local
+// bookkeeping that a flusher sends (InlineAcks, see SendAcks).
 func (b *Broker) Traits() driver.Traits {
-	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 4}
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 4, GroupSends: true, InlineAcks: true}
 }
 
 func (b *Broker) isClosed() bool {
@@ -400,9 +473,13 @@ func (b *Broker) isClosed() bool {
 
 func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsRune(s, 0) }
 
-// SendBatch implements driver.Broker: one implicit transaction (a pgx batch)
-// takes the topic's shared advisory lock, inserts every message for every
-// group and NOTIFYs the subscribers.
+// SendBatch implements driver.Broker. On a topic known to have a named
+// group it is one INSERT of every message for every group. Otherwise one
+// implicit transaction (a pgx batch) takes the topic's shared advisory lock
+// (a first named group's registration, which adopts the backlog, takes it
+// exclusively), inserts every message for every group or for the backlog,
+// and learns whether the topic has a named group now. Subscribers are
+// woken after the commit (see wake).
 func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	if b.isClosed() {
 		return fmt.Errorf("postgres: publish to %q: %w", topic, driver.ErrClosed)
@@ -434,14 +511,59 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			metas[i] = &js
 		}
 	}
+	if b.hasNamed(topic) {
+		tag, err := b.pool.Exec(ctx, b.sqlPublishNamed, topic, ids, keys, payloads, metas)
+		if err != nil {
+			return fmt.Errorf("postgres: publish %d message(s) to %q (first id %q): %w", len(msgs), topic, ids[0], err)
+		}
+		if tag.RowsAffected() > 0 {
+			b.wake(topic)
+			return nil
+		}
+		// The topic's named groups were deleted by hand: nothing was
+		// inserted; publish again the careful way.
+		b.setNamed(topic, false)
+	}
 	batch := &pgx.Batch{}
 	batch.Queue(`SELECT pg_advisory_xact_lock_shared($1, hashtext($2))`, b.lockClass, topic)
 	batch.Queue(b.sqlPublish, topic, ids, keys, payloads, metas)
-	batch.Queue(`SELECT pg_notify($1, $2)`, b.channel, topic)
+	var named bool
+	batch.Queue(b.sqlHasNamed, topic).QueryRow(func(row pgx.Row) error { return row.Scan(&named) })
 	if err := b.pool.SendBatch(ctx, batch).Close(); err != nil {
 		return fmt.Errorf("postgres: publish %d message(s) to %q (first id %q): %w", len(msgs), topic, ids[0], err)
 	}
+	if named {
+		b.setNamed(topic, true)
+	}
+	b.wake(topic)
 	return nil
+}
+
+func (b *Broker) hasNamed(topic string) bool {
+	b.namedMu.Lock()
+	defer b.namedMu.Unlock()
+	return b.named[topic]
+}
+
+func (b *Broker) setNamed(topic string, named bool) {
+	b.namedMu.Lock()
+	defer b.namedMu.Unlock()
+	if named {
+		b.named[topic] = true
+	} else {
+		delete(b.named, topic)
+	}
+}
+
+// wake wakes the topic's subscriptions after a commit made messages
+// claimable (a publish, a nack, an ack of a keyed message, a release):
+// this Broker's at once, those of other processes through a NOTIFY that the
+// notifier sends, for every topic woken since its last one (a NOTIFY in each
+// transaction would serialise those commits on PostgreSQL's notification
+// queue lock).
+func (b *Broker) wake(topic string) {
+	b.lis.wakeTopic(topic)
+	b.ntf.add(topic)
 }
 
 // OpenSubscription implements driver.Broker. A named group's first
@@ -463,6 +585,10 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err := s.register(ctx); err != nil {
 		return nil, err
 	}
+	if !s.anon {
+		b.setNamed(topic, true)
+	}
+	s.start() // before anything can Close it: Close waits for its goroutines
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
@@ -472,7 +598,6 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	b.subs[s] = struct{}{}
 	b.mu.Unlock()
 	b.lis.add(s)
-	s.start()
 	return s, nil
 }
 
@@ -503,6 +628,7 @@ func (b *Broker) Close() error {
 			errs = append(errs, err)
 		}
 	}
+	b.ntf.stop()
 	b.lis.stop()
 	if b.ownPool {
 		b.pool.Close()

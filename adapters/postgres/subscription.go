@@ -3,14 +3,18 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -25,6 +29,18 @@ type ackID struct {
 type held struct {
 	attempt int32
 	key     string
+	parked  bool // claimed, not handed out yet (its lane's turn has not come)
+}
+
+// lane is one key's claims, with key ordering: the message handed out (not
+// yet acked or nacked), and the ones claimed behind it, in seq order.
+// Nothing of a key is handed out while its lane has a message out: an ack
+// hands out the next parked one at once, a nack gives every parked one back
+// to the database in the nack's transaction, where they wait behind the
+// nacked message again.
+type lane struct {
+	out    bool
+	parked []*driver.Message
 }
 
 // subscription implements driver.Subscription for one (topic, group).
@@ -35,15 +51,31 @@ type subscription struct {
 	anon  bool
 	id    uuid.UUID // holder of its claims
 
-	wake chan struct{} // buffered(1): a NOTIFY, an ack of a keyed message, a nack's delay passed
+	wake chan struct{} // buffered(1): a NOTIFY or local wake-up, a parked message handed out, a nack's delay passed
+
+	// claimMu keeps a claim and a nack from overlapping, so that a nack
+	// gives back every row its key has parked, including those a claim
+	// running meanwhile would have added.
+	claimMu sync.Mutex
 
 	mu       sync.Mutex
-	inflight map[int64]held // claims not yet acked or nacked
+	inflight map[int64]held // claims not yet acked or nacked (parked ones too)
+	lanes    map[string]*lane
+	parked   int               // messages parked in lanes
+	ready    []*driver.Message // parked messages whose turn came, to hand out
 	timers   map[*time.Timer]struct{}
 	closed   bool
 
 	stopHB chan struct{}
 	hbDone chan struct{}
+
+	// Acks taken by SendAcks, deleted by the ack flusher.
+	pendSeqs  []int64
+	pendAtts  []int32
+	pendKeyed bool
+	ackWake   chan struct{} // cap 1
+	ackStop   chan struct{}
+	ackDone   chan struct{}
 }
 
 func newSubscription(b *Broker, topic, group string) *subscription {
@@ -51,9 +83,13 @@ func newSubscription(b *Broker, topic, group string) *subscription {
 		b: b, topic: topic, group: group,
 		wake:     make(chan struct{}, 1),
 		inflight: map[int64]held{},
+		lanes:    map[string]*lane{},
 		timers:   map[*time.Timer]struct{}{},
 		stopHB:   make(chan struct{}),
 		hbDone:   make(chan struct{}),
+		ackWake:  make(chan struct{}, 1),
+		ackStop:  make(chan struct{}),
+		ackDone:  make(chan struct{}),
 		id:       uuid.New(),
 	}
 	if group == "" {
@@ -111,7 +147,10 @@ DELETE FROM `+b.queue+` WHERE topic = $1 AND grp IN (SELECT grp FROM gone)`, s.t
 
 func (s *subscription) anonTTL() time.Duration { return 3 * s.b.opts.VisibilityTimeout }
 
-func (s *subscription) start() { go s.heartbeat() }
+func (s *subscription) start() {
+	go s.heartbeat()
+	go s.ackFlusher()
+}
 
 func (s *subscription) poke() {
 	select {
@@ -119,6 +158,75 @@ func (s *subscription) poke() {
 	default:
 	}
 }
+
+// Retries of acks and nacks. PostgreSQL cancels a transaction to resolve a
+// deadlock or a serialization failure (the adapter's own statements take
+// their row locks in one order, but a user's transaction on the queue table
+// may not): it rolled back, so it is sent again, settleAttempts times in
+// all. An ack is also sent again while the database cannot be reached
+// (connection refused or lost, server shutting down or starting), until
+// the visibility timeout: it is idempotent (a row already deleted, or
+// claimed again with another attempt, is not touched), and after that the
+// message is redelivered anyway.
+const (
+	settleAttempts   = 5
+	settleBackoff    = 10 * time.Millisecond // doubled after each attempt
+	settleBackoffMax = time.Second
+)
+
+// rolledBack reports an error after which PostgreSQL rolled the whole
+// transaction back and sending it again can succeed.
+func rolledBack(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+// unreachable reports an error of the connection rather than of the
+// statement: the network, or a server that is shutting down or starting.
+func unreachable(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
+	}
+	return strings.HasPrefix(pe.Code, "08") || pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03"
+}
+
+// sendRetrying sends the batch that fill builds as one implicit
+// transaction, again while it was rolled back by a deadlock or
+// serialization failure (settleAttempts in all) or, with idempotent, while
+// the database is unreachable (until the visibility timeout), with backoff.
+func (b *Broker) sendRetrying(ctx context.Context, idempotent bool, fill func(*pgx.Batch)) error {
+	backoff := settleBackoff
+	until := time.Now().Add(b.opts.VisibilityTimeout)
+	rolled := 0
+	for attempt := 1; ; attempt++ {
+		batch := &pgx.Batch{}
+		fill(batch)
+		err := b.pool.SendBatch(ctx, batch).Close()
+		if err == nil {
+			return nil
+		}
+		retry := false
+		switch {
+		case rolledBack(err):
+			rolled++
+			retry = rolled < settleAttempts
+		case idempotent && unreachable(err):
+			retry = time.Now().Add(backoff).Before(until)
+		}
+		if !retry {
+			if attempt > 1 {
+				return fmt.Errorf("after %d attempts: %w", attempt, err)
+			}
+			return err
+		}
+		if !wait.Sleep(ctx, backoff) {
+			return fmt.Errorf("%w (after %d attempts; last: %w)", ctx.Err(), attempt, err)
+		}
+		backoff = min(2*backoff, settleBackoffMax)
+	}
+}
+
 
 // ReceiveBatch implements driver.Subscription: it claims up to max ready
 // rows of the group, waiting for a NOTIFY, a local wake-up or the poll
@@ -132,22 +240,46 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 	for {
 		s.mu.Lock()
 		closed := s.closed
+		var out []*driver.Message
+		if n := min(len(s.ready), max); n > 0 && !closed {
+			out = append(out, s.ready[:n]...)
+			s.ready = append(s.ready[:0], s.ready[n:]...)
+			for _, m := range out {
+				id := m.AckID.(ackID)
+				h := s.inflight[id.seq]
+				h.parked = false
+				s.inflight[id.seq] = h
+			}
+		}
+		// Parked messages count against max: a hot key cannot make the
+		// subscription claim without bound. Claims wait until at most half
+		// of max is parked, so that each claims at least half a batch (a
+		// claim costs about as much for one row as for a hundred).
+		room := max - s.parked
+		if s.parked > max/2 {
+			room = 0
+		}
 		s.mu.Unlock()
 		if closed {
 			return nil, fmt.Errorf("postgres: receive from %q: %w", s.topic, driver.ErrClosed)
 		}
+		if len(out) > 0 {
+			return out, nil
+		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		msgs, err := s.claim(ctx, max)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		if room > 0 {
+			msgs, err := s.claim(ctx, room)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, driver.Transient(fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err))
 			}
-			return nil, driver.Transient(fmt.Errorf("postgres: receive from %q (group %q): %w", s.topic, s.group, err))
-		}
-		if len(msgs) > 0 {
-			return msgs, nil
+			if len(msgs) > 0 {
+				return msgs, nil
+			}
 		}
 		select {
 		case <-s.wake:
@@ -163,6 +295,8 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 // database claimed are always returned (the portable layer gives them back
 // when its context ended), never left to the visibility timeout.
 func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, error) {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	rows, err := s.b.pool.Query(qctx, s.b.sqlClaim, s.topic, s.group, max, micros(s.b.opts.VisibilityTimeout), s.id)
@@ -201,16 +335,79 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 		}
 		return nil, err
 	}
-	s.mu.Lock()
-	for _, m := range out {
-		id := m.AckID.(ackID)
-		s.inflight[id.seq] = held{attempt: id.attempt, key: m.Key}
-	}
-	s.mu.Unlock()
 	slices.SortFunc(out, func(a, b *driver.Message) int {
 		return int(a.AckID.(ackID).seq - b.AckID.(ackID).seq)
 	})
-	return out, nil
+	ordered := !s.b.opts.DisableKeyOrdering
+	give := out[:0]
+	s.mu.Lock()
+	for _, m := range out {
+		id := m.AckID.(ackID)
+		h := held{attempt: id.attempt, key: m.Key}
+		if prev, ok := s.inflight[id.seq]; ok {
+			// Our own claim expired (no heartbeat got through for a
+			// visibility timeout) and we claimed the row again: the new
+			// claim takes the old one's place. A settle of the old one no
+			// longer matches and is ignored.
+			h.parked = prev.parked
+			if prev.parked {
+				s.replaceParked(m)
+			}
+			s.inflight[id.seq] = h
+			if !h.parked {
+				give = append(give, m)
+			}
+			continue
+		}
+		if ordered && m.Key != "" {
+			l := s.lanes[m.Key]
+			if l == nil {
+				l = &lane{}
+				s.lanes[m.Key] = l
+			}
+			if l.out {
+				h.parked = true
+				l.parked = append(l.parked, m)
+				s.parked++
+			} else {
+				l.out = true
+			}
+		}
+		s.inflight[id.seq] = h
+		if !h.parked {
+			give = append(give, m)
+		}
+	}
+	s.mu.Unlock()
+	return give, nil
+}
+
+// replaceParked puts m in the place of the parked (or ready) message with
+// the same seq. s.mu must be held.
+func (s *subscription) replaceParked(m *driver.Message) {
+	seq := m.AckID.(ackID).seq
+	if l := s.lanes[m.Key]; l != nil {
+		for i, p := range l.parked {
+			if p.AckID.(ackID).seq == seq {
+				l.parked[i] = m
+				return
+			}
+		}
+	}
+	for i, p := range s.ready {
+		if p.AckID.(ackID).seq == seq {
+			s.ready[i] = m
+			return
+		}
+	}
+}
+
+func splitMsgs(msgs []*driver.Message) ([]int64, []int32, error) {
+	ids := make([]driver.AckID, len(msgs))
+	for i, m := range msgs {
+		ids[i] = m.AckID
+	}
+	return splitIDs(ids)
 }
 
 func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
@@ -227,39 +424,121 @@ func splitIDs(ids []driver.AckID) ([]int64, []int32, error) {
 	return seqs, atts, nil
 }
 
-// drop stops holding the given claims; it reports whether any had a key.
-func (s *subscription) drop(seqs []int64, atts []int32) (keyed bool) {
+// settled stops holding the given claims (handed out, acked or nacked) and
+// ends their turn in their key's lane. After an ack (next) the lane's next
+// parked message is handed out; after a nack (!next) every parked message
+// of the lane is returned, to be given back. It reports whether any claim
+// had a key and whether a parked message became ready.
+func (s *subscription) settled(seqs []int64, atts []int32, next bool) (keyed, woke bool, back []*driver.Message) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for i, seq := range seqs {
-		if h, ok := s.inflight[seq]; ok && h.attempt == atts[i] {
-			delete(s.inflight, seq)
-			keyed = keyed || h.key != ""
-		}
-	}
-	return keyed
+	return s.settledLocked(seqs, atts, next)
 }
 
-// SendAcks implements driver.Subscription: it deletes exactly the acked
-// claims. The claims are dropped from the heartbeat even when the delete
-// fails, so the rows come back after the visibility timeout.
+// settledLocked is settled with s.mu held.
+func (s *subscription) settledLocked(seqs []int64, atts []int32, next bool) (keyed, woke bool, back []*driver.Message) {
+	for i, seq := range seqs {
+		h, ok := s.inflight[seq]
+		if !ok || h.attempt != atts[i] || h.parked {
+			continue
+		}
+		delete(s.inflight, seq)
+		if h.key == "" {
+			continue
+		}
+		keyed = true
+		l := s.lanes[h.key]
+		if l == nil {
+			continue
+		}
+		if next && len(l.parked) > 0 {
+			m := l.parked[0]
+			l.parked = l.parked[1:]
+			s.parked--
+			s.ready = append(s.ready, m)
+			woke = true
+			continue
+		}
+		for _, m := range l.parked {
+			delete(s.inflight, m.AckID.(ackID).seq)
+		}
+		back = append(back, l.parked...)
+		s.parked -= len(l.parked)
+		delete(s.lanes, h.key)
+	}
+	return keyed, woke, back
+}
+
+// SendAcks implements driver.Subscription (with Traits.InlineAcks, the
+// portable layer calls it from Delivery.Ack): an ack is local bookkeeping
+// (the claim leaves the heartbeat; its key's next parked message is handed
+// out at once) plus a delete that the ack flusher sends, batched with the
+// acks that come meanwhile. So a key's next message does not wait for the
+// previous ack's round trip, and acks do not wait for each other.
 func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
 	seqs, atts, err := splitIDs(ids)
 	if err != nil {
 		return err
 	}
-	keyed := s.drop(seqs, atts)
-	batch := &pgx.Batch{}
-	batch.Queue(s.b.sqlAck, seqs, atts)
-	if keyed && !s.b.opts.DisableKeyOrdering {
-		// The next message of each acked key is now claimable by any member.
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-	}
-	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
-		return fmt.Errorf("postgres: ack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
-	}
-	if keyed {
+	s.mu.Lock()
+	keyed, woke, _ := s.settledLocked(seqs, atts, true)
+	s.pendSeqs = append(s.pendSeqs, seqs...)
+	s.pendAtts = append(s.pendAtts, atts...)
+	s.pendKeyed = s.pendKeyed || keyed
+	s.mu.Unlock()
+	if woke {
 		s.poke()
+	}
+	select {
+	case s.ackWake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// ackFlusher deletes the inline acks, all that are pending in one
+// statement, until Close, which has it send the last ones.
+func (s *subscription) ackFlusher() {
+	defer close(s.ackDone)
+	for {
+		select {
+		case <-s.ackWake:
+			s.flushAcks()
+		case <-s.ackStop:
+			s.flushAcks()
+			return
+		}
+	}
+}
+
+func (s *subscription) flushAcks() {
+	s.mu.Lock()
+	seqs, atts, keyed := s.pendSeqs, s.pendAtts, s.pendKeyed
+	s.pendSeqs, s.pendAtts, s.pendKeyed = nil, nil, false
+	s.mu.Unlock()
+	if len(seqs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.b.opts.VisibilityTimeout+10*time.Second)
+	defer cancel()
+	if err := s.deleteAcked(ctx, seqs, atts, keyed); err != nil {
+		s.b.log.Error("omnibus: postgres ack failed; the messages will be redelivered after the visibility timeout",
+			"topic", s.topic, "group", s.group, "count", len(seqs), "error", err)
+	}
+}
+
+// deleteAcked deletes exactly the acked claims (seq, attempt), sent again
+// while rolled back or unreachable (sendRetrying), and then wakes the
+// group's members when a key's next message may now be claimable.
+func (s *subscription) deleteAcked(ctx context.Context, seqs []int64, atts []int32, keyed bool) error {
+	err := s.b.sendRetrying(ctx, true, func(batch *pgx.Batch) {
+		batch.Queue(s.b.sqlAck, seqs, atts)
+	})
+	if err != nil {
+		return fmt.Errorf("postgres: ack %d message(s) on %q (group %q): %w", len(seqs), s.topic, s.group, err)
+	}
+	if keyed && !s.b.opts.DisableKeyOrdering {
+		s.b.wake(s.topic)
 	}
 	return nil
 }
@@ -271,17 +550,26 @@ func (s *subscription) SendNacks(ctx context.Context, ids []driver.AckID, delay 
 	if err != nil {
 		return err
 	}
-	s.drop(seqs, atts)
-	batch := &pgx.Batch{}
-	batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
-	if delay <= 0 {
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
-	}
-	if err := s.b.pool.SendBatch(ctx, batch).Close(); err != nil {
+	s.claimMu.Lock()
+	defer s.claimMu.Unlock()
+	_, _, back := s.settled(seqs, atts, false)
+	bseqs, batts, _ := splitMsgs(back)
+	// One transaction: the parked rows become visible again together with
+	// (and behind) the nacked one. If it fails, they all come back after
+	// the visibility timeout, in order.
+	err = s.b.sendRetrying(ctx, false, func(batch *pgx.Batch) {
+		batch.Queue(s.b.sqlNack, seqs, atts, micros(delay))
+		if len(back) > 0 {
+			batch.Queue(s.b.sqlUnclaim, bseqs, batts)
+		}
+	})
+	if err != nil {
 		return fmt.Errorf("postgres: nack %d message(s) on %q (group %q): %w", len(ids), s.topic, s.group, err)
 	}
+	if delay <= 0 || len(back) > 0 {
+		s.b.wake(s.topic)
+	}
 	if delay <= 0 {
-		s.poke()
 		return nil
 	}
 	s.mu.Lock()
@@ -312,33 +600,43 @@ func (s *subscription) heartbeat() {
 			return
 		case <-t.C:
 		}
-		s.mu.Lock()
-		seqs := make([]int64, 0, len(s.inflight))
-		atts := make([]int32, 0, len(s.inflight))
-		for seq, h := range s.inflight {
-			seqs = append(seqs, seq)
-			atts = append(atts, h.attempt)
-		}
-		s.mu.Unlock()
-		if len(seqs) == 0 && !s.anon {
-			continue
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), every)
-		batch := &pgx.Batch{}
-		if len(seqs) > 0 {
-			batch.Queue(s.b.sqlExtend, seqs, atts, micros(s.b.opts.VisibilityTimeout))
-		}
-		if s.anon {
-			batch.Queue(`UPDATE `+s.b.groups+` SET expires_at = now() + $3::bigint * interval '1 microsecond' WHERE topic = $1 AND grp = $2`,
-				s.topic, s.group, micros(s.anonTTL()))
-		}
-		err := s.b.pool.SendBatch(ctx, batch).Close()
+		// The claims the previous heartbeat extended expire two periods
+		// from now: a slow heartbeat (a loaded server) still counts until
+		// then.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*every)
+		n, err := s.extendHeld(ctx)
 		cancel()
 		if err != nil {
 			s.b.log.Warn("omnibus: postgres heartbeat failed; held messages may be redelivered to other members",
-				"topic", s.topic, "group", s.group, "held", len(seqs), "error", err)
+				"topic", s.topic, "group", s.group, "held", n, "error", err)
 		}
 	}
+}
+
+// extendHeld is one heartbeat: it pushes the visibility of every held claim
+// (and the lease of an anonymous group) VisibilityTimeout into the future.
+// It returns how many claims it extended.
+func (s *subscription) extendHeld(ctx context.Context) (int, error) {
+	s.mu.Lock()
+	seqs := make([]int64, 0, len(s.inflight))
+	atts := make([]int32, 0, len(s.inflight))
+	for seq, h := range s.inflight {
+		seqs = append(seqs, seq)
+		atts = append(atts, h.attempt)
+	}
+	s.mu.Unlock()
+	if len(seqs) == 0 && !s.anon {
+		return 0, nil
+	}
+	batch := &pgx.Batch{}
+	if len(seqs) > 0 {
+		batch.Queue(s.b.sqlExtend, seqs, atts, micros(s.b.opts.VisibilityTimeout))
+	}
+	if s.anon {
+		batch.Queue(`UPDATE `+s.b.groups+` SET expires_at = now() + $3::bigint * interval '1 microsecond' WHERE topic = $1 AND grp = $2`,
+			s.topic, s.group, micros(s.anonTTL()))
+	}
+	return len(seqs), s.b.pool.SendBatch(ctx, batch).Close()
 }
 
 // Close implements driver.Subscription: it stops the heartbeat and makes
@@ -356,16 +654,24 @@ func (s *subscription) Close() error {
 		tm.Stop()
 	}
 	s.timers = nil
-	seqs := make([]int64, 0, len(s.inflight))
-	atts := make([]int32, 0, len(s.inflight))
+	var seqs, pseqs []int64
+	var atts, patts []int32
 	for seq, h := range s.inflight {
-		seqs = append(seqs, seq)
-		atts = append(atts, h.attempt)
+		if h.parked {
+			pseqs = append(pseqs, seq)
+			patts = append(patts, h.attempt)
+		} else {
+			seqs = append(seqs, seq)
+			atts = append(atts, h.attempt)
+		}
 	}
 	s.inflight = map[int64]held{}
+	s.lanes, s.ready, s.parked = map[string]*lane{}, nil, 0
 	s.mu.Unlock()
 	close(s.stopHB)
 	<-s.hbDone
+	close(s.ackStop) // the inline acks taken before Close are deleted now
+	<-s.ackDone
 	s.b.forget(s)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -374,9 +680,13 @@ func (s *subscription) Close() error {
 	if s.anon {
 		batch.Queue(`DELETE FROM `+s.b.groups+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
 		batch.Queue(`DELETE FROM `+s.b.queue+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
-	} else if len(seqs) > 0 {
-		batch.Queue(s.b.sqlRelease, seqs, atts)
-		batch.Queue(`SELECT pg_notify($1, $2)`, s.b.channel, s.topic)
+	} else if len(seqs)+len(pseqs) > 0 {
+		if len(seqs) > 0 {
+			batch.Queue(s.b.sqlRelease, seqs, atts)
+		}
+		if len(pseqs) > 0 {
+			batch.Queue(s.b.sqlUnclaim, pseqs, patts)
+		}
 	}
 	if batch.Len() == 0 {
 		return nil
@@ -387,6 +697,9 @@ func (s *subscription) Close() error {
 		}
 		return fmt.Errorf("postgres: close subscription to %q (group %q): release %d unacked message(s) (they are redelivered after the visibility timeout): %w",
 			s.topic, s.group, len(seqs), err)
+	}
+	if !s.anon {
+		s.b.wake(s.topic)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package postgres_test
+package bench_test
 
 // Benchmarks: omnibus postgres vs raw pgx doing the same SKIP LOCKED queue vs
 // watermill-sql v4's PostgreSQL queue (PostgreSQLQueueSchema, delete on ack),
@@ -7,11 +7,13 @@ package postgres_test
 //	eval "$(scripts/brokers up postgres)"
 //	go test -run XXX -bench . -benchtime 20000x ./adapters/postgres/
 //
-// and compare the msg/s metrics. Nothing here asserts a time.
+// and compare the msg/s metrics (and cpu-µs/msg, the test process's CPU
+// time per message, for the publish scenarios). Nothing here asserts a time.
 
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -30,22 +32,23 @@ import (
 )
 
 const (
-	benchPublishers = 8   // concurrent publishing goroutines
-	benchBatch      = 100 // messages per call in the batch scenarios, and claim size
+	pgPublishers = 8   // concurrent publishing goroutines
+	pgBenchBatch = 100 // messages per call in the batch scenarios, and claim size
 )
 
-var benchPayload = []byte(strings.Repeat("x", 100))
+var pgPayload = []byte(strings.Repeat("x", 100))
 
-// runPublishers splits b.N messages over benchPublishers goroutines calling
+// runPublishers splits b.N messages over pgPublishers goroutines calling
 // send with per messages at a time, and reports msg/s.
 func runPublishers(b *testing.B, per int, send func(ctx context.Context, n int) error) {
 	ctx := context.Background()
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, benchPublishers)
+	errs := make(chan error, pgPublishers)
 	b.ResetTimer()
+	cpu0 := processCPU()
 	start := time.Now()
-	for w := 0; w < benchPublishers; w++ {
+	for w := 0; w < pgPublishers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -70,10 +73,12 @@ func runPublishers(b *testing.B, per int, send func(ctx context.Context, n int) 
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msg/s")
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 }
 
-// rawQueue is the hand-written baseline: the same table shape and queries
-// as the adapter's unordered path, with pgx directly.
+// rawQueue is the hand-written baseline: a queue table of one topic and
+// one group (no topic or group column, only the primary key index) and the
+// same kind of queries as the adapter's unordered path, with pgx directly.
 type rawQueue struct {
 	pool  *pgxpool.Pool
 	table string
@@ -97,7 +102,7 @@ func (q *rawQueue) publish(ctx context.Context, n int) error {
 	payloads := make([][]byte, n)
 	for i := range ids {
 		ids[i] = pubsub.NewID()
-		payloads[i] = benchPayload
+		payloads[i] = pgPayload
 	}
 	if n == 1 {
 		_, err := q.pool.Exec(ctx, `INSERT INTO `+q.table+` (msg_id, key, payload) VALUES ($1, '', $2)`, ids[0], payloads[0])
@@ -115,7 +120,7 @@ UPDATE ` + q.table + ` t SET attempt = t.attempt + 1, visible_at = now() + inter
 RETURNING t.seq, t.msg_id, t.payload, t.metadata, t.published_at`
 	got := 0
 	for got < total {
-		rows, err := q.pool.Query(ctx, claim, benchBatch)
+		rows, err := q.pool.Query(ctx, claim, pgBenchBatch)
 		if err != nil {
 			return err
 		}
@@ -156,10 +161,10 @@ func benchPool(b *testing.B) (*pgxpool.Pool, string) {
 	return p, u
 }
 
-func watermillPublisher(b *testing.B, pool *pgxpool.Pool) (*wsql.Publisher, wsql.PostgreSQLQueueSchema) {
+func pgWatermillPublisher(b *testing.B, pool *pgxpool.Pool) (*wsql.Publisher, wsql.PostgreSQLQueueSchema) {
 	schema := wsql.PostgreSQLQueueSchema{
 		GeneratePayloadType: func(string) string { return "BYTEA" },
-		SubscribeBatchSize:  benchBatch,
+		SubscribeBatchSize:  pgBenchBatch,
 	}
 	pub, err := wsql.NewPublisher(wsql.BeginnerFromPgx(pool), wsql.PublisherConfig{SchemaAdapter: schema, AutoInitializeSchema: true}, watermill.NopLogger{})
 	if err != nil {
@@ -171,7 +176,7 @@ func watermillPublisher(b *testing.B, pool *pgxpool.Pool) (*wsql.Publisher, wsql
 func wmMessages(n int) []*message.Message {
 	ms := make([]*message.Message, n)
 	for i := range ms {
-		ms[i] = message.NewMessage(watermill.NewUUID(), benchPayload)
+		ms[i] = message.NewMessage(watermill.NewUUID(), pgPayload)
 	}
 	return ms
 }
@@ -189,16 +194,16 @@ func cleanupTopic(b *testing.B, pool *pgxpool.Pool, c *pubsub.Client, topic stri
 	})
 }
 
-func omnibusMessages(n int) []*pubsub.Message {
+func pgMessages(n int) []*pubsub.Message {
 	ms := make([]*pubsub.Message, n)
 	for i := range ms {
-		ms[i] = &pubsub.Message{Payload: benchPayload}
+		ms[i] = &pubsub.Message{Payload: pgPayload}
 	}
 	return ms
 }
 
-func BenchmarkPublish(b *testing.B) {
-	for _, per := range []int{1, benchBatch} {
+func BenchmarkPostgresPublish(b *testing.B) {
+	for _, per := range []int{1, pgBenchBatch} {
 		name := "single"
 		if per > 1 {
 			name = fmt.Sprintf("batch%d", per)
@@ -218,7 +223,7 @@ func BenchmarkPublish(b *testing.B) {
 			_ = s.Close() // registered: rows go to the group
 			cleanupTopic(b, pool, c, topic)
 			runPublishers(b, per, func(ctx context.Context, n int) error {
-				return c.Publish(ctx, topic, omnibusMessages(n)...)
+				return c.Publish(ctx, topic, pgMessages(n)...)
 			})
 		})
 		b.Run(name+"/rawpgx", func(b *testing.B) {
@@ -228,7 +233,7 @@ func BenchmarkPublish(b *testing.B) {
 		})
 		b.Run(name+"/watermill-sql", func(b *testing.B) {
 			pool, _ := benchPool(b)
-			pub, schema := watermillPublisher(b, pool)
+			pub, schema := pgWatermillPublisher(b, pool)
 			defer pub.Close()
 			topic := strings.ReplaceAll(uniq("bench_wm"), "-", "_")
 			dropWatermill(b, pool, schema, topic)
@@ -244,17 +249,40 @@ func BenchmarkPublish(b *testing.B) {
 	}
 }
 
-// BenchmarkConsume pre-fills b.N messages (not timed), then times receiving
-// and acking all of them with one consumer.
-func BenchmarkConsume(b *testing.B) {
-	fill := func(b *testing.B, send func(ctx context.Context, n int) error) {
-		ctx := context.Background()
-		for i := 0; i < b.N; i += 1000 {
-			if err := send(ctx, min(1000, b.N-i)); err != nil {
-				b.Fatal(err)
-			}
+// fill publishes b.N messages with send, 1000 per call (not timed).
+func pgFill(b *testing.B, send func(ctx context.Context, n int) error) {
+	ctx := context.Background()
+	for i := 0; i < b.N; i += 1000 {
+		if err := send(ctx, min(1000, b.N-i)); err != nil {
+			b.Fatal(err)
 		}
 	}
+}
+
+// receiveAndAck times receiving and acking b.N messages from s and closing
+// it (so that the last acks are in the database too), and reports msg/s.
+func receiveAndAck(b *testing.B, s *pubsub.Subscription) {
+	ctx := context.Background()
+	b.ResetTimer()
+	start := time.Now()
+	for i := 0; i < b.N; i++ {
+		d, err := s.Receive(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := d.Ack(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+}
+
+// BenchmarkConsume pre-fills b.N messages (not timed), then times receiving
+// and acking all of them with one consumer.
+func BenchmarkPostgresConsume(b *testing.B) {
 	b.Run("omnibus", func(b *testing.B) {
 		pool, u := benchPool(b)
 		c, err := pubsub.Open(context.Background(), withParams(b, u, "key_ordering", "false"))
@@ -264,34 +292,18 @@ func BenchmarkConsume(b *testing.B) {
 		defer c.Close()
 		topic := uniq("bench-consume")
 		cleanupTopic(b, pool, c, topic)
-		s, err := c.Subscribe(context.Background(), topic, pubsub.Group("bench"), pubsub.Prefetch(benchBatch))
+		s, err := c.Subscribe(context.Background(), topic, pubsub.Group("bench"), pubsub.Prefetch(pgBenchBatch))
 		if err != nil {
 			b.Fatal(err)
 		}
 		defer s.Close()
-		fill(b, func(ctx context.Context, n int) error { return c.Publish(ctx, topic, omnibusMessages(n)...) })
-		ctx := context.Background()
-		b.ResetTimer()
-		start := time.Now()
-		for i := 0; i < b.N; i++ {
-			d, err := s.Receive(ctx)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if err := d.Ack(); err != nil {
-				b.Fatal(err)
-			}
-		}
-		// Count the time until the last acks are in the database too.
-		if err := s.Close(); err != nil {
-			b.Fatal(err)
-		}
-		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
+		pgFill(b, func(ctx context.Context, n int) error { return c.Publish(ctx, topic, pgMessages(n)...) })
+		receiveAndAck(b, s)
 	})
 	b.Run("rawpgx", func(b *testing.B) {
 		pool, _ := benchPool(b)
 		q := newRawQueue(b, pool)
-		fill(b, q.publish)
+		pgFill(b, q.publish)
 		b.ResetTimer()
 		start := time.Now()
 		if err := q.consume(context.Background(), b.N); err != nil {
@@ -301,11 +313,11 @@ func BenchmarkConsume(b *testing.B) {
 	})
 	b.Run("watermill-sql", func(b *testing.B) {
 		pool, _ := benchPool(b)
-		pub, schema := watermillPublisher(b, pool)
+		pub, schema := pgWatermillPublisher(b, pool)
 		defer pub.Close()
 		topic := strings.ReplaceAll(uniq("bench_wm_consume"), "-", "_")
 		dropWatermill(b, pool, schema, topic)
-		fill(b, func(ctx context.Context, n int) error { return pub.Publish(topic, wmMessages(n)...) })
+		pgFill(b, func(ctx context.Context, n int) error { return pub.Publish(topic, wmMessages(n)...) })
 		sub, err := wsql.NewSubscriber(wsql.BeginnerFromPgx(pool), wsql.SubscriberConfig{
 			SchemaAdapter:  schema,
 			OffsetsAdapter: wsql.PostgreSQLQueueOffsetsAdapter{DeleteOnAck: true},
@@ -333,4 +345,59 @@ func BenchmarkConsume(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "msg/s")
 	})
+}
+
+// BenchmarkConsumeKeyed times receiving and acking b.N pre-filled messages
+// spread over a few keys with key_ordering on (one message of a key out at
+// a time per group), one consumer.
+func BenchmarkPostgresConsumeKeyed(b *testing.B) {
+	for _, keys := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("keys%d", keys), func(b *testing.B) {
+			pool, u := benchPool(b)
+			c, err := pubsub.Open(context.Background(), u)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			topic := uniq("bench-keyed")
+			cleanupTopic(b, pool, c, topic)
+			s, err := c.Subscribe(context.Background(), topic, pubsub.Group("bench"), pubsub.Prefetch(pgBenchBatch))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			sent := 0
+			pgFill(b, func(ctx context.Context, n int) error {
+				ms := pgMessages(n)
+				for _, m := range ms {
+					m.Key = fmt.Sprintf("k%d", sent%keys)
+					sent++
+				}
+				return c.Publish(ctx, topic, ms...)
+			})
+			receiveAndAck(b, s)
+		})
+	}
+}
+
+// withParams returns base with the given query parameters added.
+func withParams(t testing.TB, base string, kv ...string) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatalf("parse %s: %v", pubsub.Redact(base), err)
+	}
+	q := u.Query()
+	for i := 0; i+1 < len(kv); i += 2 {
+		q.Set(kv[i], kv[i+1])
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+var pgSeq atomic.Int64
+
+// uniq returns a name unique to this run.
+func uniq(prefix string) string {
+	return fmt.Sprintf("%s-%d-%d", prefix, time.Now().UnixNano()%1e9, pgSeq.Add(1))
 }
