@@ -227,7 +227,6 @@ func (b *Broker) sendRetrying(ctx context.Context, idempotent bool, fill func(*p
 	}
 }
 
-
 // ReceiveBatch implements driver.Subscription: it claims up to max ready
 // rows of the group, waiting for a NOTIFY, a local wake-up or the poll
 // interval while there are none.
