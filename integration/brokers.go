@@ -185,3 +185,15 @@ func find(t testing.TB, name, env string) string {
 		name, env, name))
 	return ""
 }
+
+// EnvNSQ is the nsq:// URL of the test nsqd (with its lookupd), set by
+// `scripts/brokers up nsq`.
+const EnvNSQ = "OMNIBUS_NSQ_URL"
+
+// NSQ returns the nsq:// URL of the test nsqd. Only `scripts/brokers up
+// nsq` (or the variable set by hand) provides one: there is no container
+// fallback.
+func NSQ(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "nsq broker", "nsq", EnvNSQ)[0]
+}
