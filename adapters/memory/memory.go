@@ -25,6 +25,7 @@ package memory
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/url"
 	"sync"
 	"time"
@@ -265,57 +266,20 @@ func (c *Conn) isClosed() bool {
 	return c.closed
 }
 
-// Payloads up to smallPayload bytes are copied into one shared buffer per
-// batch of at most payloadChunk bytes; larger ones get their own copy.
-const (
-	smallPayload = 1 << 10
-	payloadChunk = 32 << 10
-)
-
 // SendBatch implements driver.Broker.
 //
 // Every payload and metadata map is copied, so a caller changing its
 // message after Publish returns cannot change what is delivered. The
 // Message structs themselves are kept (driver.Broker allows it: the
-// portable layer allocates them per call for the driver). The payload
-// copies of a batch share allocations: small payloads are packed into
-// shared chunks, each payload's capacity ending at its length, so that an
-// append by a handler cannot reach its neighbour.
+// portable layer allocates them per call for the driver).
 func (c *Conn) SendBatch(ctx context.Context, topicName string, msgs []*driver.Message) error {
 	now := time.Now()
 	copies := msgs // the slice is ours too (driver.Broker)
-	var chunk []byte
-	for i, m := range msgs {
-		cp := m // adopted, its contents replaced by copies
+	for _, m := range msgs {
 		payload, meta := m.Payload, m.Metadata
-		*cp = driver.Message{ID: m.ID, Key: m.Key, Topic: topicName, PublishedAt: now}
-		switch n := len(payload); {
-		case n == 0:
-			cp.Payload = []byte{}
-		case n <= smallPayload:
-			if cap(chunk)-len(chunk) < n {
-				size := n
-				for _, r := range msgs[i+1:] {
-					if l := len(r.Payload); l <= smallPayload {
-						if size+l > payloadChunk {
-							break
-						}
-						size += l
-					}
-				}
-				chunk = make([]byte, 0, max(size, n))
-			}
-			start := len(chunk)
-			chunk = append(chunk, payload...)
-			cp.Payload = chunk[start:len(chunk):len(chunk)]
-		default:
-			cp.Payload = append([]byte(nil), payload...)
-		}
+		*m = driver.Message{ID: m.ID, Key: m.Key, Topic: topicName, PublishedAt: now, Payload: append([]byte{}, payload...)}
 		if meta != nil {
-			cp.Metadata = make(map[string]string, len(meta))
-			for k, v := range meta {
-				cp.Metadata[k] = v
-			}
+			m.Metadata = maps.Clone(meta)
 		}
 	}
 	b := c.b
