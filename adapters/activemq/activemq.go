@@ -118,6 +118,7 @@ import (
 
 	amqp "github.com/Azure/go-amqp"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -458,12 +459,7 @@ func (b *Broker) checkOpen() error {
 // backoff returns the wait before reconnect attempt n (0-based):
 // exponential from ReconnectMin, capped at ReconnectMax, full jitter.
 func (b *Broker) backoff(n int) time.Duration {
-	d := b.opts.ReconnectMin
-	for i := 0; i < n && d < b.opts.ReconnectMax; i++ {
-		d *= 2
-	}
-	d = min(d, b.opts.ReconnectMax)
-	return time.Duration(jitter(int64(d)))
+	return backoff.Policy{Initial: b.opts.ReconnectMin, Max: b.opts.ReconnectMax}.Delay(n + 1)
 }
 
 // sleep waits d or until ctx ends or the broker closes.

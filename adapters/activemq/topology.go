@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 
 	amqp "github.com/Azure/go-amqp"
@@ -17,13 +16,6 @@ const managementAddress = "activemq.management"
 
 // topicCaps marks a link as multicast (an Artemis "topic").
 var topicCaps = []string{"topic"}
-
-func jitter(n int64) int64 {
-	if n <= 0 {
-		return 0
-	}
-	return rand.Int64N(n + 1)
-}
 
 // ensureGroups creates the queues of Options.Groups for topic once per
 // Broker: attaching a receiver to a queue's fully qualified name makes the

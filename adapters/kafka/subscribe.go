@@ -13,7 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/omnibusmq/omnibus/internal/wait"
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -361,8 +361,8 @@ func commitSync(ctx context.Context, cl *kgo.Client, topic string, offs map[int3
 // every partition of topic, retrying transient errors (a partition whose
 // leader is still being elected) until ctx ends.
 func (b *Broker) resolveOffsets(ctx context.Context, topic string, oldest bool) (map[int32]int64, error) {
-	backoff := 20 * time.Millisecond
-	for {
+	retry := backoff.Policy{Initial: 20 * time.Millisecond, Max: time.Second}
+	for failures := 1; ; failures++ {
 		var lo kadm.ListedOffsets
 		var err error
 		if oldest {
@@ -388,10 +388,9 @@ func (b *Broker) resolveOffsets(ctx context.Context, topic string, oldest bool) 
 		if !kerr.IsRetriable(err) && !errors.Is(err, kerr.UnknownTopicOrPartition) {
 			return nil, fmt.Errorf("kafka: list offsets of %q: %w", topic, classify(err))
 		}
-		if !wait.Sleep(ctx, backoff) {
+		if !retry.Sleep(ctx, failures) {
 			return nil, fmt.Errorf("kafka: list offsets of %q: %v: %w", topic, err, ctx.Err())
 		}
-		backoff = min(2*backoff, time.Second)
 	}
 }
 

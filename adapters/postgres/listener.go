@@ -1,7 +1,7 @@
 package postgres
 
 import (
-	"github.com/omnibusmq/omnibus/internal/wait"
+	"github.com/omnibusmq/omnibus/internal/backoff"
 
 	"context"
 	"sync"
@@ -90,18 +90,19 @@ func (l *listener) wakeAll() {
 
 func (l *listener) run(ctx context.Context) {
 	defer close(l.done)
-	backoff := 100 * time.Millisecond
+	retry := backoff.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second}
+	failures := 0
 	for ctx.Err() == nil {
-		err := l.listenOnce(ctx, func() { backoff = 100 * time.Millisecond })
+		err := l.listenOnce(ctx, func() { failures = 0 })
 		if ctx.Err() != nil {
 			return
 		}
+		failures++
 		l.b.log.Warn("omnibus: postgres listen connection lost; polling until it is back",
-			"channel", l.b.channel, "error", err, "retry_in", backoff)
-		if !wait.Sleep(ctx, backoff) {
+			"channel", l.b.channel, "error", err, "failures", failures)
+		if !retry.Sleep(ctx, failures) {
 			return
 		}
-		backoff = min(backoff*2, 10*time.Second)
 	}
 }
 

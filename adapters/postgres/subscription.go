@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/omnibusmq/omnibus/internal/wait"
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -170,7 +170,7 @@ func (s *subscription) poke() {
 // message is redelivered anyway.
 const (
 	settleAttempts   = 5
-	settleBackoff    = 10 * time.Millisecond // doubled after each attempt
+	settleBackoff    = 10 * time.Millisecond // the first backoff cap, doubled after each attempt
 	settleBackoffMax = time.Second
 )
 
@@ -196,7 +196,7 @@ func unreachable(err error) bool {
 // serialization failure (settleAttempts in all) or, with idempotent, while
 // the database is unreachable (until the visibility timeout), with backoff.
 func (b *Broker) sendRetrying(ctx context.Context, idempotent bool, fill func(*pgx.Batch)) error {
-	backoff := settleBackoff
+	retry := backoff.Policy{Initial: settleBackoff, Max: settleBackoffMax}
 	until := time.Now().Add(b.opts.VisibilityTimeout)
 	rolled := 0
 	for attempt := 1; ; attempt++ {
@@ -206,24 +206,23 @@ func (b *Broker) sendRetrying(ctx context.Context, idempotent bool, fill func(*p
 		if err == nil {
 			return nil
 		}
-		retry := false
+		again := false
 		switch {
 		case rolledBack(err):
 			rolled++
-			retry = rolled < settleAttempts
+			again = rolled < settleAttempts
 		case idempotent && unreachable(err):
-			retry = time.Now().Add(backoff).Before(until)
+			again = time.Now().Add(retry.Cap(attempt)).Before(until)
 		}
-		if !retry {
+		if !again {
 			if attempt > 1 {
 				return fmt.Errorf("after %d attempts: %w", attempt, err)
 			}
 			return err
 		}
-		if !wait.Sleep(ctx, backoff) {
+		if !retry.Sleep(ctx, attempt) {
 			return fmt.Errorf("%w (after %d attempts; last: %w)", ctx.Err(), attempt, err)
 		}
-		backoff = min(2*backoff, settleBackoffMax)
 	}
 }
 

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -127,11 +127,11 @@ func (m *connMgr) watch(c *amqp.Connection) {
 		m.mu.Unlock()
 		lost := time.Now()
 		log.Warn("omnibus rabbitmq: connection lost, reconnecting", "role", m.role, "broker", m.b.addr, "error", cause)
-		backoff := m.b.opts.ReconnectMin
+		retry := backoff.Policy{Initial: m.b.opts.ReconnectMin, Max: m.b.opts.ReconnectMax}
 		attempts := 0
 		for {
-			// Full jitter: sleep a random time in [0, backoff).
-			t := time.NewTimer(time.Duration(rand.Int64N(int64(backoff))))
+			// Full jitter: sleep a random time in [0, min(max, min×2^n)].
+			t := time.NewTimer(retry.Delay(attempts + 1))
 			select {
 			case <-t.C:
 			case <-m.done:
@@ -147,7 +147,6 @@ func (m *connMgr) watch(c *amqp.Connection) {
 				break
 			}
 			log.Debug("omnibus rabbitmq: reconnect failed", "role", m.role, "broker", m.b.addr, "attempt", attempts, "error", err)
-			backoff = min(backoff*2, m.b.opts.ReconnectMax)
 		}
 		m.mu.Lock()
 		if m.closed {

@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
-	"github.com/omnibusmq/omnibus/internal/wait"
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -167,13 +166,12 @@ func (p *pubPool) send(ctx context.Context, bt *batch, deadline time.Time, prepa
 	defer cancel()
 	var pending []int // nil: every message; after a failed round, those to publish again
 	var lastErr error
-	backoff := 50 * time.Millisecond
+	retry := backoff.Policy{Initial: 50 * time.Millisecond, Max: time.Second}
 	for round := 0; ; round++ {
 		if round > 0 {
 			// Something failed: wait a little (the connection is
 			// probably being re-established) before publishing again.
-			wait.Sleep(ctx, backoff/2+time.Duration(rand.Int64N(int64(backoff)))) // ctx is checked below
-			backoff = min(2*backoff, time.Second)
+			retry.Sleep(ctx, round) // ctx is checked below
 		}
 		if ctx.Err() != nil {
 			first, n := 0, bt.len()
