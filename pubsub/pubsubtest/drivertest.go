@@ -76,7 +76,7 @@ func driverMessages(prefix string, n int) []*driver.Message {
 	msgs := make([]*driver.Message, n)
 	for i := range msgs {
 		msgs[i] = &driver.Message{
-			ID: fmt.Sprintf("%s-%d", prefix, i), Key: "k",
+			ID: fmt.Sprintf("%s-%d", prefix, i), Key: fmt.Sprintf("k%d", i), // distinct keys: an adapter may hold a key until its message is acked
 			Payload:  []byte(fmt.Sprintf("payload %d", i)),
 			Metadata: map[string]string{"n": fmt.Sprint(i)},
 		}
