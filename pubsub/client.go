@@ -322,7 +322,8 @@ type batcher struct {
 	mu       sync.Mutex
 	active   int
 	waiting  []*sendReq
-	waitingN int // messages in waiting
+	waitingN int           // messages in waiting
+	arrived  chan struct{} // non-nil while a gather waits: closed by the next call that queues
 }
 
 // startable reports whether another concurrent send should start now. b.mu
@@ -373,6 +374,10 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
 	b.waitingN += len(msgs)
+	if b.arrived != nil {
+		close(b.arrived)
+		b.arrived = nil
+	}
 	if b.startable() {
 		b.active++
 		batch := b.take()
@@ -478,11 +483,20 @@ func (b *batcher) sendAll(batch []*sendReq) error {
 
 func (b *batcher) run(batch []*sendReq) {
 	for {
+		start := time.Now()
 		err := b.sendAll(batch)
+		took := time.Since(start)
+		released := 0
+		for _, r := range batch {
+			released += len(r.msgs)
+		}
 		for _, r := range batch {
 			r.done <- err
 		}
 		b.mu.Lock()
+		if b.group {
+			b.gather(released+b.waitingN, took)
+		}
 		if len(b.waiting) == 0 {
 			b.active--
 			b.mu.Unlock()
@@ -495,5 +509,38 @@ func (b *batcher) run(batch []*sendReq) {
 			go b.run(b.take())
 		}
 		b.mu.Unlock()
+	}
+}
+
+// gatherMax bounds how long gather waits.
+const gatherMax = 200 * time.Microsecond
+
+// gather is the group commit's linger: before the next batch is cut, it
+// waits until expect messages are queued — the callers the send just
+// released, who come back with their next call, plus those that queued
+// during the send — or a full batch is, for at most half the send's
+// duration (capped at gatherMax). Without it a steady set of concurrent
+// callers splits into alternating half batches, each waiting for the
+// other's send. It blocks on a channel that the next queuing call closes;
+// it never spins. b.mu is held on entry and on return.
+func (b *batcher) gather(expect int, took time.Duration) {
+	limit := min(took/2, gatherMax)
+	if limit <= 0 || b.waitingN >= min(expect, b.maxBatch) {
+		return
+	}
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	for b.waitingN < min(expect, b.maxBatch) {
+		b.arrived = make(chan struct{})
+		ch := b.arrived
+		b.mu.Unlock()
+		select {
+		case <-ch:
+			b.mu.Lock()
+		case <-t.C:
+			b.mu.Lock()
+			b.arrived = nil
+			return
+		}
 	}
 }

@@ -195,7 +195,11 @@ type Traits struct {
 	// only when no SendBatch is in flight for its topic; otherwise it waits
 	// and goes out with every call that queued meanwhile when the send in
 	// flight returns, and a further concurrent SendBatch (up to
-	// MaxConcurrentSends) starts only while a full batch waits. For
+	// MaxConcurrentSends) starts only while a full batch waits. Before it
+	// cuts the next batch, the portable layer waits (blocked, at most half
+	// the last send's duration and 200µs) until the callers that send
+	// released have queued their next calls, so that a steady set of
+	// concurrent callers shares one send per round trip. For
 	// adapters whose SendBatch has a high fixed cost per call (a network
 	// round trip the broker answers per request), where fewer, larger
 	// batches beat more concurrent ones.
