@@ -307,7 +307,7 @@ func (c *Client) Driver() driver.Broker { return c.drv }
 // batcher combines concurrent Publish calls to one topic into SendBatch
 // calls: a call is sent at once while fewer than maxConc sends are in flight,
 // otherwise it waits and goes out with the others that queued meanwhile.
-// With group (driver.SendGrouping) a call is sent at once only when no send
+// With group (driver.Traits.GroupSends) a call is sent at once only when no send
 // is in flight; otherwise it waits for the next send, and a further
 // concurrent send starts only once a full batch (maxBatch messages) waits.
 // A call's messages are never split across concurrent sends, so per-key order
