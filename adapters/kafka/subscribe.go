@@ -203,6 +203,13 @@ func (s *subscription) startOffsets(ctx context.Context, cl *kgo.Client, ids []i
 	if len(missing) == 0 {
 		return out, nil
 	}
+	if !s.fromOldest {
+		// A new group (or new partitions) starts at the newest offset:
+		// say so, since what was published before is never delivered to
+		// it (a renamed handler's group is a new group).
+		s.b.log.Warn("omnibus: kafka: group has no committed position on these partitions; it starts at the newest offset and skips what was published before (start=earliest or pubsub.FromOldest() to read from the oldest)",
+			"topic", s.topic, "group", s.group, "partitions", missing)
+	}
 	resolved, err := s.b.resolveOffsets(ctx, s.topic, s.fromOldest)
 	if err != nil {
 		return out, err
