@@ -197,3 +197,20 @@ func NSQ(t testing.TB) string {
 	t.Helper()
 	return fromEnv(t, "nsq broker", "nsq", EnvNSQ)[0]
 }
+
+// RocketMQ of scripts/brokers: a name server and one broker, and a ctl for
+// the broker restart tests.
+const (
+	EnvRocketMQ    = "OMNIBUS_ROCKETMQ_URL" // rocketmq://namesrv:port?brokers=broker:port
+	EnvRocketMQCtl = "OMNIBUS_ROCKETMQ_CTL" // ctl: kill (SIGKILL the broker), start, ready
+)
+
+// RocketMQ returns a rocketmq:// URL of the test RocketMQ name server and
+// broker. Only `scripts/brokers up rocketmq` (or the variable set by hand)
+// provides one.
+func RocketMQ(t testing.TB) string { return fromEnv(t, "rocketmq broker", "rocketmq", EnvRocketMQ)[0] }
+
+// RocketMQControl returns the ctl of the test RocketMQ broker.
+func RocketMQControl(t testing.TB) string {
+	return fromEnv(t, "rocketmq broker control", "rocketmq", EnvRocketMQCtl)[0]
+}
