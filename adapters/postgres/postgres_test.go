@@ -310,7 +310,10 @@ wait:
 // same message at the same time and each message is delivered exactly once:
 // SKIP LOCKED claims plus the heartbeat.
 func TestCompetingSubscribersNeverHoldSameMessage(t *testing.T) {
-	u := withParams(t, integration.Postgres(t), "visibility_timeout", "300ms", "poll_interval", "50ms")
+	// The visibility timeout is short against the handlers' work, but not
+	// so short that a heartbeat (every third of it) delayed by a loaded
+	// machine lets a held claim expire.
+	u := withParams(t, integration.Postgres(t), "visibility_timeout", "1s", "poll_interval", "50ms")
 	c1, c2 := open(t, u), open(t, u)
 	topic, group := uniq("compete"), uniq("g")
 	s1 := subscribe(t, c1, topic, pubsub.Group(group), pubsub.Prefetch(64))
@@ -333,9 +336,9 @@ func TestCompetingSubscribersNeverHoldSameMessage(t *testing.T) {
 		holding[id] = member
 		count[id]++
 		mu.Unlock()
-		// Simulated handler work (10 ms), so that the 64 prefetched
-		// messages wait ~640 ms, twice the visibility timeout.
-		time.Sleep(10 * time.Millisecond)
+		// Simulated handler work (30 ms), so that the 64 prefetched
+		// messages wait ~2 s, twice the visibility timeout.
+		time.Sleep(30 * time.Millisecond)
 		mu.Lock()
 		delete(holding, id)
 		done := len(count) == n
