@@ -132,20 +132,3 @@ func ddl(d Dialect, t table) []string {
 		}
 	}
 }
-
-// validTopic applies pubsub's topic rules at Publish time, so that a row the
-// relay could never publish is refused in the writer's transaction instead.
-func validTopic(topic string) error {
-	if topic == "" {
-		return fmt.Errorf("topic is empty: %w", pubsub.ErrInvalid)
-	}
-	if len(topic) > 249 {
-		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:32]+"...", len(topic), pubsub.ErrInvalid)
-	}
-	for _, r := range topic {
-		if r < 0x21 || r == 0x7f {
-			return fmt.Errorf("topic %q contains a space or control character: %w", topic, pubsub.ErrInvalid)
-		}
-	}
-	return nil
-}

@@ -1,0 +1,216 @@
+package pubsub
+
+import (
+	"errors"
+	"net/url"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// redacted replaces every password Redact hides.
+const redacted = "xxxxx"
+
+// Redact returns rawURL with every password hidden: the password of the user
+// info and the value of every query parameter whose name looks like a secret
+// (it contains pas, pw, secr, token, cred, auth, key, sig or priv, in any
+// case, so that a misspelling such as sasl_pasword is hidden too). Every URL
+// that omnibus prints goes through it.
+//
+// Redact works on the text, not on a parsed URL, so that it also hides the
+// password of a URL that does not parse (a password holding an unescaped
+// '#', '?' or '/', a trailing carriage return from a CRLF file). When a URL
+// is ambiguous it hides more: everything between "://" and the last '@' but
+// the user name is treated as the password.
+func Redact(rawURL string) string {
+	head, rest := splitScheme(rawURL)
+	var b strings.Builder
+	b.Grow(len(rawURL))
+	b.WriteString(head)
+	rest = redactParams(rest)
+	if user, _, host, ok := splitUserinfo(rest); ok {
+		b.WriteString(user)
+		b.WriteString(":" + redacted + "@")
+		rest = host
+	}
+	b.WriteString(rest)
+	return b.String()
+}
+
+// splitScheme splits "scheme://rest" after "://"; without "://" head is "".
+func splitScheme(raw string) (head, rest string) {
+	if i := strings.Index(raw, "://"); i >= 0 {
+		return raw[:i+3], raw[i+3:]
+	}
+	return "", raw
+}
+
+// splitUserinfo splits rest (what follows "://") at its last '@' into the
+// user name, the password (raw, as written) and what follows the '@'. ok is
+// false when there is no password: no '@', or no ':' before it.
+func splitUserinfo(rest string) (user, password, host string, ok bool) {
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return "", "", rest, false
+	}
+	c := strings.IndexByte(rest[:at], ':')
+	if c < 0 {
+		return "", "", rest, false
+	}
+	return rest[:c], rest[c+1 : at], rest[at+1:], true
+}
+
+// redactParams hides the value of every secret-like name=value pair in s. A
+// pair starts after '?', '&' or ';' and ends at the next '&' or ';'.
+func redactParams(s string) string {
+	q := strings.IndexByte(s, '?')
+	if q < 0 {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	b.WriteString(s[:q+1])
+	for i, pair := range splitPairs(s[q+1:]) {
+		if i > 0 {
+			b.WriteByte(pair.sep)
+		}
+		name, _, hasValue := strings.Cut(pair.text, "=")
+		if hasValue && secretName(name) {
+			b.WriteString(name + "=" + redacted)
+			continue
+		}
+		b.WriteString(pair.text)
+	}
+	return b.String()
+}
+
+type pair struct {
+	text string
+	sep  byte // the separator before text (unused for the first)
+}
+
+func splitPairs(query string) []pair {
+	var out []pair
+	sep := byte('&')
+	for {
+		i := strings.IndexAny(query, "&;")
+		if i < 0 {
+			return append(out, pair{text: query, sep: sep})
+		}
+		out = append(out, pair{text: query[:i], sep: sep})
+		sep = query[i]
+		query = query[i+1:]
+	}
+}
+
+var secretWords = []string{"pas", "pw", "secr", "token", "cred", "auth", "key", "sig", "priv"}
+
+// secretName reports whether a query parameter name looks like it holds a
+// secret, misspellings included.
+func secretName(name string) bool {
+	if u, err := url.QueryUnescape(name); err == nil {
+		name = u
+	}
+	name = strings.ToLower(name)
+	for _, w := range secretWords {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
+}
+
+// secrets returns every form in which a secret of rawURL may appear in an
+// error text: as written, unescaped, escaped again and Go-quoted; longest
+// first so that replacing them in order leaves no part behind.
+func secrets(rawURL string) []string {
+	var raw []string
+	_, rest := splitScheme(rawURL)
+	if _, pw, _, ok := splitUserinfo(rest); ok {
+		raw = append(raw, pw)
+	}
+	if q := strings.IndexByte(rest, '?'); q >= 0 {
+		for _, p := range splitPairs(rest[q+1:]) {
+			if name, v, ok := strings.Cut(p.text, "="); ok && secretName(name) {
+				raw = append(raw, v)
+			}
+		}
+	}
+	seen := map[string]bool{}
+	var out []string
+	add := func(s string) {
+		if len(s) >= 2 && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, s := range raw {
+		forms := []string{s}
+		if u, err := url.PathUnescape(s); err == nil {
+			forms = append(forms, u)
+		}
+		if u, err := url.QueryUnescape(s); err == nil {
+			forms = append(forms, u)
+		}
+		for _, f := range forms {
+			q := strconv.Quote(f)
+			add(f)
+			add(q[1 : len(q)-1])
+			add(url.QueryEscape(f))
+			add(url.PathEscape(f))
+			add(url.UserPassword("u", f).String()[2:])
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
+// redactedError is an error whose text has the URL's secrets removed; errors.Is
+// and errors.As still see the error it was made from.
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// RedactError returns err with every secret of rawURL (see Redact) removed
+// from its text, in any form the secret may have been quoted or escaped in;
+// errors.Is and errors.As still see err. It returns err itself when its text
+// holds no secret, and nil for nil.
+func RedactError(err error, rawURL string) error {
+	if err == nil {
+		return nil
+	}
+	msg := err.Error()
+	clean := msg
+	for _, s := range secrets(rawURL) {
+		clean = strings.ReplaceAll(clean, s, redacted)
+	}
+	if clean == msg {
+		return err
+	}
+	return &redactedError{msg: clean, err: err}
+}
+
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// parseProblem describes why url.Parse rejected a URL without quoting any
+// part of it (url.Parse's errors quote the part they stumbled on, which may
+// be a piece of the password).
+func parseProblem(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	s := strings.Join(strings.Fields(quoted.ReplaceAllString(err.Error(), "")), " ")
+	switch {
+	case strings.Contains(s, "invalid port"):
+		s += " (a password holding '#', '?' or '/' must be percent-encoded)"
+	case strings.Contains(s, "control character"):
+		s += " (a trailing carriage return from a CRLF file?)"
+	}
+	return s
+}
