@@ -378,7 +378,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	}
 	uri, err := amqp.ParseURI(amqpURL)
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), amqpURL, red), driver.ErrInvalid)
+		return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, pubsub.RedactError(err, amqpURL), driver.ErrInvalid)
 	}
 	b := &Broker{opts: opts, addr: red, uri: uri}
 	b.cfg = amqp.Config{

@@ -1,0 +1,42 @@
+package postgres_test
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/omnibusmq/omnibus/pubsub"
+)
+
+// FuzzOpenURL feeds the postgres:// URL parser any password and query (the
+// context is already cancelled, so nothing connects): it must not panic,
+// and no error may contain the password in any form.
+func FuzzOpenURL(f *testing.F) {
+	f.Add("s3cr3tPW", "sslmode=disable&visibility_timeout=2s")
+	f.Add("pw#frag", "sslmode=bogus")
+	f.Add("p?w/x", "sslpassword=hunter22&connect_timeout=x")
+	f.Add("ünï\r\n", "key_ordering=maybe&bogus=1")
+	f.Add("%zz%41", "pool_max_conns=-1")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f.Fuzz(func(t *testing.T, pw, query string) {
+		if len(pw) < 6 || strings.ContainsAny(pw, "@") || strings.Contains(query, pw) || strings.Contains("postgres://app:@127.0.0.1:1/db?", pw) {
+			t.Skip()
+		}
+		c, err := pubsub.Open(ctx, "postgres://app:"+pw+"@127.0.0.1:1/db?"+query)
+		if err == nil {
+			_ = c.Close()
+			return
+		}
+		forms := []string{pw, url.QueryEscape(pw), url.PathEscape(pw)}
+		if u, uerr := url.PathUnescape(pw); uerr == nil && len(u) >= 6 {
+			forms = append(forms, u)
+		}
+		for _, form := range forms {
+			if strings.Contains(err.Error(), form) {
+				t.Errorf("Open error contains the password (as %q): %v", form, err)
+			}
+		}
+	})
+}
