@@ -191,7 +191,6 @@ func ValidateTopic(topic string) error {
 	return nil
 }
 
-
 // Subscribe starts receiving from topic. With Group(name), members of one
 // group compete for messages and distinct groups each get every message;
 // without it the subscription is an anonymous group of its own.

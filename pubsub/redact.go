@@ -14,9 +14,9 @@ const redacted = "xxxxx"
 
 // Redact returns rawURL with every password hidden: the password of the user
 // info and the value of every query parameter whose name looks like a secret
-// (it contains pas, pw, secr, token, cred, auth, key, sig or priv, in any
-// case, so that a misspelling such as sasl_pasword is hidden too). Every URL
-// that omnibus prints goes through it.
+// (it contains pas, pw, secr, token, cred, auth, apikey, api_key, access_key,
+// sig or priv, in any case, so that a misspelling such as sasl_pasword is
+// hidden too). Every URL that omnibus prints goes through it.
 //
 // Redact works on the text, not on a parsed URL, so that it also hides the
 // password of a URL that does not parse (a password holding an unescaped
@@ -104,7 +104,7 @@ func splitPairs(query string) []pair {
 	}
 }
 
-var secretWords = []string{"pas", "pw", "secr", "token", "cred", "auth", "key", "sig", "priv"}
+var secretWords = []string{"pas", "pw", "secr", "token", "cred", "auth", "apikey", "api_key", "access_key", "sig", "priv"}
 
 // secretName reports whether a query parameter name looks like it holds a
 // secret, misspellings included.

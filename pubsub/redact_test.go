@@ -188,7 +188,7 @@ func secretParamBefore(before string) bool {
 	if strings.ContainsAny(name, "=&;?") || !strings.Contains(before[:i+1], "?") {
 		return false
 	}
-	for _, w := range []string{"pas", "pw", "secr", "token", "cred", "auth", "key", "sig", "priv"} {
+	for _, w := range []string{"pas", "pw", "secr", "token", "cred", "auth", "apikey", "api_key", "access_key", "sig", "priv"} {
 		if strings.Contains(name, w) {
 			return true
 		}
