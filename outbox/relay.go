@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,7 +97,11 @@ func (o RelayOptions) validate() (RelayOptions, error) {
 //   - of all relays on one table only the leader (pg_try_advisory_lock)
 //     forwards; the others stand by and take over when its connection ends;
 //   - a failed publish or database error is logged and retried with backoff,
-//     never skipped.
+//     never skipped;
+//   - a row that can never be relayed (metadata that is not a JSON object of
+//     strings, an invalid topic or message ID, a message the client rejects
+//     with pubsub.ErrInvalid) is moved to the quarantine table with the
+//     reason and logged at Error; the rows behind it go on.
 type Relay struct {
 	store  *Store
 	client *pubsub.Client
@@ -321,6 +326,12 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 	var groups []*group
 	byTopic := map[string]*group{}
 	for _, rw := range rows {
+		if rw.bad != nil {
+			if err := r.quarantine(ctx, s, rw.id, rw.msg.ID, rw.topic, rw.bad); err != nil {
+				return 0, false, err
+			}
+			continue
+		}
 		g := byTopic[rw.topic]
 		if g == nil {
 			g = &group{topic: rw.topic}
@@ -346,6 +357,16 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 	var done []int64
 	var errs []error
 	for _, g := range groups {
+		if errors.Is(g.err, pubsub.ErrInvalid) {
+			// Some message of the topic (or the topic itself) can never be
+			// published: find it by publishing one at a time, in order.
+			ok, err := r.publishEach(ctx, s, g.topic, g.msgs, g.ids)
+			done = append(done, ok...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if g.err != nil {
 			errs = append(errs, fmt.Errorf("%d row(s) (ids %d..%d) to topic %q: %w", len(g.ids), g.ids[0], g.ids[len(g.ids)-1], g.topic, g.err))
 			continue
@@ -363,6 +384,40 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 		return 0, false, &publishError{errors.Join(errs...)}
 	}
 	return len(rows), held, nil
+}
+
+// publishEach publishes msgs one at a time, in order, and moves every row
+// the client rejects as invalid to the quarantine table. It stops at the
+// first other failure (a publishError; the rest stay in the outbox) or
+// quarantine failure, and returns the ids published.
+func (r *Relay) publishEach(ctx context.Context, s session, topic string, msgs []*pubsub.Message, ids []int64) ([]int64, error) {
+	var done []int64
+	for i, m := range msgs {
+		err := r.client.Publish(ctx, topic, m)
+		switch {
+		case err == nil:
+			done = append(done, ids[i])
+		case errors.Is(err, pubsub.ErrInvalid):
+			if qerr := r.quarantine(ctx, s, ids[i], m.ID, topic, err); qerr != nil {
+				return done, qerr
+			}
+		default:
+			return done, &publishError{fmt.Errorf("row %d to topic %q: %w", ids[i], topic, err)}
+		}
+	}
+	return done, nil
+}
+
+// quarantine moves a row that can never be relayed to the quarantine table,
+// with the reason, and logs it.
+func (r *Relay) quarantine(ctx context.Context, s session, id int64, msgID, topic string, why error) error {
+	reason := strings.ReplaceAll(strings.ToValidUTF8(why.Error(), "\uFFFD"), "\x00", "")
+	if err := s.quarantine(ctx, id, reason); err != nil {
+		return fmt.Errorf("move malformed row %d to %s (run Migrate to create it): %w", id, r.store.QuarantineTable(), err)
+	}
+	r.log.Error("outbox relay: row cannot be relayed; moved to the quarantine table",
+		"row", id, "msg_id", msgID, "topic", topic, "reason", reason, "quarantine", r.store.QuarantineTable())
+	return nil
 }
 
 // listenLoop keeps a LISTEN connection up; while it is down the relay

@@ -103,6 +103,17 @@ func (t table) lockKey() int64 {
 	return int64(h.Sum64())
 }
 
+// QuarantineSuffix is appended to the outbox table's name to name its
+// quarantine table: where the relay moves a row it cannot relay.
+const QuarantineSuffix = "_quarantine"
+
+// quarantined returns the quarantine table as a quoted SQL identifier.
+func (t table) quarantined() string {
+	q := t
+	q.name += QuarantineSuffix
+	return q.quoted()
+}
+
 // ddl returns the statements that create the outbox table and its index.
 func ddl(d Dialect, t table) []string {
 	q := t.quoted()
@@ -116,6 +127,16 @@ func ddl(d Dialect, t table) []string {
     payload    BLOB    NOT NULL,
     metadata   TEXT,                               -- JSON object, NULL when empty
     created_at INTEGER NOT NULL                    -- Unix microseconds
+)`, `CREATE TABLE IF NOT EXISTS ` + t.quarantined() + ` (
+    id             INTEGER PRIMARY KEY,            -- the row's id in the outbox
+    topic          TEXT    NOT NULL,
+    msg_id         TEXT    NOT NULL,
+    msg_key        TEXT    NOT NULL,
+    payload        BLOB    NOT NULL,
+    metadata       TEXT,                           -- as it was, valid or not
+    created_at     INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,               -- why the relay could not relay it
+    quarantined_at INTEGER NOT NULL                -- Unix microseconds
 )`}
 	default:
 		return []string{`CREATE TABLE IF NOT EXISTS ` + q + ` (
@@ -129,6 +150,17 @@ func ddl(d Dialect, t table) []string {
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + t.quotedIndex() + ` ON ` + q + ` (txid, id)`,
+			`CREATE TABLE IF NOT EXISTS ` + t.quarantined() + ` (
+    id             BIGINT      PRIMARY KEY,                      -- the row's id in the outbox
+    topic          TEXT        NOT NULL,
+    msg_id         TEXT        NOT NULL,
+    msg_key        TEXT        NOT NULL,
+    payload        BYTEA       NOT NULL,
+    metadata       TEXT,                                         -- as it was, valid or not
+    created_at     TIMESTAMPTZ NOT NULL,
+    reason         TEXT        NOT NULL,                         -- why the relay could not relay it
+    quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)`,
 		}
 	}
 }
