@@ -36,6 +36,10 @@ type RelayOptions struct {
 	// LagLogInterval is how often the leader logs the backlog (Lag) at
 	// Info. Default 1m; negative disables it.
 	LagLogInterval time.Duration
+	// ErrorLogInterval is how often a failure that lasts (the database or
+	// the broker unreachable) is logged again while the relay retries; its
+	// start is logged at once. Default 1m.
+	ErrorLogInterval time.Duration
 	// Logger receives the relay's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -55,6 +59,11 @@ func (o RelayOptions) validate() (RelayOptions, error) {
 		return bad("RetryMin", o.RetryMin, "negative")
 	case o.RetryMax < 0:
 		return bad("RetryMax", o.RetryMax, "negative")
+	case o.ErrorLogInterval < 0:
+		return bad("ErrorLogInterval", o.ErrorLogInterval, "negative")
+	}
+	if o.ErrorLogInterval == 0 {
+		o.ErrorLogInterval = time.Minute
 	}
 	if o.BatchSize == 0 {
 		o.BatchSize = 1000
@@ -109,6 +118,7 @@ type Relay struct {
 	log    *slog.Logger
 
 	wake      chan struct{}
+	failures  *failureLog
 	listening atomic.Bool
 	running   atomic.Bool
 	leader    atomic.Bool
@@ -130,10 +140,11 @@ func NewRelay(store *Store, client *pubsub.Client, opts RelayOptions) (*Relay, e
 	if err != nil {
 		return nil, err
 	}
+	log := o.Logger.With("component", "outbox.relay", "table", store.Table())
 	return &Relay{
-		store: store, client: client, o: o,
-		log:  o.Logger.With("component", "outbox.relay", "table", store.Table()),
-		wake: make(chan struct{}, 1),
+		store: store, client: client, o: o, log: log,
+		wake:     make(chan struct{}, 1),
+		failures: &failureLog{log: log, interval: o.ErrorLogInterval},
 	}, nil
 }
 
@@ -155,9 +166,12 @@ func (r *Relay) poke() {
 }
 
 // Run forwards rows until ctx ends, then returns nil. Database and broker
-// failures are logged and retried with backoff; Run returns an error only
-// when the client is closed (wrapping pubsub.ErrClosed) or when Run is
-// already running on this Relay. A batch in flight when ctx ends is not
+// failures are retried with backoff, logged when they start and then every
+// ErrorLogInterval while they last. Run returns an error when the client is
+// closed (wrapping pubsub.ErrClosed), when Run is already running on this
+// Relay, and when the database refuses for good — the table or a column is
+// missing, authentication fails, the database does not exist, a privilege
+// is missing — wrapping pubsub.ErrPermanent and saying which. A batch in flight when ctx ends is not
 // deleted and will be sent again by the next leader.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
@@ -187,8 +201,12 @@ func (r *Relay) Run(ctx context.Context) error {
 			return fmt.Errorf("outbox: relay on table %s: %w", r.store.Table(), err)
 		}
 		if err != nil && ctx.Err() == nil {
+			if why := permanentDBError(err); why != "" {
+				r.log.Error("outbox relay: stopping: "+why, "error", err)
+				return pubsub.Permanent(fmt.Errorf("outbox: relay on table %s: %s: %w", r.store.Table(), why, err))
+			}
 			d := bo.next()
-			r.log.Warn("outbox relay: database error, reconnecting", "error", err, "backoff", d)
+			r.failures.failed("outbox relay: database error, reconnecting", err, d)
 			if !wait.Sleep(ctx, d) {
 				break
 			}
@@ -250,14 +268,14 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 				return err
 			}
 			d := bo.next()
-			r.log.Error("outbox relay: publish failed; rows stay in the outbox and will be retried",
-				"error", err, "backoff", d)
+			r.failures.failed("outbox relay: publish failed; rows stay in the outbox", err, d)
 			if !wait.Sleep(ctx, d) {
 				return nil
 			}
 			continue
 		}
 		bo.reset()
+		r.failures.ok()
 		if n == r.o.BatchSize {
 			eager, armed = 0, false
 			continue // more may be ready now
@@ -424,11 +442,13 @@ func (r *Relay) quarantine(ctx context.Context, s session, id int64, msgID, topi
 // polls every PollInterval.
 func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, func()) error) {
 	bo := r.newBackoff()
+	failures := &failureLog{log: r.log, interval: r.o.ErrorLogInterval}
 	for ctx.Err() == nil {
 		err := listen(ctx, func() {
 			if !r.listening.Load() {
 				r.listening.Store(true)
 				bo.reset()
+				failures.ok()
 				if r.onListen != nil {
 					r.onListen()
 				}
@@ -444,8 +464,7 @@ func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, fun
 			return
 		}
 		d := bo.next()
-		r.log.Warn("outbox relay: listen connection failed; polling every PollInterval until it is back",
-			"error", err, "poll_interval", r.o.PollInterval, "backoff", d)
+		failures.failed("outbox relay: listen connection failed; polling every "+r.o.PollInterval.String()+" until it is back", err, d)
 		if !wait.Sleep(ctx, d) {
 			return
 		}
