@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -29,7 +28,7 @@ type RelayCmd struct {
 
 // Run relays until interrupted.
 func (rc *RelayCmd) Run(ctx context.Context) error {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var store *outbox.Store
 	var err error
 	switch {
