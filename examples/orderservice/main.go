@@ -55,10 +55,11 @@ func run(log *slog.Logger) error {
 		return err
 	}
 	cfg := Config{
-		BrokerURL: getenv("OMNIBUS_URL", "mem://"),
-		DB:        getenv("ORDERS_DB", "sqlite:"+filepath.Join(os.TempDir(), "omnibus-orders.db")),
-		Telemetry: tel,
-		Logger:    log,
+		BrokerURL:   getenv("OMNIBUS_URL", "mem://"),
+		DB:          getenv("ORDERS_DB", "sqlite:"+filepath.Join(os.TempDir(), "omnibus-orders.db")),
+		Telemetry:   tel,
+		Logger:      log,
+		TopicPrefix: os.Getenv("ORDERS_TOPIC_PREFIX"),
 	}
 	svc, err := New(ctx, cfg)
 	if err != nil {
