@@ -99,7 +99,9 @@ func expand(field, s string) (string, error) {
 		if !ok {
 			missing = append(missing, name)
 		}
-		return url.QueryEscape(v)
+		// %20, not QueryEscape's '+', for a space: '+' is a space only in
+		// a query, and a literal '+' in the user info.
+		return strings.ReplaceAll(url.QueryEscape(v), "+", "%20")
 	})
 	if len(missing) > 0 {
 		return "", fmt.Errorf("config: %s refers to unset environment variable(s) %s: %w", field, strings.Join(missing, ", "), pubsub.ErrInvalid)

@@ -166,8 +166,8 @@ func PoisonRecord(m *pubsub.Message, err error, handler string, now time.Time) *
 	delete(pm.Metadata, pubsub.MetaAttempt)
 	pm.Metadata[MetaPoisonReason] = reason
 	pm.Metadata[MetaPoisonError] = text
-	pm.Metadata[MetaPoisonOriginalTopic] = m.Topic
-	pm.Metadata[MetaPoisonHandler] = handler
+	pm.Metadata[MetaPoisonOriginalTopic] = strings.ToValidUTF8(m.Topic, "\uFFFD")
+	pm.Metadata[MetaPoisonHandler] = strings.ToValidUTF8(handler, "\uFFFD")
 	pm.Metadata[MetaPoisonAttempts] = strconv.Itoa(attempts)
 	pm.Metadata[MetaPoisonFirstFailedAt] = first.UTC().Format(time.RFC3339Nano)
 	pm.Metadata[MetaPoisonFailedAt] = now.UTC().Format(time.RFC3339Nano)

@@ -38,12 +38,20 @@ func Redact(rawURL string) string {
 	return b.String()
 }
 
-// splitScheme splits "scheme://rest" after "://"; without "://" head is "".
+// splitScheme splits "scheme://rest" after "://"; without a scheme (letters,
+// digits, '+', '-', '.'; a letter first) before "://", head is "".
 func splitScheme(raw string) (head, rest string) {
-	if i := strings.Index(raw, "://"); i >= 0 {
-		return raw[:i+3], raw[i+3:]
+	i := strings.Index(raw, "://")
+	if i <= 0 {
+		return "", raw
 	}
-	return "", raw
+	for j, c := range raw[:i] {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+		if !letter && (j == 0 || !(c >= '0' && c <= '9' || c == '+' || c == '-' || c == '.')) {
+			return "", raw
+		}
+	}
+	return raw[:i+3], raw[i+3:]
 }
 
 // splitUserinfo splits rest (what follows "://") at its last '@' into the
