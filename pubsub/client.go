@@ -234,6 +234,24 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 	return s, nil
 }
 
+// DeleteTopic removes topic with its consumer groups (at least those named)
+// and their waiting messages, where the adapter can (driver.TopicDeleter);
+// otherwise it returns an error wrapping ErrUnsupported. It is for
+// throwaway topics: close their subscriptions first.
+func (c *Client) DeleteTopic(ctx context.Context, topic string, groups ...string) error {
+	if err := ValidateTopic(topic); err != nil {
+		return fmt.Errorf("pubsub: delete topic: %w", err)
+	}
+	td, ok := c.drv.(driver.TopicDeleter)
+	if !ok {
+		return fmt.Errorf("pubsub: delete topic %q: the adapter cannot delete topics: %w", topic, ErrUnsupported)
+	}
+	if err := td.DeleteTopic(ctx, topic, groups); err != nil {
+		return fmt.Errorf("pubsub: delete topic %q: %w", topic, err)
+	}
+	return nil
+}
+
 func (c *Client) forget(s *Subscription) {
 	c.mu.Lock()
 	delete(c.subs, s)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -28,6 +29,9 @@ type BenchCmd struct {
 	Compare    bool   `help:"Also run the same load straight on the adapter's driver (no portable layer) and report the ratio."`
 	Out        string `default:"bench-out" help:"Directory for bench.md, bench.svg and bench.png."`
 	JSON       bool   `help:"Print the results as one JSON object instead of the markdown table (files are still written)."`
+	Keep       bool   `help:"Keep the bench topics and their queues/groups on the broker (default: deleted at the end where the adapter can)."`
+
+	topics []string // made by this run, deleted at the end unless --keep
 }
 
 type benchResult struct {
@@ -63,6 +67,7 @@ func (b *BenchCmd) Run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
+	defer b.cleanup(c)
 	fmt.Fprintf(stderr, "omnibus bench %s: %d messages of %d bytes, %d publishers, %d per call\n",
 		pubsub.Redact(b.URL), b.Messages, b.Size, b.Publishers, b.Batch)
 	var results []benchResult
@@ -211,11 +216,40 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 		p50: q(0.5), p90: q(0.9), p99: q(0.99), max: lats[len(lats)-1].Round(time.Microsecond)}, nil
 }
 
-func benchTopic() string { return "omnibus.bench." + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16] }
+func (b *BenchCmd) benchTopic() string {
+	t := "omnibus.bench." + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16]
+	b.topics = append(b.topics, t)
+	return t
+}
+
+// benchGroup is the consumer group of every bench run.
+const benchGroup = "bench"
+
+// cleanup deletes the run's topics (with their group) unless --keep, and
+// says which are left where the adapter cannot delete topics.
+func (b *BenchCmd) cleanup(c *pubsub.Client) {
+	if b.Keep {
+		if len(b.topics) > 0 {
+			fmt.Fprintf(stderr, "bench: kept topic(s) %s (group %s)\n", strings.Join(b.topics, ", "), benchGroup)
+		}
+		return
+	}
+	for _, t := range b.topics {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := c.DeleteTopic(ctx, t, benchGroup)
+		cancel()
+		switch {
+		case errors.Is(err, pubsub.ErrUnsupported):
+			fmt.Fprintf(stderr, "bench: topic %s (group %s) is left on the broker: this adapter cannot delete topics; remove it with the broker's tools\n", t, benchGroup)
+		case err != nil:
+			fmt.Fprintf(stderr, "bench: could not delete topic %s: %v\n", t, err)
+		}
+	}
+}
 
 func (b *BenchCmd) runOmnibus(ctx context.Context, c *pubsub.Client) (benchResult, error) {
-	topic := benchTopic()
-	sub, err := c.Subscribe(ctx, topic, pubsub.Group("bench"), pubsub.FromOldest(), pubsub.Prefetch(256))
+	topic := b.benchTopic()
+	sub, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.FromOldest(), pubsub.Prefetch(256))
 	if err != nil {
 		return benchResult{}, err
 	}
@@ -237,10 +271,10 @@ func (b *BenchCmd) runOmnibus(ctx context.Context, c *pubsub.Client) (benchResul
 }
 
 func (b *BenchCmd) runDriver(ctx context.Context, drv driver.Broker) (benchResult, error) {
-	topic := benchTopic()
+	topic := b.benchTopic()
 	// As pubsub.Client.Subscribe does: ask for the oldest message only where
 	// the adapter can replay (the others refuse the option).
-	sub, err := drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{Group: "bench", StartFromOldest: drv.Capabilities().Replay, MaxBatch: 256})
+	sub, err := drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{Group: benchGroup, StartFromOldest: drv.Capabilities().Replay, MaxBatch: 256})
 	if err != nil {
 		return benchResult{}, err
 	}

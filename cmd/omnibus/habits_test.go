@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/omnibusmq/omnibus/adapters/postgres"
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
@@ -264,5 +267,70 @@ func TestBenchCompareAndJSONOnEveryBroker(t *testing.T) {
 				t.Errorf("bench --json printed %q (%v), want two results", out, err)
 			}
 		})
+	}
+}
+
+// Bench deletes its topics and their groups at the end unless --keep.
+func TestBenchCleansUpUnlessKeep(t *testing.T) {
+	brokers := []struct {
+		name   string
+		url    func(t *testing.T) string
+		exists func(t *testing.T, url, topic string) bool
+	}{
+		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }, func(t *testing.T, url, topic string) bool {
+			c, err := pubsub.Open(context.Background(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			b := c.Driver().(*postgres.Broker)
+			var n int
+			if err := b.Pool().QueryRow(context.Background(), `SELECT count(*) FROM `+b.GroupsTable()+` WHERE topic = $1`, topic).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n > 0
+		}},
+		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }, func(t *testing.T, url, topic string) bool {
+			conn, err := amqp.Dial(url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			ch, err := conn.Channel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ch.QueueDeclarePassive(topic+"."+benchGroup, true, false, false, false, nil)
+			return err == nil
+		}},
+	}
+	for _, b := range brokers {
+		for _, keep := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/keep=%v", b.name, keep), func(t *testing.T) {
+				url := b.url(t)
+				cmd := &BenchCmd{URL: url, Messages: 200, Size: 16, Batch: 50, Publishers: 1, Out: t.TempDir(), Keep: keep}
+				var err error
+				captureStdout(t, func() { err = cmd.Run(context.Background()) })
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(cmd.topics) != 1 {
+					t.Fatalf("bench made topics %v, want one", cmd.topics)
+				}
+				if got := b.exists(t, url, cmd.topics[0]); got != keep {
+					t.Errorf("after bench (keep=%v) topic %s exists: %v", keep, cmd.topics[0], got)
+				}
+				if keep {
+					c, err := pubsub.Open(context.Background(), url)
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					if err := c.DeleteTopic(context.Background(), cmd.topics[0], benchGroup); err != nil {
+						t.Errorf("DeleteTopic: %v", err)
+					}
+				}
+			})
+		}
 	}
 }
