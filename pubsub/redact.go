@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
 // redacted replaces every password Redact hides.
@@ -23,12 +25,31 @@ const redacted = "xxxxx"
 // '#', '?' or '/', a trailing carriage return from a CRLF file). When a URL
 // is ambiguous it hides more: everything between "://" and the last '@' but
 // the user name is treated as the password.
-func Redact(rawURL string) string {
+func Redact(rawURL string) string { return redact(rawURL, nil) }
+
+// RedactFor is Redact that also hides the values of the query parameters
+// err names as unknown (a driver.ParamsError): an unknown name may be a
+// misspelled secret.
+func RedactFor(rawURL string, err error) string { return redact(rawURL, unknownParams(err)) }
+
+func unknownParams(err error) map[string]bool {
+	var pe *driver.ParamsError
+	if !errors.As(err, &pe) {
+		return nil
+	}
+	m := make(map[string]bool, len(pe.Unknown))
+	for _, n := range pe.Unknown {
+		m[n] = true
+	}
+	return m
+}
+
+func redact(rawURL string, hide map[string]bool) string {
 	head, rest := splitScheme(rawURL)
 	var b strings.Builder
 	b.Grow(len(rawURL))
 	b.WriteString(head)
-	rest = redactParams(rest)
+	rest = redactParams(rest, hide)
 	if user, _, host, ok := splitUserinfo(rest); ok {
 		b.WriteString(user)
 		b.WriteString(":" + redacted + "@")
@@ -71,7 +92,7 @@ func splitUserinfo(rest string) (user, password, host string, ok bool) {
 
 // redactParams hides the value of every secret-like name=value pair in s. A
 // pair starts after '?', '&' or ';' and ends at the next '&' or ';'.
-func redactParams(s string) string {
+func redactParams(s string, hide map[string]bool) string {
 	q := strings.IndexByte(s, '?')
 	if q < 0 {
 		return s
@@ -84,7 +105,7 @@ func redactParams(s string) string {
 			b.WriteByte(pair.sep)
 		}
 		name, _, hasValue := strings.Cut(pair.text, "=")
-		if hasValue && secretName(name) {
+		if hasValue && (secretName(name) || hide[unescapeName(name)]) {
 			b.WriteString(name + "=" + redacted)
 			continue
 		}
@@ -114,13 +135,17 @@ func splitPairs(query string) []pair {
 
 var secretWords = []string{"pas", "pw", "secr", "token", "cred", "auth", "apikey", "api_key", "access_key", "sig", "priv"}
 
+func unescapeName(name string) string {
+	if u, err := url.QueryUnescape(name); err == nil {
+		return u
+	}
+	return name
+}
+
 // secretName reports whether a query parameter name looks like it holds a
 // secret, misspellings included.
 func secretName(name string) bool {
-	if u, err := url.QueryUnescape(name); err == nil {
-		name = u
-	}
-	name = strings.ToLower(name)
+	name = strings.ToLower(unescapeName(name))
 	for _, w := range secretWords {
 		if strings.Contains(name, w) {
 			return true
@@ -132,7 +157,7 @@ func secretName(name string) bool {
 // secrets returns every form in which a secret of rawURL may appear in an
 // error text: as written, unescaped, escaped again and Go-quoted; longest
 // first so that replacing them in order leaves no part behind.
-func secrets(rawURL string) []string {
+func secrets(rawURL string, hide map[string]bool) []string {
 	var raw []string
 	_, rest := splitScheme(rawURL)
 	if _, pw, _, ok := splitUserinfo(rest); ok {
@@ -140,7 +165,7 @@ func secrets(rawURL string) []string {
 	}
 	if q := strings.IndexByte(rest, '?'); q >= 0 {
 		for _, p := range splitPairs(rest[q+1:]) {
-			if name, v, ok := strings.Cut(p.text, "="); ok && secretName(name) {
+			if name, v, ok := strings.Cut(p.text, "="); ok && (secretName(name) || hide[unescapeName(name)]) {
 				raw = append(raw, v)
 			}
 		}
@@ -184,7 +209,7 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
-// RedactError returns err with every secret of rawURL (see Redact) removed
+// RedactError returns err with every secret of rawURL (see RedactFor) removed
 // from its text, in any form the secret may have been quoted or escaped in;
 // errors.Is and errors.As still see err. It returns err itself when its text
 // holds no secret, and nil for nil.
@@ -194,7 +219,7 @@ func RedactError(err error, rawURL string) error {
 	}
 	msg := err.Error()
 	clean := msg
-	for _, s := range secrets(rawURL) {
+	for _, s := range secrets(rawURL, unknownParams(err)) {
 		clean = strings.ReplaceAll(clean, s, redacted)
 	}
 	if clean == msg {

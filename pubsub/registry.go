@@ -94,7 +94,7 @@ func Open(ctx context.Context, rawURL string, opts ...ClientOption) (*Client, er
 	u.RawQuery = q.Encode()
 	drv, err := open(ctx, u.String())
 	if err != nil {
-		return nil, fmt.Errorf("pubsub: open %s: %w", Redact(rawURL), RedactError(err, rawURL))
+		return nil, fmt.Errorf("pubsub: open %s: %w", RedactFor(rawURL, err), RedactError(err, rawURL))
 	}
 	caps := drv.Capabilities()
 	var missing []string

@@ -334,3 +334,52 @@ func TestBenchCleansUpUnlessKeep(t *testing.T) {
 		}
 	}
 }
+
+// doctor never prints the password, whatever the URL's shape (a password
+// with '#', '?' or '/', a CRLF tail from a .env file, a misspelled secret
+// parameter), in text or JSON.
+func TestDoctorNeverPrintsThePassword(t *testing.T) {
+	urls := []string{
+		"amqp://guest:s3cr3tPW#x@127.0.0.1:1/",
+		"amqp://guest:s3cr3tPW?x@127.0.0.1:1/",
+		"amqp://guest:s3cr3tPW/x@127.0.0.1:1/",
+		"amqp://guest:s3cr3tPW@127.0.0.1:1/\r",
+		"kafka://alice:s3cr3tPW?x@127.0.0.1:1",
+		"kafka://127.0.0.1:1?sasl_user=bob&sasl_pasword=s3cr3tPW",
+		"postgres://app:s3cr3tPW@127.0.0.1:1/db?bogus=1",
+		"mem://x?tokn=s3cr3tPW",
+	}
+	for _, u := range urls {
+		for _, asJSON := range []bool{false, true} {
+			args := []string{"doctor", u}
+			if asJSON {
+				args = append(args, "--json")
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			code, out, errOut := runCLI(t, ctx, "", args...)
+			cancel()
+			if code == 0 {
+				t.Errorf("doctor %q succeeded", u)
+			}
+			if strings.Contains(out+errOut, "s3cr3tPW") {
+				t.Errorf("doctor %q (json %v) printed the password:\n%s%s", u, asJSON, out, errOut)
+			}
+		}
+	}
+}
+
+// The relay sidecar stops with a clear message and exit status 1 when the
+// outbox table is missing, instead of retrying forever.
+func TestRelayStopsWhenTheTableIsMissing(t *testing.T) {
+	db := integration.Postgres(t)
+	table := "missing_" + strings.ReplaceAll(pubsub.NewID(), "-", "")[:12]
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	code, _, errOut := runCLI(t, ctx, "", "relay", "--db", db, "--table", table, "--to", "mem://relay-missing")
+	if ctx.Err() != nil {
+		t.Fatal("relay kept retrying a missing table")
+	}
+	if code != 1 || !strings.Contains(errOut, "does not exist") || !strings.Contains(errOut, "--migrate") {
+		t.Errorf("relay: exit %d, stderr:\n%s\nwant 1 and a message naming the missing table and --migrate", code, errOut)
+	}
+}

@@ -336,6 +336,7 @@ func (dc *DoctorCmd) check(ctx context.Context) *doctorReport {
 	defer cancel()
 	c, err := pubsub.Open(octx, dc.URL)
 	if err != nil {
+		rep.URL = pubsub.RedactFor(dc.URL, err)
 		rep.Connect, rep.Problems = err.Error(), 1
 		return rep
 	}
