@@ -34,6 +34,11 @@ func FuzzOpenURL(f *testing.F) {
 			forms = append(forms, u)
 		}
 		for _, form := range forms {
+			if strings.Contains(query, form) || strings.Contains("postgres://app:xxxxx@127.0.0.1:1/db?", form) {
+				return // written elsewhere in the URL too: not only a password there
+			}
+		}
+		for _, form := range forms {
 			if strings.Contains(err.Error(), form) {
 				t.Errorf("Open error contains the password (as %q): %v", form, err)
 			}
