@@ -67,7 +67,7 @@ func (p *PublishCmd) Run(ctx context.Context) error {
 		return usagef("publish: --id=%q with --count=%d would publish one ID %d times", p.ID, p.Count, p.Count)
 	}
 	if p.Payload == "" && !p.Lines {
-		return usagef("publish: no payload: give text, @file, or - for stdin")
+		return usagef("publish: no payload: give text, @file, or - for stdin (an empty message: - with empty stdin)")
 	}
 	if p.Lines && p.Payload != "-" && !strings.HasPrefix(p.Payload, "@") {
 		return usagef("publish: --lines reads - (stdin) or @file, not %q", p.Payload)
@@ -214,7 +214,7 @@ func (cc *ConsumeCmd) Run(ctx context.Context) error {
 		// position and every message stay as they were.
 		group = "omnibus-peek-" + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16]
 		opts = append(opts, pubsub.FromOldest())
-		fmt.Fprintf(stderr, "omnibus: peek: reading %s from the oldest message with a throwaway group; nothing is acknowledged\n", cc.Topic)
+		fmt.Fprintf(stderr, "omnibus: peek: reading %s from the oldest message with the throwaway group %s; group %s and its messages stay as they were\n", cc.Topic, group, cc.Group)
 	case cc.Peek:
 		holdAll = true
 		if limit == 0 {
@@ -257,14 +257,13 @@ func (cc *ConsumeCmd) Run(ctx context.Context) error {
 			_ = d.Nack(0)
 			return err
 		}
-		switch {
-		case holdAll:
+		if holdAll {
 			held = append(held, d) // nacked at the end so this run does not see them again
-		default: // with --peek here, the throwaway group's ack moves nothing else
-
-			if err := d.Ack(); err != nil {
-				return err
-			}
+			continue
+		}
+		// With --peek here, this acks in the throwaway group only.
+		if err := d.Ack(); err != nil {
+			return err
 		}
 	}
 	return nil
