@@ -219,8 +219,25 @@ func RedactError(err error, rawURL string) error {
 	}
 	msg := err.Error()
 	clean := msg
-	for _, s := range secrets(rawURL, unknownParams(err)) {
+	// Keep the user name of an already redacted "user:xxxxx@" readable when
+	// the password is (a part of) it: user names are shown by design.
+	const keep = "\x00omnibus-user\x00"
+	_, rest := splitScheme(rawURL)
+	user, _, _, hasUser := splitUserinfo(rest)
+	shown := user + ":" + redacted + "@"
+	secrets := secrets(rawURL, unknownParams(err))
+	protect := hasUser && user != ""
+	for _, s := range secrets {
+		protect = protect && !strings.Contains(keep, s) // scrubbing must not touch the placeholder
+	}
+	if protect {
+		clean = strings.ReplaceAll(clean, shown, keep)
+	}
+	for _, s := range secrets {
 		clean = strings.ReplaceAll(clean, s, redacted)
+	}
+	if protect {
+		clean = strings.ReplaceAll(clean, keep, shown)
 	}
 	if clean == msg {
 		return err

@@ -133,6 +133,11 @@ func FuzzRedact(f *testing.F) {
 		// A password that is also written elsewhere in the URL (as a host,
 		// a path, a parameter no one calls secret) is not a password there.
 		rest := strings.ReplaceAll(shape, "PW", "")
+		// Errors quote the URL with %q: an escape such as \x00 next to
+		// other characters of the URL could spell the password by chance.
+		if q := strconv.Quote(rest); q[1:len(q)-1] != rest {
+			t.Skip()
+		}
 		for _, form := range secretForms(pw) {
 			if form == "" || strings.Contains(rest, form) || strings.Contains(form, "xxxxx") {
 				t.Skip()
@@ -194,4 +199,14 @@ func secretParamBefore(before string) bool {
 		}
 	}
 	return false
+}
+
+func TestRedactErrorKeepsAUserNameThatEqualsThePassword(t *testing.T) {
+	_, err := pubsub.Open(context.Background(), "leaky://guest:guest@h/")
+	if err == nil {
+		t.Fatal("Open succeeded")
+	}
+	if !strings.Contains(err.Error(), "guest:xxxxx@h") || strings.Contains(err.Error(), "guest:guest") {
+		t.Errorf("Open error %q: want the user name shown and the password hidden", err)
+	}
 }
