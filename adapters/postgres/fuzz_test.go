@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -22,6 +23,11 @@ func FuzzOpenURL(f *testing.F) {
 	cancel()
 	f.Fuzz(func(t *testing.T, pw, query string) {
 		if len(pw) < 6 || strings.ContainsAny(pw, "@") || strings.Contains(query, pw) || strings.Contains("postgres://app:@127.0.0.1:1/db?", pw) {
+			t.Skip()
+		}
+		// Errors quote URLs with %q: an escape such as \x80 next to the
+		// query's own characters could spell the password by chance.
+		if q := strconv.Quote(query); q[1:len(q)-1] != query {
 			t.Skip()
 		}
 		c, err := pubsub.Open(ctx, "postgres://app:"+pw+"@127.0.0.1:1/db?"+query)

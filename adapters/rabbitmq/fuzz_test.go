@@ -2,6 +2,7 @@ package rabbitmq
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -18,6 +19,11 @@ func FuzzParseURL(f *testing.F) {
 	f.Add("%zz%41", "heartbeat=-1s&connection_timeout=soon")
 	f.Fuzz(func(t *testing.T, pw, query string) {
 		if len(pw) < 6 || strings.ContainsAny(pw, "@") || strings.Contains(query, pw) || strings.Contains("amqp://guest:@127.0.0.1:5672/vh?", pw) {
+			t.Skip()
+		}
+		// Errors quote URLs with %q: an escape such as \x80 next to the
+		// query's own characters could spell the password by chance.
+		if q := strconv.Quote(query); q[1:len(q)-1] != query {
 			t.Skip()
 		}
 		_, _, err := ParseURL("amqp://guest:" + pw + "@127.0.0.1:5672/vh?" + query)

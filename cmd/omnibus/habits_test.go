@@ -383,3 +383,20 @@ func TestRelayStopsWhenTheTableIsMissing(t *testing.T) {
 		t.Errorf("relay: exit %d, stderr:\n%s\nwant 1 and a message naming the missing table and --migrate", code, errOut)
 	}
 }
+
+// The relay sidecar's --db errors and logs never print the password (the
+// refused port is retried: the run is bounded by its context).
+func TestRelayDBErrorsNeverPrintThePassword(t *testing.T) {
+	for _, db := range []string{
+		"postgres://app:s3cr3tPW#x@127.0.0.1:1/db",
+		"postgres://app:s3cr3tPW@127.0.0.1:1/db?sslmode=bogus",
+		"postgres://app:s3cr3tPW@127.0.0.1:1/db\r",
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, out, errOut := runCLI(t, ctx, "", "relay", "--db", db, "--to", "mem://relay-secret")
+		cancel()
+		if strings.Contains(out+errOut, "s3cr3tPW") {
+			t.Errorf("relay --db %q printed the password:\n%s%s", db, out, errOut)
+		}
+	}
+}

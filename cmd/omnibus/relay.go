@@ -35,7 +35,7 @@ func (rc *RelayCmd) Run(ctx context.Context) error {
 	case strings.HasPrefix(rc.DB, "postgres://"), strings.HasPrefix(rc.DB, "postgresql://"):
 		pool, perr := pgxpool.New(ctx, rc.DB)
 		if perr != nil {
-			return fmt.Errorf("relay: --db %s: %w", pubsub.Redact(rc.DB), perr)
+			return fmt.Errorf("relay: --db %s: %w", pubsub.Redact(rc.DB), pubsub.RedactError(perr, rc.DB))
 		}
 		defer pool.Close()
 		store, err = outbox.NewPgxStore(pool, outbox.StoreOptions{Table: rc.Table})
