@@ -191,9 +191,10 @@ func MinimalPoisonRecord(full *pubsub.Message, refused error) *pubsub.Message {
 	for _, k := range []string{MetaPoisonReason, MetaPoisonError, MetaPoisonOriginalTopic, MetaPoisonHandler,
 		MetaPoisonAttempts, MetaPoisonFirstFailedAt, MetaPoisonFailedAt} {
 		if v, ok := full.Metadata[k]; ok {
-			md[k] = truncateText(v, minimalErrorLen)
+			md[k] = strings.ToValidUTF8(v, "\uFFFD")
 		}
 	}
+	md[MetaPoisonError] = truncateText(md[MetaPoisonError], minimalErrorLen)
 	md[MetaPoisonDropped] = truncateText("original metadata left out: the poison topic refused the full record: "+refused.Error(), minimalErrorLen)
 	return &pubsub.Message{ID: full.ID, Key: full.Key, Payload: full.Payload, Metadata: md}
 }
