@@ -49,14 +49,69 @@ func redact(rawURL string, hide map[string]bool) string {
 	var b strings.Builder
 	b.Grow(len(rawURL))
 	b.WriteString(head)
-	rest = redactParams(rest, hide)
-	if user, _, host, ok := splitUserinfo(rest); ok {
-		b.WriteString(user)
-		b.WriteString(":" + redacted + "@")
-		rest = host
+	parts := splitURL(rest)
+	for _, part := range parts {
+		if part.password {
+			b.WriteString(redacted)
+			continue
+		}
+		if !part.query {
+			b.WriteString(part.text)
+			continue
+		}
+		for k, pr := range splitPairs(part.text) {
+			if k > 0 {
+				b.WriteByte(pr.sep)
+			}
+			if k == 0 && part.continued && pr.text != "" {
+				b.WriteString(redacted)
+				continue
+			}
+			if name, _, hasValue := strings.Cut(pr.text, "="); hasValue && secretPair(pr.text, hide) {
+				b.WriteString(name + "=" + redacted)
+				continue
+			}
+			b.WriteString(pr.text)
+		}
 	}
-	b.WriteString(rest)
 	return b.String()
+}
+
+// urlPart is a piece of what follows "://": plain text, the password, or
+// query text (name=value pairs).
+type urlPart struct {
+	text            string
+	password, query bool
+	// continued: query text whose first pair began before the '@' (it
+	// may be the rest of a value): that pair is hidden whole.
+	continued bool
+}
+
+// splitURL cuts rest (what follows "://") into its user name, password (up
+// to the last '@'), and the rest, marking what is query text: what follows
+// the first '?' — also when that '?' stands in the user info, which then
+// makes all that follows the '@' query text too.
+func splitURL(rest string) []urlPart {
+	q0 := strings.IndexByte(rest, '?')
+	user, pw, host, ok := splitUserinfo(rest)
+	if !ok {
+		return queryParts(rest)
+	}
+	at := len(user) + 1 + len(pw)
+	parts := append(queryParts(user), urlPart{text: ":"}, urlPart{text: pw, password: true}, urlPart{text: "@"})
+	if q0 >= 0 && q0 < at {
+		return append(parts, urlPart{text: host, query: true, continued: true})
+	}
+	return append(parts, queryParts(host)...)
+}
+
+// queryParts splits s at its first '?' into plain text and query text.
+func queryParts(s string) []urlPart {
+	q := strings.IndexByte(s, '?')
+	if q < 0 {
+		return []urlPart{{text: s}}
+	}
+	return []urlPart{{text: s[:q+1]}, {text: s[q+1:], query: true}}
 }
 
 // splitScheme splits "scheme://rest" after "://"; without a scheme (letters,
@@ -90,30 +145,7 @@ func splitUserinfo(rest string) (user, password, host string, ok bool) {
 	return rest[:c], rest[c+1 : at], rest[at+1:], true
 }
 
-// redactParams hides the value of every secret-like name=value pair in s. A
-// pair starts after '?', '&' or ';' and ends at the next '&' or ';'.
-func redactParams(s string, hide map[string]bool) string {
-	q := strings.IndexByte(s, '?')
-	if q < 0 {
-		return s
-	}
-	var b strings.Builder
-	b.Grow(len(s))
-	b.WriteString(s[:q+1])
-	for i, pair := range splitPairs(s[q+1:]) {
-		if i > 0 {
-			b.WriteByte(pair.sep)
-		}
-		name, _, hasValue := strings.Cut(pair.text, "=")
-		if hasValue && (secretName(name) || hide[unescapeName(name)]) {
-			b.WriteString(name + "=" + redacted)
-			continue
-		}
-		b.WriteString(pair.text)
-	}
-	return b.String()
-}
-
+// pair is one name=value of query text: pairs are separated by '&' and ';'.
 type pair struct {
 	text string
 	sep  byte // the separator before text (unused for the first)
@@ -134,6 +166,18 @@ func splitPairs(query string) []pair {
 }
 
 var secretWords = []string{"pas", "pw", "secr", "token", "cred", "auth", "apikey", "api_key", "access_key", "sig", "priv"}
+
+// secretPair reports whether the value of a name=value pair is to be
+// hidden: its name, or a name after a '?' inside it (a URL written
+// carelessly), looks like a secret or is one of hide.
+func secretPair(text string, hide map[string]bool) bool {
+	for _, piece := range strings.Split(text, "?") {
+		if name, _, ok := strings.Cut(piece, "="); ok && (secretName(name) || hide[unescapeName(name)]) {
+			return true
+		}
+	}
+	return false
+}
 
 func unescapeName(name string) string {
 	if u, err := url.QueryUnescape(name); err == nil {
@@ -160,13 +204,21 @@ func secretName(name string) bool {
 func secrets(rawURL string, hide map[string]bool) []string {
 	var raw []string
 	_, rest := splitScheme(rawURL)
-	if _, pw, _, ok := splitUserinfo(rest); ok {
-		raw = append(raw, pw)
-	}
-	if q := strings.IndexByte(rest, '?'); q >= 0 {
-		for _, p := range splitPairs(rest[q+1:]) {
-			if name, v, ok := strings.Cut(p.text, "="); ok && (secretName(name) || hide[unescapeName(name)]) {
-				raw = append(raw, v)
+	// Both readings of an ambiguous URL: with its user info up to the last
+	// '@', and as plain text and query (an '@' inside a parameter's value).
+	for _, part := range append(splitURL(rest), queryParts(rest)...) {
+		switch {
+		case part.password:
+			raw = append(raw, part.text)
+		case part.query:
+			for k, p := range splitPairs(part.text) {
+				if k == 0 && part.continued {
+					raw = append(raw, p.text)
+					continue
+				}
+				if _, v, ok := strings.Cut(p.text, "="); ok && secretPair(p.text, hide) {
+					raw = append(raw, v)
+				}
 			}
 		}
 	}
@@ -199,6 +251,28 @@ func secrets(rawURL string, hide map[string]bool) []string {
 	return out
 }
 
+// urlForms returns rawURL and the forms url.Parse and pubsub.Open write it
+// in again, longest first.
+func urlForms(rawURL string) []string {
+	forms := []string{rawURL}
+	if u, err := url.Parse(rawURL); err == nil {
+		forms = append(forms, u.String())
+		if q, err := url.ParseQuery(u.RawQuery); err == nil {
+			q.Del("require")
+			u.RawQuery = q.Encode()
+			forms = append(forms, u.String())
+		}
+	}
+	out := forms[:0]
+	for _, f := range forms {
+		if len(f) >= 2 {
+			out = append(out, f)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return len(out[i]) > len(out[j]) })
+	return out
+}
+
 // redactedError is an error whose text has the URL's secrets removed; errors.Is
 // and errors.As still see the error it was made from.
 type redactedError struct {
@@ -219,6 +293,15 @@ func RedactError(err error, rawURL string) error {
 	}
 	msg := err.Error()
 	clean := msg
+	// First the whole URL, as written and as a URL parser writes it again
+	// (an adapter may quote the URL it was given): a password cut in two by
+	// that re-encoding would otherwise leave its pieces.
+	shownURL := RedactFor(rawURL, err)
+	for _, full := range urlForms(rawURL) {
+		q := strconv.Quote(full)
+		clean = strings.ReplaceAll(clean, q[1:len(q)-1], shownURL)
+		clean = strings.ReplaceAll(clean, full, shownURL)
+	}
 	// Keep the user name of an already redacted "user:xxxxx@" readable when
 	// the password is (a part of) it: user names are shown by design.
 	const keep = "\x00omnibus-user\x00"

@@ -167,7 +167,11 @@ func passwordPlace(shape string) bool {
 			return true
 		}
 		before, after := rest[:i], rest[i+2:]
-		inUserinfo := strings.HasSuffix(before, ":") && strings.Contains(after, "@") && !strings.ContainsAny(before[strings.Index(before, "://")+3:], "@:/?#") || isUserinfo(before, after)
+		auth := before
+		if i := strings.Index(before, "://"); i >= 0 {
+			auth = before[i+3:]
+		}
+		inUserinfo := strings.HasSuffix(before, ":") && strings.Contains(after, "@") && !strings.ContainsAny(strings.TrimSuffix(auth, ":"), "@:/?#") || isUserinfo(before, after)
 		if !inUserinfo && !secretParamBefore(before) {
 			return false
 		}
