@@ -210,6 +210,13 @@ func secrets(rawURL string, hide map[string]bool) []string {
 		switch {
 		case part.password:
 			raw = append(raw, part.text)
+			// A parser cuts a password with unescaped delimiters into
+			// pieces that an error may quote one by one.
+			for _, piece := range strings.FieldsFunc(part.text, func(r rune) bool { return strings.ContainsRune(":?#/@&;=", r) }) {
+				if len(piece) >= 4 {
+					raw = append(raw, piece)
+				}
+			}
 		case part.query:
 			for k, p := range splitPairs(part.text) {
 				if k == 0 && part.continued {
