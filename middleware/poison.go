@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/router"
@@ -90,8 +92,12 @@ func (e *ensureGroup) run(ctx context.Context, pub router.Publisher, topic, grou
 // -error (the error text; for a panic it includes the stack), -original-topic,
 // -handler, -attempts, -first-failed-at and -failed-at (RFC 3339, UTC).
 //
-// If the publish fails, Poison returns an error, so the router nacks the
-// message: it is never dropped.
+// The error text is valid UTF-8, cut on a rune boundary at 16 KiB. When the
+// poison topic refuses the record as invalid (ErrInvalid: a header the
+// broker cannot carry), Poison publishes MinimalPoisonRecord instead, so the
+// message is not redelivered and failed forever. If a publish fails
+// otherwise, Poison returns an error, so the router nacks the message: it is
+// never dropped.
 func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Middleware {
 	var o PoisonOptions
 	if len(opts) > 0 {
@@ -114,7 +120,17 @@ func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Mi
 			pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.PublishTimeout)
 			defer cancel()
 			ensure.run(pctx, pub, topic, o.ReaderGroup)
-			if perr := pub.Publish(pctx, topic, pm); perr != nil {
+			perr := pub.Publish(pctx, topic, pm)
+			if errors.Is(perr, pubsub.ErrInvalid) {
+				// The broker refuses the record itself (a header it cannot
+				// carry, say): nacking would run the handler again and again.
+				// Publish the minimal record instead.
+				logger(ctx).Warn("middleware: poison: the poison topic refused the full record; publishing a minimal one",
+					"id", m.ID, "topic", m.Topic, "poison_topic", topic, "error", perr)
+				pm = MinimalPoisonRecord(pm, perr)
+				perr = pub.Publish(pctx, topic, pm)
+			}
+			if perr != nil {
 				return fmt.Errorf("middleware: poison: moving message %q to %q failed, nacking it: %w (handler error: %v)", m.ID, topic, perr, err)
 			}
 			logger(ctx).Warn("middleware: message moved to the poison topic",
@@ -142,10 +158,7 @@ func PoisonRecord(m *pubsub.Message, err error, handler string, now time.Time) *
 	if errors.As(err, &pe) {
 		reason = ReasonPanic
 	}
-	text := err.Error()
-	if len(text) > maxErrorLen {
-		text = text[:maxErrorLen] + "…(truncated)"
-	}
+	text := truncateText(err.Error(), maxErrorLen)
 	pm := &pubsub.Message{ID: m.ID, Key: m.Key, Payload: m.Payload, Metadata: make(map[string]string, len(m.Metadata)+7)}
 	for k, v := range m.Metadata {
 		pm.Metadata[k] = v
@@ -153,12 +166,51 @@ func PoisonRecord(m *pubsub.Message, err error, handler string, now time.Time) *
 	delete(pm.Metadata, pubsub.MetaAttempt)
 	pm.Metadata[MetaPoisonReason] = reason
 	pm.Metadata[MetaPoisonError] = text
-	pm.Metadata[MetaPoisonOriginalTopic] = m.Topic
-	pm.Metadata[MetaPoisonHandler] = handler
+	pm.Metadata[MetaPoisonOriginalTopic] = strings.ToValidUTF8(m.Topic, "\uFFFD")
+	pm.Metadata[MetaPoisonHandler] = strings.ToValidUTF8(handler, "\uFFFD")
 	pm.Metadata[MetaPoisonAttempts] = strconv.Itoa(attempts)
 	pm.Metadata[MetaPoisonFirstFailedAt] = first.UTC().Format(time.RFC3339Nano)
 	pm.Metadata[MetaPoisonFailedAt] = now.UTC().Format(time.RFC3339Nano)
 	return pm
+}
+
+// MetaPoisonDropped names, in a minimal poison record, why the original
+// metadata was left out.
+const MetaPoisonDropped = "omnibus-poison-dropped"
+
+// minimalErrorLen bounds the error text of a minimal record.
+const minimalErrorLen = 1 << 10
+
+// MinimalPoisonRecord returns the record Poison publishes when the poison
+// topic refused full (with ErrInvalid, refused): the ID, Key and Payload,
+// the fault record with the error text cut to 1 KiB, and
+// omnibus-poison-dropped saying that the original metadata was left out and
+// why.
+func MinimalPoisonRecord(full *pubsub.Message, refused error) *pubsub.Message {
+	md := make(map[string]string, 8)
+	for _, k := range []string{MetaPoisonReason, MetaPoisonError, MetaPoisonOriginalTopic, MetaPoisonHandler,
+		MetaPoisonAttempts, MetaPoisonFirstFailedAt, MetaPoisonFailedAt} {
+		if v, ok := full.Metadata[k]; ok {
+			md[k] = strings.ToValidUTF8(v, "\uFFFD")
+		}
+	}
+	md[MetaPoisonError] = truncateText(md[MetaPoisonError], minimalErrorLen)
+	md[MetaPoisonDropped] = truncateText("original metadata left out: the poison topic refused the full record: "+refused.Error(), minimalErrorLen)
+	return &pubsub.Message{ID: full.ID, Key: full.Key, Payload: full.Payload, Metadata: md}
+}
+
+// truncateText returns s as valid UTF-8 (invalid bytes become U+FFFD) cut to
+// at most max bytes on a rune boundary, marked when cut.
+func truncateText(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(truncated)"
 }
 
 // logger returns the router's logger from ctx, or slog.Default().

@@ -30,6 +30,9 @@
 //	);
 //	CREATE INDEX IF NOT EXISTS "omnibus_outbox_txid_id" ON "omnibus_outbox" (txid, id);
 //
+// and its quarantine table, "omnibus_outbox_quarantine": the same columns
+// (metadata as TEXT, no txid) plus reason and quarantined_at.
+//
 // On SQLite the same columns without txid: id INTEGER PRIMARY KEY
 // AUTOINCREMENT, payload BLOB, metadata TEXT (JSON), created_at INTEGER
 // (Unix microseconds).
@@ -100,9 +103,13 @@
 // with middleware.Dedup). A failed publish (or a partial one) keeps the rows
 // and retries after an exponential backoff with full jitter
 // (RelayOptions.RetryMin..RetryMax); a database error drops the session and
-// reconnects. A row the broker refuses forever (say, a payload over its
-// size limit) is retried and logged until an operator removes it: it is
-// never skipped silently.
+// reconnects. A row that can never be relayed (metadata that is not a JSON
+// object of strings, an invalid topic or message ID, a message the client
+// rejects with pubsub.ErrInvalid such as a payload over the broker's limit)
+// is moved to the quarantine table (Store.QuarantineTable: the outbox's
+// name plus QuarantineSuffix, created by Migrate) with the reason, and
+// logged at Error; the rows behind it go on. A row refused with any other
+// error is retried and logged: it is never skipped silently.
 //
 // Wake-ups: a LISTEN connection per relay (NOTIFY on commit); while it is
 // down, or where there is none (SQLite), the relay polls every

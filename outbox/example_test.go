@@ -128,4 +128,5 @@ func ExampleStore_DDL() {
 	}
 	// Output:
 	// CREATE TABLE IF NOT EXISTS "app_outbox"
+	// CREATE TABLE IF NOT EXISTS "app_outbox_quarantine"
 }

@@ -17,6 +17,7 @@ require (
 	github.com/mattn/go-isatty v0.0.24 // indirect
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/remyoudompheng/bigfft v0.0.0-20230129092748-24d4a6f8daec // indirect
+	github.com/stretchr/testify v1.12.1 // indirect
 	golang.org/x/sync v0.25.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.44.0 // indirect
@@ -32,5 +33,6 @@ require (
 
 replace (
 	github.com/omnibusmq/omnibus => ..
+	github.com/omnibusmq/omnibus/adapters/postgres => ../adapters/postgres
 	github.com/omnibusmq/omnibus/middleware/pgdedup => ../middleware/pgdedup
 )

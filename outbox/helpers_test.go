@@ -90,6 +90,33 @@ type env struct {
 	begin func(ctx context.Context) (*txn, error)
 	// rows counts the table's rows straight from the database.
 	rows func(t testing.TB) int
+	// quarantined returns "msg_id: reason" of every quarantined row, by id.
+	quarantined func(t testing.TB) []string
+}
+
+const quarantineQuery = `SELECT msg_id || ': ' || reason FROM %s ORDER BY id`
+
+func scanStrings(t testing.TB, rs interface {
+	Next() bool
+	Scan(...any) error
+	Err() error
+}, err error) []string {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("query: %v", err)
+	}
+	var out []string
+	for rs.Next() {
+		var s string
+		if err := rs.Scan(&s); err != nil {
+			t.Fatalf("scan: %v", err)
+		}
+		out = append(out, s)
+	}
+	if err := rs.Err(); err != nil {
+		t.Fatalf("rows: %v", err)
+	}
+	return out
 }
 
 func newEnv(t testing.TB, backend string) *env {
@@ -132,7 +159,16 @@ func newEnv(t testing.TB, backend string) *env {
 			}
 			return n
 		}
-		t.Cleanup(func() { _, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+s.w.t.quoted()) })
+		e.quarantined = func(t testing.TB) []string {
+			rs, err := pool.Query(ctx, fmt.Sprintf(quarantineQuery, s.w.t.quarantined()))
+			if err == nil {
+				defer rs.Close()
+			}
+			return scanStrings(t, rs, err)
+		}
+		t.Cleanup(func() {
+			_, _ = pool.Exec(context.Background(), `DROP TABLE IF EXISTS `+s.w.t.quoted()+`, `+s.w.t.quarantined())
+		})
 	case "postgres-sql", "sqlite":
 		var db *sql.DB
 		d := Postgres
@@ -176,8 +212,15 @@ func newEnv(t testing.TB, backend string) *env {
 			}
 			return n
 		}
+		e.quarantined = func(t testing.TB) []string {
+			rs, err := db.QueryContext(ctx, fmt.Sprintf(quarantineQuery, s.w.t.quarantined()))
+			if err == nil {
+				defer rs.Close()
+			}
+			return scanStrings(t, rs, err)
+		}
 		if d == Postgres {
-			t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + s.w.t.quoted()) })
+			t.Cleanup(func() { _, _ = db.Exec(`DROP TABLE IF EXISTS ` + s.w.t.quoted() + `, ` + s.w.t.quarantined()) })
 		}
 	default:
 		t.Fatalf("unknown backend %q", backend)

@@ -13,8 +13,8 @@ import (
 
 // pgQueries are the relay's Postgres statements for one table.
 type pgQueries struct {
-	lock, fetch, held, remove, lag, listen, migrateLock string
-	migrateKey                                          int64
+	lock, fetch, held, remove, quarantine, lag, listen, migrateLock string
+	migrateKey                                                      int64
 }
 
 func newPgQueries(t table) pgQueries {
@@ -29,8 +29,12 @@ func newPgQueries(t table) pgQueries {
 		fetch: `SELECT id, topic, msg_id, msg_key, payload, metadata::text FROM ` + q + `
 WHERE txid < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY txid, id LIMIT $1`,
-		held:        `SELECT EXISTS (SELECT 1 FROM ` + q + ` WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))`,
-		remove:      `DELETE FROM ` + q + ` WHERE id = ANY($1)`,
+		held:   `SELECT EXISTS (SELECT 1 FROM ` + q + ` WHERE txid >= pg_snapshot_xmin(pg_current_snapshot()))`,
+		remove: `DELETE FROM ` + q + ` WHERE id = ANY($1)`,
+		quarantine: `WITH moved AS (DELETE FROM ` + q + ` WHERE id = $1
+    RETURNING id, topic, msg_id, msg_key, payload, metadata::text AS metadata, created_at)
+INSERT INTO ` + t.quarantined() + ` (id, topic, msg_id, msg_key, payload, metadata, created_at, reason)
+SELECT id, topic, msg_id, msg_key, payload, metadata, created_at, $2 FROM moved`,
 		lag:         `SELECT count(*), min(created_at), COALESCE(EXTRACT(EPOCH FROM clock_timestamp() - min(created_at)), 0)::float8 FROM ` + q,
 		listen:      `LISTEN "` + t.raw + `"`,
 		migrateLock: `SELECT pg_advisory_xact_lock($1)`,
@@ -158,6 +162,11 @@ func scanRows(rs pgx.Rows, err error) ([]row, error) {
 
 func (s *pgxSession) remove(ctx context.Context, ids []int64) error {
 	_, err := s.c.Exec(ctx, s.b.q.remove, ids)
+	return err
+}
+
+func (s *pgxSession) quarantine(ctx context.Context, id int64, reason string) error {
+	_, err := s.c.Exec(ctx, s.b.q.quarantine, id, reason)
 	return err
 }
 

@@ -78,7 +78,7 @@ SELECT pg_notify($1, '')`
 }
 
 func (w *writer) publish(ctx context.Context, tx any, topic string, msgs []*pubsub.Message) error {
-	if err := validTopic(topic); err != nil {
+	if err := pubsub.ValidateTopic(topic); err != nil {
 		return fmt.Errorf("outbox: publish: %w", err)
 	}
 	if tx == nil {

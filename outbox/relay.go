@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,6 +36,10 @@ type RelayOptions struct {
 	// LagLogInterval is how often the leader logs the backlog (Lag) at
 	// Info. Default 1m; negative disables it.
 	LagLogInterval time.Duration
+	// ErrorLogInterval is how often a failure that lasts (the database or
+	// the broker unreachable) is logged again while the relay retries; its
+	// start is logged at once. Default 1m.
+	ErrorLogInterval time.Duration
 	// Logger receives the relay's logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -54,6 +59,11 @@ func (o RelayOptions) validate() (RelayOptions, error) {
 		return bad("RetryMin", o.RetryMin, "negative")
 	case o.RetryMax < 0:
 		return bad("RetryMax", o.RetryMax, "negative")
+	case o.ErrorLogInterval < 0:
+		return bad("ErrorLogInterval", o.ErrorLogInterval, "negative")
+	}
+	if o.ErrorLogInterval == 0 {
+		o.ErrorLogInterval = time.Minute
 	}
 	if o.BatchSize == 0 {
 		o.BatchSize = 1000
@@ -96,7 +106,11 @@ func (o RelayOptions) validate() (RelayOptions, error) {
 //   - of all relays on one table only the leader (pg_try_advisory_lock)
 //     forwards; the others stand by and take over when its connection ends;
 //   - a failed publish or database error is logged and retried with backoff,
-//     never skipped.
+//     never skipped;
+//   - a row that can never be relayed (metadata that is not a JSON object of
+//     strings, an invalid topic or message ID, a message the client rejects
+//     with pubsub.ErrInvalid) is moved to the quarantine table with the
+//     reason and logged at Error; the rows behind it go on.
 type Relay struct {
 	store  *Store
 	client *pubsub.Client
@@ -104,6 +118,7 @@ type Relay struct {
 	log    *slog.Logger
 
 	wake      chan struct{}
+	failures  *failureLog
 	listening atomic.Bool
 	running   atomic.Bool
 	leader    atomic.Bool
@@ -125,10 +140,11 @@ func NewRelay(store *Store, client *pubsub.Client, opts RelayOptions) (*Relay, e
 	if err != nil {
 		return nil, err
 	}
+	log := o.Logger.With("component", "outbox.relay", "table", store.Table())
 	return &Relay{
-		store: store, client: client, o: o,
-		log:  o.Logger.With("component", "outbox.relay", "table", store.Table()),
-		wake: make(chan struct{}, 1),
+		store: store, client: client, o: o, log: log,
+		wake:     make(chan struct{}, 1),
+		failures: &failureLog{log: log, interval: o.ErrorLogInterval},
 	}, nil
 }
 
@@ -150,9 +166,12 @@ func (r *Relay) poke() {
 }
 
 // Run forwards rows until ctx ends, then returns nil. Database and broker
-// failures are logged and retried with backoff; Run returns an error only
-// when the client is closed (wrapping pubsub.ErrClosed) or when Run is
-// already running on this Relay. A batch in flight when ctx ends is not
+// failures are retried with backoff, logged when they start and then every
+// ErrorLogInterval while they last. Run returns an error when the client is
+// closed (wrapping pubsub.ErrClosed), when Run is already running on this
+// Relay, and when the database refuses for good — the table or a column is
+// missing, authentication fails, the database does not exist, a privilege
+// is missing — wrapping pubsub.ErrPermanent and saying which. A batch in flight when ctx ends is not
 // deleted and will be sent again by the next leader.
 func (r *Relay) Run(ctx context.Context) error {
 	if !r.running.CompareAndSwap(false, true) {
@@ -182,8 +201,12 @@ func (r *Relay) Run(ctx context.Context) error {
 			return fmt.Errorf("outbox: relay on table %s: %w", r.store.Table(), err)
 		}
 		if err != nil && ctx.Err() == nil {
+			if why := permanentDBError(err); why != "" {
+				r.log.Error("outbox relay: stopping: "+why, "error", err)
+				return pubsub.Permanent(fmt.Errorf("outbox: relay on table %s: %s: %w", r.store.Table(), why, err))
+			}
 			d := bo.next()
-			r.log.Warn("outbox relay: database error, reconnecting", "error", err, "backoff", d)
+			r.failures.failed("outbox relay: database error, reconnecting", err, d)
 			if !wait.Sleep(ctx, d) {
 				break
 			}
@@ -245,14 +268,14 @@ func (r *Relay) lead(ctx context.Context, bo *backoff) error {
 				return err
 			}
 			d := bo.next()
-			r.log.Error("outbox relay: publish failed; rows stay in the outbox and will be retried",
-				"error", err, "backoff", d)
+			r.failures.failed("outbox relay: publish failed; rows stay in the outbox", err, d)
 			if !wait.Sleep(ctx, d) {
 				return nil
 			}
 			continue
 		}
 		bo.reset()
+		r.failures.ok()
 		if n == r.o.BatchSize {
 			eager, armed = 0, false
 			continue // more may be ready now
@@ -321,6 +344,12 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 	var groups []*group
 	byTopic := map[string]*group{}
 	for _, rw := range rows {
+		if rw.bad != nil {
+			if err := r.quarantine(ctx, s, rw.id, rw.msg.ID, rw.topic, rw.bad); err != nil {
+				return 0, false, err
+			}
+			continue
+		}
 		g := byTopic[rw.topic]
 		if g == nil {
 			g = &group{topic: rw.topic}
@@ -346,6 +375,16 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 	var done []int64
 	var errs []error
 	for _, g := range groups {
+		if errors.Is(g.err, pubsub.ErrInvalid) {
+			// Some message of the topic (or the topic itself) can never be
+			// published: find it by publishing one at a time, in order.
+			ok, err := r.publishEach(ctx, s, g.topic, g.msgs, g.ids)
+			done = append(done, ok...)
+			if err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
 		if g.err != nil {
 			errs = append(errs, fmt.Errorf("%d row(s) (ids %d..%d) to topic %q: %w", len(g.ids), g.ids[0], g.ids[len(g.ids)-1], g.topic, g.err))
 			continue
@@ -365,15 +404,51 @@ func (r *Relay) forwardBatch(ctx context.Context, s session) (int, bool, error) 
 	return len(rows), held, nil
 }
 
+// publishEach publishes msgs one at a time, in order, and moves every row
+// the client rejects as invalid to the quarantine table. It stops at the
+// first other failure (a publishError; the rest stay in the outbox) or
+// quarantine failure, and returns the ids published.
+func (r *Relay) publishEach(ctx context.Context, s session, topic string, msgs []*pubsub.Message, ids []int64) ([]int64, error) {
+	var done []int64
+	for i, m := range msgs {
+		err := r.client.Publish(ctx, topic, m)
+		switch {
+		case err == nil:
+			done = append(done, ids[i])
+		case errors.Is(err, pubsub.ErrInvalid):
+			if qerr := r.quarantine(ctx, s, ids[i], m.ID, topic, err); qerr != nil {
+				return done, qerr
+			}
+		default:
+			return done, &publishError{fmt.Errorf("row %d to topic %q: %w", ids[i], topic, err)}
+		}
+	}
+	return done, nil
+}
+
+// quarantine moves a row that can never be relayed to the quarantine table,
+// with the reason, and logs it.
+func (r *Relay) quarantine(ctx context.Context, s session, id int64, msgID, topic string, why error) error {
+	reason := strings.ReplaceAll(strings.ToValidUTF8(why.Error(), "\uFFFD"), "\x00", "")
+	if err := s.quarantine(ctx, id, reason); err != nil {
+		return fmt.Errorf("move malformed row %d to %s (run Migrate to create it): %w", id, r.store.QuarantineTable(), err)
+	}
+	r.log.Error("outbox relay: row cannot be relayed; moved to the quarantine table",
+		"row", id, "msg_id", msgID, "topic", topic, "reason", reason, "quarantine", r.store.QuarantineTable())
+	return nil
+}
+
 // listenLoop keeps a LISTEN connection up; while it is down the relay
 // polls every PollInterval.
 func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, func()) error) {
 	bo := r.newBackoff()
+	failures := &failureLog{log: r.log, interval: r.o.ErrorLogInterval}
 	for ctx.Err() == nil {
 		err := listen(ctx, func() {
 			if !r.listening.Load() {
 				r.listening.Store(true)
 				bo.reset()
+				failures.ok()
 				if r.onListen != nil {
 					r.onListen()
 				}
@@ -389,8 +464,7 @@ func (r *Relay) listenLoop(ctx context.Context, listen func(context.Context, fun
 			return
 		}
 		d := bo.next()
-		r.log.Warn("outbox relay: listen connection failed; polling every PollInterval until it is back",
-			"error", err, "poll_interval", r.o.PollInterval, "backoff", d)
+		failures.failed("outbox relay: listen connection failed; polling every "+r.o.PollInterval.String()+" until it is back", err, d)
 		if !wait.Sleep(ctx, d) {
 			return
 		}

@@ -165,6 +165,29 @@ func (s *sqlSession) remove(ctx context.Context, ids []int64) error {
 	return nil
 }
 
+func (s *sqlSession) quarantine(ctx context.Context, id int64, reason string) error {
+	if s.b.d == Postgres {
+		_, err := s.c.ExecContext(ctx, s.b.pg.quarantine, id, reason)
+		return err
+	}
+	tx, err := s.c.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = tx.Rollback() }()
+	t := s.b.t.quoted()
+	if _, err := tx.ExecContext(ctx, `INSERT INTO `+s.b.t.quarantined()+`
+(id, topic, msg_id, msg_key, payload, metadata, created_at, reason, quarantined_at)
+SELECT id, topic, msg_id, msg_key, payload, metadata, created_at, ?, ? FROM `+t+` WHERE id = ?`,
+		reason, time.Now().UnixMicro(), id); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+t+` WHERE id = ?`, id); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
 func (s *sqlSession) close() {
 	if s.leadKey != "" {
 		sqliteLeaders.Lock()

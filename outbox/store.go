@@ -69,6 +69,9 @@ type session interface {
 	fetch(ctx context.Context, n int) (rows []row, heldBack bool, err error)
 	// remove deletes relayed rows.
 	remove(ctx context.Context, ids []int64) error
+	// quarantine moves one row to the quarantine table with the reason, in
+	// one transaction.
+	quarantine(ctx context.Context, id int64, reason string) error
 	close()
 }
 
@@ -77,6 +80,7 @@ type row struct {
 	id    int64
 	topic string
 	msg   *pubsub.Message
+	bad   error // why the row cannot be decoded; it goes to the quarantine
 }
 
 // rowCursor is what pgx.Rows and *sql.Rows share for reading outbox rows.
@@ -101,23 +105,28 @@ func readRows(rs rowCursor) ([]row, error) {
 		if err := rs.Scan(&id, &topic, &msgID, &key, &payload, &meta); err != nil {
 			return nil, err
 		}
-		r, err := decodeRow(id, topic, msgID, key, payload, meta)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
+		out = append(out, decodeRow(id, topic, msgID, key, payload, meta))
 	}
 	return out, rs.Err()
 }
 
-func decodeRow(id int64, topic, msgID, key string, payload []byte, meta *string) (row, error) {
+// decodeRow turns the columns of one row into a message; a row that cannot
+// be relayed as it is has bad set to the reason.
+func decodeRow(id int64, topic, msgID, key string, payload []byte, meta *string) row {
 	m := &pubsub.Message{ID: msgID, Key: key, Payload: payload}
-	if meta != nil && *meta != "" {
+	r := row{id: id, topic: topic, msg: m}
+	if meta != nil && *meta != "" && *meta != "null" {
 		if err := json.Unmarshal([]byte(*meta), &m.Metadata); err != nil {
-			return row{}, fmt.Errorf("row %d (message %q): metadata is not a JSON object of strings: %w", id, msgID, err)
+			r.bad = fmt.Errorf("metadata is not a JSON object of strings: %w", err)
+			return r
 		}
 	}
-	return row{id: id, topic: topic, msg: m}, nil
+	if err := pubsub.ValidateTopic(topic); err != nil {
+		r.bad = fmt.Errorf("topic: %w", err)
+	} else if msgID == "" {
+		r.bad = fmt.Errorf("msg_id is empty: %w", pubsub.ErrInvalid)
+	}
+	return r
 }
 
 // NewPgxStore returns the outbox Store of a PostgreSQL database reached
@@ -168,6 +177,10 @@ func NewSQLStore(db *sql.DB, d Dialect, opts StoreOptions) (*Store, error) {
 
 // Table returns the table name as configured (also the NOTIFY channel).
 func (s *Store) Table() string { return s.w.t.raw }
+
+// QuarantineTable returns the name of the table where the relay moves rows
+// it cannot relay: the outbox table's name with QuarantineSuffix.
+func (s *Store) QuarantineTable() string { return s.w.t.raw + QuarantineSuffix }
 
 // Dialect returns the store's SQL dialect.
 func (s *Store) Dialect() Dialect { return s.w.d }

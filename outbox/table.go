@@ -103,6 +103,17 @@ func (t table) lockKey() int64 {
 	return int64(h.Sum64())
 }
 
+// QuarantineSuffix is appended to the outbox table's name to name its
+// quarantine table: where the relay moves a row it cannot relay.
+const QuarantineSuffix = "_quarantine"
+
+// quarantined returns the quarantine table as a quoted SQL identifier.
+func (t table) quarantined() string {
+	q := t
+	q.name += QuarantineSuffix
+	return q.quoted()
+}
+
 // ddl returns the statements that create the outbox table and its index.
 func ddl(d Dialect, t table) []string {
 	q := t.quoted()
@@ -116,6 +127,16 @@ func ddl(d Dialect, t table) []string {
     payload    BLOB    NOT NULL,
     metadata   TEXT,                               -- JSON object, NULL when empty
     created_at INTEGER NOT NULL                    -- Unix microseconds
+)`, `CREATE TABLE IF NOT EXISTS ` + t.quarantined() + ` (
+    id             INTEGER PRIMARY KEY,            -- the row's id in the outbox
+    topic          TEXT    NOT NULL,
+    msg_id         TEXT    NOT NULL,
+    msg_key        TEXT    NOT NULL,
+    payload        BLOB    NOT NULL,
+    metadata       TEXT,                           -- as it was, valid or not
+    created_at     INTEGER NOT NULL,
+    reason         TEXT    NOT NULL,               -- why the relay could not relay it
+    quarantined_at INTEGER NOT NULL                -- Unix microseconds
 )`}
 	default:
 		return []string{`CREATE TABLE IF NOT EXISTS ` + q + ` (
@@ -129,23 +150,17 @@ func ddl(d Dialect, t table) []string {
     created_at TIMESTAMPTZ NOT NULL DEFAULT now()
 )`,
 			`CREATE INDEX IF NOT EXISTS ` + t.quotedIndex() + ` ON ` + q + ` (txid, id)`,
+			`CREATE TABLE IF NOT EXISTS ` + t.quarantined() + ` (
+    id             BIGINT      PRIMARY KEY,                      -- the row's id in the outbox
+    topic          TEXT        NOT NULL,
+    msg_id         TEXT        NOT NULL,
+    msg_key        TEXT        NOT NULL,
+    payload        BYTEA       NOT NULL,
+    metadata       TEXT,                                         -- as it was, valid or not
+    created_at     TIMESTAMPTZ NOT NULL,
+    reason         TEXT        NOT NULL,                         -- why the relay could not relay it
+    quarantined_at TIMESTAMPTZ NOT NULL DEFAULT now()
+)`,
 		}
 	}
-}
-
-// validTopic applies pubsub's topic rules at Publish time, so that a row the
-// relay could never publish is refused in the writer's transaction instead.
-func validTopic(topic string) error {
-	if topic == "" {
-		return fmt.Errorf("topic is empty: %w", pubsub.ErrInvalid)
-	}
-	if len(topic) > 249 {
-		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:32]+"...", len(topic), pubsub.ErrInvalid)
-	}
-	for _, r := range topic {
-		if r < 0x21 || r == 0x7f {
-			return fmt.Errorf("topic %q contains a space or control character: %w", topic, pubsub.ErrInvalid)
-		}
-	}
-	return nil
 }

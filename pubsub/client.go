@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -96,7 +97,7 @@ type Capabilities = driver.Capabilities
 // Publish that failed with a context error. Messages whose send had not
 // started when ctx ended are never sent.
 func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) error {
-	if err := validTopic(topic); err != nil {
+	if err := ValidateTopic(topic); err != nil {
 		return fmt.Errorf("pubsub: publish: %w", err)
 	}
 	if len(msgs) == 0 {
@@ -187,15 +188,26 @@ func (c *Client) batcher(topic string) (*batcher, error) {
 	return b, nil
 }
 
-func validTopic(topic string) error {
+// ValidateTopic reports whether topic (or a group name) is one every adapter
+// accepts: non-empty, at most 249 bytes, valid UTF-8, no space, NUL or other
+// control character. Publish and Subscribe check it before anything reaches
+// the broker; the error wraps ErrInvalid.
+func ValidateTopic(topic string) error {
 	if topic == "" {
 		return fmt.Errorf("topic is empty: %w", ErrInvalid)
 	}
-	if len(topic) > 249 {
-		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:32]+"...", len(topic), ErrInvalid)
+	if !utf8.ValidString(topic) {
+		return fmt.Errorf("topic %q is not valid UTF-8: %w", topic, ErrInvalid)
 	}
-	for i := 0; i < len(topic); i++ { // bytes: every byte of a multi-byte rune is >= 0x80
-		if c := topic[i]; c < 0x21 || c == 0x7f {
+	if len(topic) > 249 {
+		cut := 32
+		for !utf8.RuneStart(topic[cut]) {
+			cut--
+		}
+		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:cut]+"...", len(topic), ErrInvalid)
+	}
+	for _, r := range topic {
+		if r < 0x21 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
 			return fmt.Errorf("topic %q contains a space or control character: %w", topic, ErrInvalid)
 		}
 	}
@@ -206,7 +218,7 @@ func validTopic(topic string) error {
 // group compete for messages and distinct groups each get every message;
 // without it the subscription is an anonymous group of its own.
 func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeOption) (*Subscription, error) {
-	if err := validTopic(topic); err != nil {
+	if err := ValidateTopic(topic); err != nil {
 		return nil, fmt.Errorf("pubsub: subscribe: %w", err)
 	}
 	so := subscribeOptions{prefetch: 64, ackFlush: time.Millisecond}
@@ -217,7 +229,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 		return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, so.err)
 	}
 	if so.group != "" {
-		if err := validTopic(so.group); err != nil {
+		if err := ValidateTopic(so.group); err != nil {
 			return nil, fmt.Errorf("pubsub: subscribe to %q: group: %w", topic, err)
 		}
 	}
@@ -243,6 +255,24 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 	c.subs[s] = struct{}{}
 	c.mu.Unlock()
 	return s, nil
+}
+
+// DeleteTopic removes topic with its consumer groups (at least those named)
+// and their waiting messages, where the adapter can (driver.TopicDeleter);
+// otherwise it returns an error wrapping ErrUnsupported. It is for
+// throwaway topics: close their subscriptions first.
+func (c *Client) DeleteTopic(ctx context.Context, topic string, groups ...string) error {
+	if err := ValidateTopic(topic); err != nil {
+		return fmt.Errorf("pubsub: delete topic: %w", err)
+	}
+	td, ok := c.drv.(driver.TopicDeleter)
+	if !ok {
+		return fmt.Errorf("pubsub: delete topic %q: the adapter cannot delete topics: %w", topic, ErrUnsupported)
+	}
+	if err := td.DeleteTopic(ctx, topic, groups); err != nil {
+		return fmt.Errorf("pubsub: delete topic %q: %w", topic, err)
+	}
+	return nil
 }
 
 func (c *Client) forget(s *Subscription) {

@@ -68,7 +68,9 @@ func TestRedactHidesPasswords(t *testing.T) {
 		"amqp://guest:s3cret@localhost:5672/":         "amqp://guest:xxxxx@localhost:5672/",
 		"kafka://h:9092?sasl_password=hunter2&x=1":    "kafka://h:9092?sasl_password=xxxxx&x=1",
 		"postgres://u@h/db?sslmode=disable":           "postgres://u@h/db?sslmode=disable",
-		"kafka://h:9092?sasl_user=bob&sasl_pass=pw99": "kafka://h:9092?sasl_pass=xxxxx&sasl_user=bob",
+		"kafka://h:9092?sasl_user=bob&sasl_pass=pw99": "kafka://h:9092?sasl_user=bob&sasl_pass=xxxxx",
+		"amqp://guest:pw99#x@h/":                      "amqp://guest:xxxxx@h/",
+		"kafka://h:9092?sasl_pasword=pw99":            "kafka://h:9092?sasl_pasword=xxxxx",
 	}
 	for in, want := range cases {
 		if got := pubsub.Redact(in); got != want {

@@ -60,7 +60,7 @@ var capabilityNames = map[string]func(driver.Capabilities) bool{
 func Open(ctx context.Context, rawURL string, opts ...ClientOption) (*Client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return nil, fmt.Errorf("pubsub: open: bad URL %q: %v: %w", Redact(rawURL), redactErr(err, rawURL), ErrInvalid)
+		return nil, fmt.Errorf("pubsub: open %q: cannot parse the URL: %s: %w", Redact(rawURL), parseProblem(err), ErrInvalid)
 	}
 	if u.Scheme == "" {
 		return nil, fmt.Errorf("pubsub: open %q: URL has no scheme (registered: %s): %w", Redact(rawURL), strings.Join(Schemes(), ", "), ErrInvalid)
@@ -72,7 +72,10 @@ func Open(ctx context.Context, rawURL string, opts ...ClientOption) (*Client, er
 		return nil, fmt.Errorf("pubsub: open %q: unknown scheme %q (registered: %s; import the adapter or github.com/omnibusmq/omnibus/adapters/all): %w",
 			Redact(rawURL), u.Scheme, strings.Join(Schemes(), ", "), ErrInvalid)
 	}
-	q := u.Query()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: open %q: cannot parse the query: %s: %w", Redact(rawURL), parseProblem(err), ErrInvalid)
+	}
 	var required []string
 	if r := q.Get("require"); r != "" {
 		for _, name := range strings.Split(r, ",") {
@@ -91,7 +94,7 @@ func Open(ctx context.Context, rawURL string, opts ...ClientOption) (*Client, er
 	u.RawQuery = q.Encode()
 	drv, err := open(ctx, u.String())
 	if err != nil {
-		return nil, fmt.Errorf("pubsub: open %s: %w", Redact(rawURL), err)
+		return nil, fmt.Errorf("pubsub: open %s: %w", RedactFor(rawURL, err), RedactError(err, rawURL))
 	}
 	caps := drv.Capabilities()
 	var missing []string
@@ -114,43 +117,5 @@ func sortedCapNames() []string {
 		s = append(s, k)
 	}
 	sort.Strings(s)
-	return s
-}
-
-// Redact returns rawURL with any password (in the user info or in a
-// password/secret-like query parameter) replaced by "xxxxx". Every URL that
-// omnibus prints goes through it.
-func Redact(rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return "<unparseable URL>"
-	}
-	changed := false
-	if u.User != nil {
-		if _, has := u.User.Password(); has {
-			u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			changed = true
-		}
-	}
-	q := u.Query()
-	for k := range q {
-		lk := strings.ToLower(k)
-		if strings.Contains(lk, "password") || strings.Contains(lk, "secret") || strings.Contains(lk, "token") || lk == "sasl_pass" {
-			q.Set(k, "xxxxx")
-			changed = true
-		}
-	}
-	if !changed {
-		return rawURL
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
-func redactErr(err error, rawURL string) string {
-	s := err.Error()
-	if rawURL != "" {
-		s = strings.ReplaceAll(s, rawURL, Redact(rawURL))
-	}
 	return s
 }

@@ -67,7 +67,8 @@ var named = struct {
 func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return nil, fmt.Errorf("mem: %w", err)
+		// url.Parse's error quotes parts of the URL: name none.
+		return nil, fmt.Errorf("mem: cannot parse the URL: %w", driver.ErrInvalid)
 	}
 	p := driver.NewParams(Scheme, u.Query())
 	opts := Options{

@@ -211,8 +211,7 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	u.RawQuery = pass.Encode()
 	cfg, err := pgxpool.ParseConfig(u.String())
 	if err != nil {
-		// pgconn redacts the password in its parse errors.
-		return nil, fmt.Errorf("postgres: parse connection URL %s: %v: %w", pubsub.Redact(raw), err, driver.ErrInvalid)
+		return nil, fmt.Errorf("postgres: parse connection URL %s: %v: %w", pubsub.Redact(raw), pubsub.RedactError(err, raw), driver.ErrInvalid)
 	}
 	if !pass.Has("connect_timeout") {
 		// Without it pgx waits for a silent server as long as ctx allows,
@@ -224,12 +223,12 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, fmt.Errorf("postgres: connect to %s: %w", pubsub.Redact(raw), err)
+		return nil, fmt.Errorf("postgres: connect to %s: %w", pubsub.Redact(raw), pubsub.RedactError(err, raw))
 	}
 	b, err := New(ctx, pool, opts)
 	if err != nil {
 		pool.Close()
-		return nil, fmt.Errorf("postgres: open %s: %w", pubsub.Redact(raw), err)
+		return nil, fmt.Errorf("postgres: open %s: %w", pubsub.Redact(raw), pubsub.RedactError(err, raw))
 	}
 	b.ownPool = true
 	return b, nil

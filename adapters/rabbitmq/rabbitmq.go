@@ -380,7 +380,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		one.Host = h
 		uri, err := amqp.ParseURI(one.String())
 		if err != nil {
-			return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, strings.ReplaceAll(err.Error(), one.String(), red), driver.ErrInvalid)
+			return nil, fmt.Errorf("rabbitmq: bad URL %s: %v: %w", red, pubsub.RedactError(err, one.String()), driver.ErrInvalid)
 		}
 		hosts = append(hosts, uri)
 	}

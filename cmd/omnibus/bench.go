@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"html"
 	"io"
@@ -26,6 +28,10 @@ type BenchCmd struct {
 	Publishers int    `default:"4" help:"Concurrent publishers."`
 	Compare    bool   `help:"Also run the same load straight on the adapter's driver (no portable layer) and report the ratio."`
 	Out        string `default:"bench-out" help:"Directory for bench.md, bench.svg and bench.png."`
+	JSON       bool   `help:"Print the results as one JSON object instead of the markdown table (files are still written)."`
+	Keep       bool   `help:"Keep the bench topics and their queues/groups on the broker (default: deleted at the end where the adapter can)."`
+
+	topics []string // made by this run, deleted at the end unless --keep
 }
 
 type benchResult struct {
@@ -34,13 +40,26 @@ type benchResult struct {
 	p50, p90, p99, max time.Duration
 }
 
+// benchJSON is one result as --json prints it.
+type benchJSON struct {
+	Client        string  `json:"client"`
+	PublishPerSec float64 `json:"publish_per_sec"`
+	ConsumePerSec float64 `json:"consume_ack_per_sec"`
+	P50Millis     float64 `json:"latency_p50_ms"`
+	P90Millis     float64 `json:"latency_p90_ms"`
+	P99Millis     float64 `json:"latency_p99_ms"`
+	MaxMillis     float64 `json:"latency_max_ms"`
+}
+
+func millis(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
 // Run benchmarks.
 func (b *BenchCmd) Run(ctx context.Context) error {
 	if b.URL == "" {
-		return fmt.Errorf("bench: give a URL or set OMNIBUS_URL")
+		return usagef("bench: give a URL or set OMNIBUS_URL")
 	}
 	if b.Messages < 1 || b.Size < 8 || b.Batch < 1 || b.Publishers < 1 {
-		return fmt.Errorf("bench: --messages=%d --size=%d --batch=%d --publishers=%d: want messages ≥ 1, size ≥ 8, batch ≥ 1, publishers ≥ 1",
+		return usagef("bench: --messages=%d --size=%d --batch=%d --publishers=%d: want messages ≥ 1, size ≥ 8, batch ≥ 1, publishers ≥ 1",
 			b.Messages, b.Size, b.Batch, b.Publishers)
 	}
 	c, err := pubsub.Open(ctx, b.URL)
@@ -48,7 +67,8 @@ func (b *BenchCmd) Run(ctx context.Context) error {
 		return err
 	}
 	defer c.Close()
-	fmt.Fprintf(os.Stderr, "omnibus bench %s: %d messages of %d bytes, %d publishers, %d per call\n",
+	defer b.cleanup(c)
+	fmt.Fprintf(stderr, "omnibus bench %s: %d messages of %d bytes, %d publishers, %d per call\n",
 		pubsub.Redact(b.URL), b.Messages, b.Size, b.Publishers, b.Batch)
 	var results []benchResult
 	r, err := b.runOmnibus(ctx, c)
@@ -73,7 +93,27 @@ func (b *BenchCmd) Run(ctx context.Context) error {
 	if len(results) == 2 {
 		fmt.Fprintf(&md, "\nomnibus / driver: publish %.2f×, consume %.2f×\n", results[0].pubRate/results[1].pubRate, results[0].consRate/results[1].consRate)
 	}
-	fmt.Print(md.String())
+	if b.JSON {
+		out := struct {
+			URL        string      `json:"url"`
+			Messages   int         `json:"messages"`
+			Size       int         `json:"size"`
+			Batch      int         `json:"batch"`
+			Publishers int         `json:"publishers"`
+			Results    []benchJSON `json:"results"`
+		}{URL: pubsub.Redact(b.URL), Messages: b.Messages, Size: b.Size, Batch: b.Batch, Publishers: b.Publishers}
+		for _, r := range results {
+			out.Results = append(out.Results, benchJSON{Client: r.name, PublishPerSec: r.pubRate, ConsumePerSec: r.consRate,
+				P50Millis: millis(r.p50), P90Millis: millis(r.p90), P99Millis: millis(r.p99), MaxMillis: millis(r.max)})
+		}
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+	} else {
+		fmt.Fprint(stdout, md.String())
+	}
 	if err := os.MkdirAll(b.Out, 0o755); err != nil {
 		return err
 	}
@@ -100,7 +140,7 @@ func (b *BenchCmd) Run(ctx context.Context) error {
 	if err := pf.Close(); err != nil {
 		return err
 	}
-	fmt.Fprintf(os.Stderr, "wrote %s, %s and %s\n", filepath.Join(b.Out, "bench.md"), filepath.Join(b.Out, "bench.svg"), filepath.Join(b.Out, "bench.png"))
+	fmt.Fprintf(stderr, "wrote %s, %s and %s\n", filepath.Join(b.Out, "bench.md"), filepath.Join(b.Out, "bench.svg"), filepath.Join(b.Out, "bench.png"))
 	return nil
 }
 
@@ -121,7 +161,7 @@ func latency(p []byte, now time.Time) time.Duration {
 // through recv until every message was received.
 func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.Context, int) error,
 	recv func(context.Context) ([]time.Duration, error)) (benchResult, error) {
-	bar := newBar(b.Messages, name)
+	bar := newProgress(b.Messages, name)
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -160,11 +200,11 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 			return benchResult{}, fmt.Errorf("bench %s: after %d of %d: %w", name, len(lats), b.Messages, err)
 		}
 		lats = append(lats, l...)
-		_ = bar.Add(len(l))
+		bar.add(len(l))
 	}
 	consDone := time.Since(start)
 	pubDone := <-pubDoneCh
-	_ = bar.Finish()
+	bar.stop()
 	slices.Sort(lats)
 	q := func(f float64) time.Duration {
 		return lats[min(len(lats)-1, int(f*float64(len(lats))))].Round(time.Microsecond)
@@ -176,11 +216,40 @@ func (b *BenchCmd) runLoad(ctx context.Context, name string, send func(context.C
 		p50: q(0.5), p90: q(0.9), p99: q(0.99), max: lats[len(lats)-1].Round(time.Microsecond)}, nil
 }
 
-func benchTopic() string { return "omnibus.bench." + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16] }
+func (b *BenchCmd) benchTopic() string {
+	t := "omnibus.bench." + strings.ReplaceAll(pubsub.NewID(), "-", "")[:16]
+	b.topics = append(b.topics, t)
+	return t
+}
+
+// benchGroup is the consumer group of every bench run.
+const benchGroup = "bench"
+
+// cleanup deletes the run's topics (with their group) unless --keep, and
+// says which are left where the adapter cannot delete topics.
+func (b *BenchCmd) cleanup(c *pubsub.Client) {
+	if b.Keep {
+		if len(b.topics) > 0 {
+			fmt.Fprintf(stderr, "bench: kept topic(s) %s (group %s)\n", strings.Join(b.topics, ", "), benchGroup)
+		}
+		return
+	}
+	for _, t := range b.topics {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		err := c.DeleteTopic(ctx, t, benchGroup)
+		cancel()
+		switch {
+		case errors.Is(err, pubsub.ErrUnsupported):
+			fmt.Fprintf(stderr, "bench: topic %s (group %s) is left on the broker: this adapter cannot delete topics; remove it with the broker's tools\n", t, benchGroup)
+		case err != nil:
+			fmt.Fprintf(stderr, "bench: could not delete topic %s: %v\n", t, err)
+		}
+	}
+}
 
 func (b *BenchCmd) runOmnibus(ctx context.Context, c *pubsub.Client) (benchResult, error) {
-	topic := benchTopic()
-	sub, err := c.Subscribe(ctx, topic, pubsub.Group("bench"), pubsub.FromOldest(), pubsub.Prefetch(256))
+	topic := b.benchTopic()
+	sub, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.FromOldest(), pubsub.Prefetch(256))
 	if err != nil {
 		return benchResult{}, err
 	}
@@ -202,8 +271,10 @@ func (b *BenchCmd) runOmnibus(ctx context.Context, c *pubsub.Client) (benchResul
 }
 
 func (b *BenchCmd) runDriver(ctx context.Context, drv driver.Broker) (benchResult, error) {
-	topic := benchTopic()
-	sub, err := drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{Group: "bench", StartFromOldest: true, MaxBatch: 256})
+	topic := b.benchTopic()
+	// As pubsub.Client.Subscribe does: ask for the oldest message only where
+	// the adapter can replay (the others refuse the option).
+	sub, err := drv.OpenSubscription(ctx, topic, driver.SubscriptionOptions{Group: benchGroup, StartFromOldest: drv.Capabilities().Replay, MaxBatch: 256})
 	if err != nil {
 		return benchResult{}, err
 	}

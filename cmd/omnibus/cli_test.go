@@ -164,27 +164,10 @@ func TestPublishAndConsumeCommands(t *testing.T) {
 
 func captureStdout(t *testing.T, fn func()) string {
 	t.Helper()
-	r, w, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	old := os.Stdout
-	os.Stdout = w
-	outc := make(chan string)
-	go func() {
-		var b strings.Builder
-		buf := make([]byte, 4096)
-		for {
-			n, err := r.Read(buf)
-			b.Write(buf[:n])
-			if err != nil {
-				break
-			}
-		}
-		outc <- b.String()
-	}()
-	defer func() { os.Stdout = old }()
+	var b strings.Builder
+	old := stdout
+	stdout = &b
+	defer func() { stdout = old }()
 	fn()
-	w.Close()
-	return <-outc
+	return b.String()
 }

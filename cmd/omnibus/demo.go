@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,10 +41,10 @@ type groupStats struct {
 
 // Run runs the demo and fails if the numbers do not add up.
 func (d *DemoCmd) Run(ctx context.Context) error {
-	if err := runBasicDemo(ctx, os.Stdout, d); err != nil {
+	if err := runBasicDemo(ctx, stdout, d); err != nil {
 		return err
 	}
-	return runRouterDemo(ctx, os.Stdout, d)
+	return runRouterDemo(ctx, stdout, d)
 }
 
 func runBasicDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -155,7 +154,7 @@ func runRouterDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 
 	st := &pipelineStats{n: n, processed: make([]atomic.Int32, n), poisoned: map[int][]string{}}
 	store := &countingStore{DedupStore: middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{TTL: time.Hour})}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 
 	r := router.New(client, router.Options{Logger: logger, ShutdownTimeout: 5 * time.Second, NackDelay: 10 * time.Millisecond})
 	r.Use(

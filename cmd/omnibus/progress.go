@@ -48,3 +48,39 @@ func (l *liveLine) done(format string, args ...any) {
 	}
 	fmt.Fprintln(l.w, l.text)
 }
+
+// progress counts toward a total on stderr with a liveLine: redrawn on a
+// terminal (at most ten times a second), plain lines once a second
+// elsewhere. Totals under 100 show nothing.
+type progress struct {
+	line     *liveLine
+	what     string
+	n, total int
+	drawn    time.Time
+}
+
+func newProgress(total int, what string) *progress {
+	p := &progress{what: what, total: total}
+	if total >= 100 {
+		p.line = newLiveLine(stderr)
+	}
+	return p
+}
+
+func (p *progress) add(n int) {
+	p.n += n
+	if p.line == nil {
+		return
+	}
+	if now := time.Now(); now.Sub(p.drawn) >= 100*time.Millisecond {
+		p.drawn = now
+		p.line.update("%s %d/%d", p.what, p.n, p.total)
+	}
+}
+
+// stop ends the line (on a terminal) with the final count.
+func (p *progress) stop() {
+	if p.line != nil && p.line.tty {
+		p.line.done("%s %d/%d", p.what, p.n, p.total)
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
-	"os"
 	"strings"
 	"time"
 
@@ -29,14 +28,14 @@ type RelayCmd struct {
 
 // Run relays until interrupted.
 func (rc *RelayCmd) Run(ctx context.Context) error {
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := slog.New(slog.NewTextHandler(stderr, nil))
 	var store *outbox.Store
 	var err error
 	switch {
 	case strings.HasPrefix(rc.DB, "postgres://"), strings.HasPrefix(rc.DB, "postgresql://"):
 		pool, perr := pgxpool.New(ctx, rc.DB)
 		if perr != nil {
-			return fmt.Errorf("relay: --db %s: %w", pubsub.Redact(rc.DB), perr)
+			return fmt.Errorf("relay: --db %s: %w", pubsub.Redact(rc.DB), pubsub.RedactError(perr, rc.DB))
 		}
 		defer pool.Close()
 		store, err = outbox.NewPgxStore(pool, outbox.StoreOptions{Table: rc.Table})

@@ -51,7 +51,11 @@ func runEndToEnd(t *testing.T, brokerURL string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	svc, err := New(ctx, Config{BrokerURL: brokerURL, DB: "sqlite:" + filepath.Join(t.TempDir(), "orders.db"), Logger: log})
+	// Topics of their own: every run starts from a fresh broker state (no
+	// queue, group or message of an earlier run), as on a fresh broker.
+	run := e2eSeq.Add(1)
+	prefix := fmt.Sprintf("e2e%d.%d.", time.Now().UnixNano(), run)
+	svc, err := New(ctx, Config{BrokerURL: brokerURL, DB: "sqlite:" + filepath.Join(t.TempDir(), "orders.db"), Logger: log, TopicPrefix: prefix})
 	if err != nil {
 		t.Fatalf("start service on %s: %v", pubsub.Redact(brokerURL), err)
 	}
@@ -72,18 +76,7 @@ func runEndToEnd(t *testing.T, brokerURL string) {
 	case <-ctx.Done():
 		t.Fatal("service did not start")
 	}
-	run := e2eSeq.Add(1)
 	c := svc.Client()
-	paid, err := c.Subscribe(ctx, TopicPaid, pubsub.Group(fmt.Sprintf("e2e-paid-%d-%d", time.Now().UnixNano(), run)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer paid.Close()
-	poison, err := c.Subscribe(ctx, TopicPoison, pubsub.Group(fmt.Sprintf("e2e-poison-%d-%d", time.Now().UnixNano(), run)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer poison.Close()
 
 	api := httptest.NewServer(svc.HTTP())
 	defer api.Close()
@@ -104,14 +97,13 @@ func runEndToEnd(t *testing.T, brokerURL string) {
 		return out["order_id"], out["message_id"]
 	}
 
-	prefix := fmt.Sprintf("r%d-%d-", run, time.Now().UnixNano()%1e6)
-	flaky := prefix + "flaky"
+	flaky := "flaky"
 	svc.FailFirstChargeFor(flaky)
 	valid := map[string]bool{}
 	invalid := map[string]bool{}
 	var dupOrder, dupMsg, dupCustomer string
 	for i := 0; i < 40; i++ {
-		customer := fmt.Sprintf("%sc%d", prefix, i%8)
+		customer := fmt.Sprintf("c%d", i%8)
 		if i%10 == 3 {
 			customer = flaky
 		}
@@ -131,13 +123,27 @@ func runEndToEnd(t *testing.T, brokerURL string) {
 	}
 	// The broker delivers one event twice (same ID): it must be charged once.
 	dupBody, _ := json.Marshal(OrderCreated{OrderID: dupOrder, Customer: dupCustomer, AmountCents: 100})
-	if err := c.Publish(ctx, TopicOrderCreated, &pubsub.Message{ID: dupMsg, Key: dupCustomer, Payload: dupBody}); err != nil {
+	if err := c.Publish(ctx, svc.Topic(TopicOrderCreated), &pubsub.Message{ID: dupMsg, Key: dupCustomer, Payload: dupBody}); err != nil {
 		t.Fatal(err)
 	}
 	// A last order for the same customer: with per-key order it is handled
 	// after the duplicate, so once it is paid the duplicate was handled too.
 	last, _ := post(dupCustomer, 999)
 	valid[last] = true
+
+	// Only now read what the service published, with the groups a
+	// downstream service and the DLQ tools use: the service itself made
+	// sure they exist, so nothing published before this point is lost.
+	paid, err := c.Subscribe(ctx, svc.Topic(TopicPaid), pubsub.Group(GroupShipping), pubsub.FromOldest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer paid.Close()
+	poison, err := c.Subscribe(ctx, svc.Topic(TopicPoison), pubsub.Group(middleware.PoisonReaderGroup), pubsub.FromOldest())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer poison.Close()
 
 	seenPaid := map[string]int{}
 	for len(seenPaid) < len(valid) {
@@ -168,7 +174,7 @@ func runEndToEnd(t *testing.T, brokerURL string) {
 		}
 		seenPoison[o.OrderID] = true
 		md := d.Message.Metadata
-		if md[middleware.MetaPoisonReason] != middleware.ReasonPermanent || md[middleware.MetaPoisonOriginalTopic] != TopicOrderCreated ||
+		if md[middleware.MetaPoisonReason] != middleware.ReasonPermanent || md[middleware.MetaPoisonOriginalTopic] != svc.Topic(TopicOrderCreated) ||
 			md[middleware.MetaPoisonHandler] != "billing" || md[middleware.MetaPoisonError] == "" {
 			t.Errorf("poisoned order %s has fault record %v", o.OrderID, md)
 		}

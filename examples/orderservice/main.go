@@ -2,8 +2,11 @@
 // writes each order and its "orders.created" event in one database
 // transaction (the outbox); a relay forwards the events to the broker; a
 // router charges each order once, with retries, deduplication and a poison
-// topic for orders that cannot be charged. It runs on any broker: set
-// OMNIBUS_URL (mem:// by default).
+// topic for orders that cannot be charged. It runs on any broker, a fresh
+// one too: set OMNIBUS_URL (mem:// by default). At start it declares the
+// consumer group "shipping" on payments.completed, so that no payment event
+// is lost (or refused as unroutable, on RabbitMQ) before the shipping
+// service first runs; ORDERS_TOPIC_PREFIX puts a prefix before every topic.
 //
 //	OMNIBUS_URL=kafka://127.0.0.1:19092?auto_create=true ORDERS_DB=sqlite:/tmp/orders.db go run ./examples/orderservice
 //	curl -d '{"customer":"ada","amount_cents":1299}' localhost:8080/orders
@@ -55,10 +58,11 @@ func run(log *slog.Logger) error {
 		return err
 	}
 	cfg := Config{
-		BrokerURL: getenv("OMNIBUS_URL", "mem://"),
-		DB:        getenv("ORDERS_DB", "sqlite:"+filepath.Join(os.TempDir(), "omnibus-orders.db")),
-		Telemetry: tel,
-		Logger:    log,
+		BrokerURL:   getenv("OMNIBUS_URL", "mem://"),
+		DB:          getenv("ORDERS_DB", "sqlite:"+filepath.Join(os.TempDir(), "omnibus-orders.db")),
+		Telemetry:   tel,
+		Logger:      log,
+		TopicPrefix: os.Getenv("ORDERS_TOPIC_PREFIX"),
 	}
 	svc, err := New(ctx, cfg)
 	if err != nil {

@@ -24,12 +24,17 @@ import (
 	"github.com/omnibusmq/omnibus/router"
 )
 
-// Topics the service uses.
+// Topics the service uses (after Config.TopicPrefix).
 const (
 	TopicOrderCreated = "orders.created"
 	TopicPoison       = "orders.created.poison"
 	TopicPaid         = "payments.completed"
 )
+
+// GroupShipping is the consumer group of TopicPaid the service declares at
+// start (Config.PaidGroups' default): the shipping service reads payments
+// with it, and gets every payment made before it first ran.
+const GroupShipping = "shipping"
 
 // Config selects the broker and the database. Only BrokerURL changes when
 // the service moves from one broker to another.
@@ -42,6 +47,16 @@ type Config struct {
 	// Telemetry, optional.
 	Telemetry *telemetry.Telemetry
 	Logger    *slog.Logger
+	// TopicPrefix is put before every topic name (ORDERS_TOPIC_PREFIX), so
+	// that several instances (or test runs) share a broker apart.
+	TopicPrefix string
+	// PaidGroups are the consumer groups of the payments topic that must get
+	// every payment event. New declares them (subscribes once and closes),
+	// because on brokers whose groups only receive what is published after
+	// they exist (RabbitMQ, Postgres, memory) an event published before its
+	// reader first ran is otherwise lost, or refused as unroutable. Default
+	// [GroupShipping]; "-" declares none.
+	PaidGroups []string
 }
 
 // OrderCreated is the event the HTTP endpoint writes to the outbox.
@@ -62,6 +77,9 @@ type Service struct {
 	relay  *outbox.Relay
 	router *router.Router
 
+	// The topics, with Config.TopicPrefix.
+	topicCreated, topicPoison, topicPaid string
+
 	mu       sync.Mutex
 	failOnce map[string]bool // customers whose first charge attempt fails (fault injection)
 }
@@ -71,7 +89,11 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	s := &Service{cfg: cfg, log: cfg.Logger, failOnce: map[string]bool{}}
+	if cfg.PaidGroups == nil {
+		cfg.PaidGroups = []string{GroupShipping}
+	}
+	s := &Service{cfg: cfg, log: cfg.Logger, failOnce: map[string]bool{},
+		topicCreated: cfg.TopicPrefix + TopicOrderCreated, topicPoison: cfg.TopicPrefix + TopicPoison, topicPaid: cfg.TopicPrefix + TopicPaid}
 	if err := s.openDB(ctx); err != nil {
 		return nil, err
 	}
@@ -86,6 +108,10 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("orderservice: broker %s: %w", bc, err)
 	}
 	s.client = client
+	if err := s.declarePaidGroups(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
 	if s.relay, err = outbox.NewRelay(s.store, client, outbox.RelayOptions{Logger: cfg.Logger, PollInterval: 20 * time.Millisecond}); err != nil {
 		s.Close()
 		return nil, err
@@ -106,15 +132,37 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 	}
 	mws = append(mws,
 		middleware.CorrelationID(),
-		middleware.Poison(client, TopicPoison),
+		middleware.Poison(client, s.topicPoison),
 		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 5, InitialInterval: 20 * time.Millisecond, MaxInterval: time.Second}),
 		middleware.Dedup(middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{TTL: time.Hour, MaxKeys: 1_000_000}), middleware.DedupOptions{}),
 		middleware.Recover(),
 	)
 	s.router.Use(mws...)
-	s.router.Handle(TopicOrderCreated, "billing", router.JSON(s.charge), router.Concurrency(8), router.OrderedByKey())
+	s.router.Handle(s.topicCreated, "billing", router.JSON(s.charge), router.Concurrency(8), router.OrderedByKey())
 	return s, nil
 }
+
+// declarePaidGroups makes sure every group in Config.PaidGroups exists on
+// the payments topic before the first payment is published.
+func (s *Service) declarePaidGroups(ctx context.Context) error {
+	for _, g := range s.cfg.PaidGroups {
+		if g == "-" {
+			continue
+		}
+		sub, err := s.client.Subscribe(ctx, s.topicPaid, pubsub.Group(g))
+		if err != nil {
+			return fmt.Errorf("orderservice: declare group %q on %s: %w", g, s.topicPaid, err)
+		}
+		if err := sub.Close(); err != nil {
+			return fmt.Errorf("orderservice: declare group %q on %s: %w", g, s.topicPaid, err)
+		}
+	}
+	return nil
+}
+
+// Topic returns the name of one of the service's topics (TopicOrderCreated,
+// TopicPoison, TopicPaid) with Config.TopicPrefix.
+func (s *Service) Topic(name string) string { return s.cfg.TopicPrefix + name }
 
 func (s *Service) openDB(ctx context.Context) error {
 	dsn := s.cfg.DB
@@ -178,7 +226,7 @@ func (s *Service) CreateOrder(ctx context.Context, customer string, amountCents 
 	}
 	body, _ := json.Marshal(OrderCreated{OrderID: orderID, Customer: customer, AmountCents: amountCents})
 	msg := &pubsub.Message{Key: customer, Payload: body, Metadata: map[string]string{"content-type": "application/json"}}
-	if err := s.store.Publish(ctx, tx, TopicOrderCreated, msg); err != nil {
+	if err := s.store.Publish(ctx, tx, s.topicCreated, msg); err != nil {
 		return "", "", err
 	}
 	if err := tx.Commit(); err != nil {
@@ -216,7 +264,7 @@ func (s *Service) charge(ctx context.Context, m *pubsub.Message, o OrderCreated)
 		return fmt.Errorf("order %s: record charge: %w", o.OrderID, err)
 	}
 	paid, _ := json.Marshal(map[string]any{"order_id": o.OrderID, "amount_cents": o.AmountCents})
-	return router.Publish(ctx, TopicPaid, &pubsub.Message{Key: o.Customer, Payload: paid})
+	return router.Publish(ctx, s.topicPaid, &pubsub.Message{Key: o.Customer, Payload: paid})
 }
 
 // Charges returns how many charge rows each order has.
@@ -244,13 +292,23 @@ func (s *Service) Client() *pubsub.Client { return s.client }
 // Running is closed once the router's subscriptions are open.
 func (s *Service) Running() <-chan struct{} { return s.router.Running() }
 
-// Run runs the relay and the router until ctx ends.
+// Run runs the router and, once the router's subscriptions are open (so the
+// events the relay forwards have a reader on every broker), the relay,
+// until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
+	routerDone := make(chan struct{})
 	wg.Add(2)
-	go func() { defer wg.Done(); errs <- s.relay.Run(ctx) }()
-	go func() { defer wg.Done(); errs <- s.router.Run(ctx) }()
+	go func() { defer wg.Done(); defer close(routerDone); errs <- s.router.Run(ctx) }()
+	go func() {
+		defer wg.Done()
+		select {
+		case <-s.router.Running():
+			errs <- s.relay.Run(ctx)
+		case <-routerDone:
+		}
+	}()
 	wg.Wait()
 	close(errs)
 	var all []error

@@ -249,3 +249,13 @@ func (e *transientError) Unwrap() error { return e.err }
 // Opener opens a Broker from a URL. Adapters register one per scheme with
 // pubsub.Register.
 type Opener func(ctx context.Context, rawURL string) (Broker, error)
+
+// TopicDeleter is implemented by adapters that can remove a topic and what
+// the broker keeps for it: its consumer groups, their queues and the
+// messages waiting in them. It is for tools that make throwaway topics
+// (omnibus bench). groups names the groups to remove where the broker
+// cannot list them (RabbitMQ); adapters that can list them remove all.
+// Close the topic's subscriptions first.
+type TopicDeleter interface {
+	DeleteTopic(ctx context.Context, topic string, groups []string) error
+}

@@ -120,7 +120,7 @@ func (p *Params) Err() error {
 	if len(errs) == 0 {
 		return nil
 	}
-	return fmt.Errorf("%s: bad URL: %s: %w", p.scheme, strings.Join(errs, "; "), ErrInvalid)
+	return &ParamsError{Unknown: unknown, msg: fmt.Sprintf("%s: bad URL: %s", p.scheme, strings.Join(errs, "; "))}
 }
 
 // DurationOption is one duration field of an adapter's Options, for
@@ -145,3 +145,15 @@ func DefaultDurations(adapter string, opts ...DurationOption) error {
 	}
 	return nil
 }
+
+// ParamsError is the error of Params.Err; it wraps ErrInvalid. Unknown
+// names the parameters no getter asked for: their values may be secrets
+// under a misspelled name, so whoever prints the URL hides them
+// (pubsub.Open does).
+type ParamsError struct {
+	Unknown []string
+	msg     string
+}
+
+func (e *ParamsError) Error() string { return e.msg + ": " + ErrInvalid.Error() }
+func (e *ParamsError) Unwrap() error { return ErrInvalid }
