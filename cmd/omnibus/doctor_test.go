@@ -19,6 +19,8 @@ func TestDoctorPrintsCapabilitiesOnEveryBroker(t *testing.T) {
 		{"kafka", func(t *testing.T) string { return "kafka://" + integration.Kafka(t) + "?auto_create=true" }},
 		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }},
 		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }},
+		{"nsq", func(t *testing.T) string { return integration.NSQ(t) }},
+		{"activemq", func(t *testing.T) string { return integration.ActiveMQ(t) }},
 	}
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {

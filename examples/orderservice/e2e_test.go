@@ -35,6 +35,8 @@ func TestOrderServiceEndToEnd(t *testing.T) {
 		}},
 		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }},
 		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }},
+		{"nsq", func(t *testing.T) string { return integration.NSQ(t) }},
+		{"activemq", func(t *testing.T) string { return integration.ActiveMQ(t) }},
 	}
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {
