@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
@@ -217,7 +217,7 @@ func (r *Relay) Run(ctx context.Context) error {
 
 // lead opens a session, waits to become leader and forwards until an error
 // or ctx ends.
-func (r *Relay) lead(ctx context.Context, bo *backoff) error {
+func (r *Relay) lead(ctx context.Context, bo *retries) error {
 	s, err := r.store.be.session(ctx)
 	if err != nil {
 		return fmt.Errorf("open session: %w", err)
@@ -494,23 +494,22 @@ func (r *Relay) lagLoop(ctx context.Context) {
 	}
 }
 
-type backoff struct {
-	min, max, cur time.Duration
+// retries counts a relay's consecutive failures and gives the wait before
+// the next try (internal/backoff: full jitter, RetryMin doubling to
+// RetryMax).
+type retries struct {
+	p backoff.Policy
+	n int
 }
 
-func (r *Relay) newBackoff() *backoff { return &backoff{min: r.o.RetryMin, max: r.o.RetryMax} }
+func (r *Relay) newBackoff() *retries {
+	return &retries{p: backoff.Policy{Initial: r.o.RetryMin, Max: r.o.RetryMax}}
+}
 
-func (b *backoff) reset() { b.cur = 0 }
+func (b *retries) reset() { b.n = 0 }
 
-// next returns a full-jitter delay in [0, cur] and doubles cur up to max.
-func (b *backoff) next() time.Duration {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else {
-		b.cur = min(b.cur*2, b.max)
-	}
-	if b.cur <= 0 {
-		return 0
-	}
-	return time.Duration(rand.Int64N(int64(b.cur) + 1))
+// next returns the wait after one more failure.
+func (b *retries) next() time.Duration {
+	b.n++
+	return b.p.Delay(b.n)
 }
