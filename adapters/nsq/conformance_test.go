@@ -2,6 +2,7 @@ package nsq_test
 
 import (
 	"context"
+	neturl "net/url"
 	"testing"
 
 	_ "github.com/omnibusmq/omnibus/adapters/nsq"
@@ -10,11 +11,25 @@ import (
 )
 
 func TestConformance(t *testing.T) {
-	url := brokerEnv(t, envURL)[0]
-	pubsubtest.Run(t, pubsubtest.Harness{
-		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
-			return pubsub.Open(ctx, url)
-		},
-		NewTopic: func(_ context.Context, _ *testing.T, base string) string { return topicName(base) },
-	})
+	withLookupd := brokerEnv(t, envURL)[0]
+	u, err := neturl.Parse(withLookupd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Del("lookupd")
+	u.RawQuery = q.Encode()
+	for _, tc := range []struct{ name, url string }{
+		{"ThroughLookupd", withLookupd},
+		{"DirectToNSQD", u.String()}, // the adapter's own reconnecting connection
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pubsubtest.Run(t, pubsubtest.Harness{
+				Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+					return pubsub.Open(ctx, tc.url)
+				},
+				NewTopic: func(_ context.Context, _ *testing.T, base string) string { return topicName(base) },
+			})
+		})
+	}
 }
