@@ -2,7 +2,6 @@ package nsq_test
 
 import (
 	"context"
-	neturl "net/url"
 	"testing"
 
 	_ "github.com/omnibusmq/omnibus/adapters/nsq"
@@ -12,16 +11,9 @@ import (
 
 func TestConformance(t *testing.T) {
 	withLookupd := brokerEnv(t, envURL)[0]
-	u, err := neturl.Parse(withLookupd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Del("lookupd")
-	u.RawQuery = q.Encode()
 	for _, tc := range []struct{ name, url string }{
 		{"ThroughLookupd", withLookupd},
-		{"DirectToNSQD", u.String()}, // the adapter's own reconnecting connection
+		{"DirectToNSQD", withoutLookupd(t, withLookupd)}, // the adapter's own reconnecting connection
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pubsubtest.Run(t, pubsubtest.Harness{
