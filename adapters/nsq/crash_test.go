@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"fmt"
-	neturl "net/url"
 	"os"
 	"os/exec"
 	"strconv"
@@ -249,14 +248,7 @@ func restartDuringPublishAndConsume(t *testing.T, action string, lookupd bool, r
 	env := brokerEnv(t, envURL, envCtl)
 	base := env[0]
 	if !lookupd {
-		u, err := neturl.Parse(base)
-		if err != nil {
-			t.Fatal(err)
-		}
-		q := u.Query()
-		q.Del("lookupd")
-		u.RawQuery = q.Encode()
-		base = u.String()
+		base = withoutLookupd(t, base)
 	}
 	url := withParams(base, "durable", "true", "lookupd_poll_interval", "250ms", "publish_timeout", "20s",
 		"msg_timeout", "5s", "max_in_flight", strconv.Itoa(maxInFlight))

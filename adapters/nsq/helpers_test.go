@@ -3,6 +3,7 @@ package nsq_test
 import (
 	"context"
 	"fmt"
+	neturl "net/url"
 	"os"
 	"regexp"
 	"strings"
@@ -55,6 +56,20 @@ func withParams(u string, kv ...string) string {
 		sep = "&"
 	}
 	return b.String()
+}
+
+// withoutLookupd removes the lookupd parameter from an nsq:// URL: the
+// subscriptions then connect to the URL's nsqd only.
+func withoutLookupd(t *testing.T, u string) string {
+	t.Helper()
+	pu, err := neturl.Parse(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := pu.Query()
+	q.Del("lookupd")
+	pu.RawQuery = q.Encode()
+	return pu.String()
 }
 
 var seq atomic.Int64

@@ -58,8 +58,8 @@
 //
 // # Subscribing
 //
-// A subscription is a go-nsq consumer with max_in_flight (default: the
-// subscription's pubsub.Prefetch) as RDY: nsqd pushes up to that many
+// A subscription has max_in_flight (default: the subscription's
+// pubsub.Prefetch) as RDY: nsqd pushes up to that many
 // messages ahead of Receive. Ack is FIN; Nack(d) is REQ with timeout d
 // (RequeueWithoutBackoff: a requeue never pauses the consumer); nsqd caps
 // the delay at its --max-req-timeout (default 1h), and the adapter, told
@@ -70,8 +70,13 @@
 // msg_timeout/2, so a slow handler keeps it (up to nsqd's
 // --max-msg-timeout, default 15m, after which nsqd redelivers it). Close
 // requeues every delivery it still holds; a subscriber that dies has its
-// deliveries redelivered by nsqd after msg_timeout. A lost connection is
-// redialed every lookupd_poll_interval (directly, or through lookupd).
+// deliveries redelivered by nsqd after msg_timeout. Without lookupd the
+// subscription is one connection of the adapter's own to the URL's nsqd: a
+// lost one is redialed, subscribed again and given its RDY at once, then
+// with exponential backoff (100ms doubling up to lookupd_poll_interval, at
+// most 5s). With lookupd it is a go-nsq consumer, which asks lookupd again
+// at once and then every lookupd_poll_interval. Deliveries in flight on a
+// lost connection come back from nsqd after msg_timeout.
 //
 // # Durability
 //
@@ -97,7 +102,7 @@
 //	publish_timeout=D        how long Publish retries across reconnects (default 30s)
 //	connect_timeout=D        dial, IDENTIFY, TLS and AUTH of one connection (default 10s)
 //	heartbeat=D              heartbeat interval; a silent connection is dropped after 2×D (default 15s)
-//	lookupd_poll_interval=D  lookupd poll and reconnect interval (default 15s)
+//	lookupd_poll_interval=D  lookupd poll interval; the longest reconnect backoff without lookupd (at most 5s) (default 15s)
 //	max_message_size=N       nsqd's --max-msg-size in bytes (default 1048576)
 //	max_body_size=N          nsqd's --max-body-size in bytes (default 5242880)
 //	max_req_timeout=D        nsqd's --max-req-timeout (default 1h)
@@ -167,8 +172,9 @@ type Options struct {
 	// Heartbeat is the interval nsqd sends heartbeats at; a connection
 	// silent for twice as long is dropped and redialed (default 15s).
 	Heartbeat time.Duration
-	// LookupdPollInterval is how often subscriptions poll lookupd, and how
-	// long a subscription waits before redialing a lost nsqd (default 15s).
+	// LookupdPollInterval is how often subscriptions poll lookupd and,
+	// without lookupd, the longest backoff (at most 5s) between redials of
+	// a subscription's lost connection (default 15s).
 	LookupdPollInterval time.Duration
 	// MaxMessageSize is nsqd's --max-msg-size (default 1048576).
 	MaxMessageSize int

@@ -77,14 +77,20 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 			return fmt.Errorf("%v: %w", err, driver.ErrInvalid)
 		}
 	}
+	// Every attempt (dial, handshake, wait for the answer) ends at deadline.
+	pctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := b.publishOnce(ctx, &b.slots[slot], cmd)
+		err := b.publishOnce(pctx, &b.slots[slot], cmd)
 		if err == nil {
 			return nil
 		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		if pctx.Err() != nil {
+			return fmt.Errorf("not confirmed within publish_timeout %v after %d attempts: %w", b.opts.PublishTimeout, attempt, err)
 		}
 		var perr gonsq.ErrProtocol
 		if errors.As(err, &perr) && !strings.HasPrefix(perr.Reason, "E_PUB_FAILED") && !strings.HasPrefix(perr.Reason, "E_MPUB_FAILED") {
@@ -116,7 +122,8 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 }
 
 // publishOnce sends cmd on the slot's connection (dialing one if needed)
-// and waits for nsqd's answer, ctx, or twice the heartbeat interval.
+// and waits for nsqd's answer, the end of ctx (which carries
+// publish_timeout), or twice the heartbeat interval.
 func (b *Broker) publishOnce(ctx context.Context, s *slot, cmd *gonsq.Command) error {
 	if b.closed.Load() {
 		return fmt.Errorf("nsq: %w", driver.ErrClosed)

@@ -56,6 +56,22 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if s.barrier, err = b.subscribeConfirmed(ctx, topic, channel, cfg); err != nil {
 		return nil, err
 	}
+	if len(b.opts.Lookupd) == 0 {
+		// Only the URL's nsqd: the adapter keeps one connection to it and
+		// redials it itself when it is lost.
+		s.cfg = cfg
+		s.inFlight = inFlight
+		s.loopDone = make(chan struct{})
+		first, err := s.dial(ctx)
+		if err != nil {
+			s.barrier.Close()
+			return nil, err
+		}
+		s.cur = first
+		go s.reconnectLoop(first)
+		go s.touchLoop()
+		return s, nil
+	}
 	c, err := gonsq.NewConsumer(topic, channel, cfg)
 	if err != nil {
 		s.barrier.Close()
@@ -73,10 +89,8 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err := b.run(ctx, func() error { return c.ConnectToNSQD(b.addr) }, stop); err != nil {
 		return nil, fmt.Errorf("nsq: subscribe %q/%q on %s: %w", topic, channel, b.addr, err)
 	}
-	if len(b.opts.Lookupd) > 0 {
-		if err := b.run(ctx, func() error { return c.ConnectToNSQLookupds(b.opts.Lookupd) }, stop); err != nil {
-			return nil, fmt.Errorf("nsq: subscribe %q/%q through lookupd %v: %w", topic, channel, b.opts.Lookupd, err)
-		}
+	if err := b.run(ctx, func() error { return c.ConnectToNSQLookupds(b.opts.Lookupd) }, stop); err != nil {
+		return nil, fmt.Errorf("nsq: subscribe %q/%q through lookupd %v: %w", topic, channel, b.opts.Lookupd, err)
 	}
 	go s.touchLoop()
 	return s, nil
@@ -168,14 +182,21 @@ func (b *Broker) subscribeConfirmed(ctx context.Context, topic, channel string, 
 type subscription struct {
 	b              *Broker
 	topic, channel string
-	consumer       *gonsq.Consumer
+	consumer       *gonsq.Consumer // with lookupd; nil without
 	barrier        *gonsq.Conn
+
+	// Without lookupd: the connection to the URL's nsqd, redialed by
+	// reconnectLoop when it is lost.
+	cfg      *gonsq.Config
+	inFlight int
+	loopDone chan struct{} // closed when reconnectLoop returned
 
 	msgs chan *gonsq.Message // handed over by go-nsq, not yet received
 
 	mu     sync.Mutex
 	held   map[*gonsq.Message]struct{} // in this process, not yet acked or nacked
 	closed bool
+	cur    *directConn // without lookupd: the current connection
 
 	closing   chan struct{}
 	quiet     atomic.Bool   // Close began: go-nsq's lost-connection lines are expected
@@ -317,8 +338,7 @@ func (s *subscription) SendNacks(_ context.Context, ids []driver.AckID, delay ti
 }
 
 // Close stops the consumer (CLS), requeues every delivery still held,
-// waits for go-nsq to close its connections and closes the barrier
-// connection.
+// waits for the connections to close and closes the barrier connection.
 func (s *subscription) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -329,6 +349,11 @@ func (s *subscription) Close() error {
 		s.quiet.Store(true)
 		close(s.closing)
 		<-s.touched
+		if s.consumer == nil {
+			s.closeDirect(held)
+			s.barrier.Close()
+			return
+		}
 		s.consumer.Stop()
 		for m := range held {
 			m.RequeueWithoutBackoff(0)

@@ -22,12 +22,14 @@ func proxied(t *testing.T, name string) (string, string) {
 	case "postgres":
 		return integration.Postgres(t), ""
 	case "nsq":
-		// Without lookupd the consumer dials the URL's nsqd itself.
+		// Without lookupd the consumer dials the URL's nsqd itself. The
+		// deliveries in flight on a cut connection come back after
+		// msg_timeout.
 		u := integration.NSQ(t)
 		if i := strings.Index(u, "?"); i >= 0 {
 			u = u[:i]
 		}
-		return u, "durable=true"
+		return u, "durable=true&msg_timeout=5s"
 	case "activemq":
 		return integration.ActiveMQ(t), "groups=g"
 	}
