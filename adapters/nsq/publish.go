@@ -9,6 +9,7 @@ import (
 
 	gonsq "github.com/nsqio/go-nsq"
 
+	"github.com/omnibusmq/omnibus/internal/backoff"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
@@ -80,7 +81,7 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 	// Every attempt (dial, handshake, wait for the answer) ends at deadline.
 	pctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	backoff := 50 * time.Millisecond
+	retry := backoff.Policy{Initial: 50 * time.Millisecond, Max: time.Second}
 	for attempt := 1; ; attempt++ {
 		err := b.publishOnce(pctx, &b.slots[slot], cmd)
 		if err == nil {
@@ -105,7 +106,7 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 		if b.closed.Load() {
 			return fmt.Errorf("%w (last error: %v)", driver.ErrClosed, err)
 		}
-		wait := min(backoff, time.Until(deadline))
+		wait := min(retry.Delay(attempt), time.Until(deadline))
 		if wait <= 0 {
 			return fmt.Errorf("not confirmed within publish_timeout %v after %d attempts: %w", b.opts.PublishTimeout, attempt, err)
 		}
@@ -117,7 +118,6 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 			t.Stop()
 			return fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
 		}
-		backoff = min(2*backoff, time.Second)
 	}
 }
 

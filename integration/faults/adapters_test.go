@@ -39,14 +39,13 @@ func proxied(t *testing.T, name string) (string, string) {
 
 // Every connection of the client is cut every 2 s while 20 000 messages are
 // published and consumed: every message whose Publish returned nil is
-// consumed. (NSQ is not in the list yet: its consumer does not reconnect
-// after its connection is cut; see docs/reliability.md.)
+// consumed.
 func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
-	for _, name := range []string{"postgres", "activemq"} {
+	for _, name := range []string{"postgres", "nsq", "activemq"} {
 		t.Run(name, func(t *testing.T) {
 			raw, params := proxied(t, name)
 			p, u := viaProxy(t, raw, params)
-			r := start(t, u, "cut-"+name, 4*time.Minute)
+			r := start(t, u, "cut-"+name, 6*time.Minute)
 			const total = 20000
 			stopCuts, cutsDone := make(chan struct{}), make(chan struct{})
 			var cuts atomic.Int64
