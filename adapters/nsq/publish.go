@@ -106,10 +106,11 @@ func (b *Broker) publish(ctx context.Context, slot int, topic string, bodies [][
 		if b.closed.Load() {
 			return fmt.Errorf("%w (last error: %v)", driver.ErrClosed, err)
 		}
-		wait := min(retry.Delay(attempt), time.Until(deadline))
-		if wait <= 0 {
+		left := time.Until(deadline)
+		if left <= 0 {
 			return fmt.Errorf("not confirmed within publish_timeout %v after %d attempts: %w", b.opts.PublishTimeout, attempt, err)
 		}
+		wait := min(retry.Delay(attempt), left)
 		b.log.Warn("nsq: publish failed, retrying", "nsqd", b.addr, "topic", topic, "messages", len(bodies), "attempt", attempt, "error", err)
 		t := time.NewTimer(wait)
 		select {
