@@ -8,8 +8,10 @@ package integration
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -213,4 +215,39 @@ func RocketMQ(t testing.TB) string { return fromEnv(t, "rocketmq broker", "rocke
 // RocketMQControl returns the ctl of the test RocketMQ broker.
 func RocketMQControl(t testing.TB) string {
 	return fromEnv(t, "rocketmq broker control", "rocketmq", EnvRocketMQCtl)[0]
+}
+
+// SilentListener listens on a free port of 127.0.0.1, accepts every
+// connection and never sends a byte (a hung server, a port of another
+// protocol, a black-holing proxy), for the tests that prove every network
+// wait has a timeout. It returns host:port; listener and connections are
+// closed when the test ends.
+func SilentListener(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("silent listener: %v", err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	})
+	return ln.Addr().String()
 }

@@ -11,6 +11,7 @@ import (
 
 	amqp "github.com/Azure/go-amqp"
 
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -108,29 +109,8 @@ func TestOptionsOutOfRangeAreErrorsNamingTheField(t *testing.T) {
 	}
 }
 
-// silentListener accepts connections and never writes a byte.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { <-done; c.Close() }()
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func TestConnectToASilentListenerTimesOut(t *testing.T) {
-	addr := silentListener(t)
+	addr := integration.SilentListener(t)
 	for _, scheme := range []string{"activemq", "activemqs"} {
 		t.Run(scheme, func(t *testing.T) {
 			start := time.Now()

@@ -3,47 +3,14 @@ package kafka_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/omnibusmq/omnibus/adapters/kafka"
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
-
-// silentListener accepts connections and never answers; it closes them at
-// the end of the test.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
 
 // TestOpenGivesUpOnASilentListenerWithinDialTimeout: a port that accepts
 // the connection and never answers fails Open within dial_timeout, with an
@@ -52,7 +19,7 @@ func TestOpenGivesUpOnASilentListenerWithinDialTimeout(t *testing.T) {
 	if kafka.DefaultDialTimeout != 10*time.Second {
 		t.Errorf("DefaultDialTimeout = %v, want the documented 10s", kafka.DefaultDialTimeout)
 	}
-	addr := silentListener(t)
+	addr := integration.SilentListener(t)
 	start := time.Now()
 	_, err := pubsub.Open(context.Background(), "kafka://"+addr+"?dial_timeout=700ms")
 	took := time.Since(start)

@@ -3,13 +3,13 @@ package nsq_test
 import (
 	"context"
 	"errors"
-	"net"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/omnibusmq/omnibus/adapters/nsq"
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -94,7 +94,7 @@ func TestDialRejectsBadOptionsNamingTheField(t *testing.T) {
 // The auth secret never appears in an error, whatever fails.
 func TestErrorsNeverContainTheAuthSecret(t *testing.T) {
 	const secret = "hunter2-very-secret"
-	silent := silentListener(t)
+	silent := integration.SilentListener(t)
 	cases := []struct{ name, url string }{
 		{"UnknownParameter", "nsq://127.0.0.1:4150?auth_secret=" + secret + "&bogus=1"},
 		{"BadValue", "nsq://127.0.0.1:4150?auth_secret=" + secret + "&max_in_flight=x"},
@@ -115,40 +115,8 @@ func TestErrorsNeverContainTheAuthSecret(t *testing.T) {
 	}
 }
 
-// silentListener accepts TCP connections and never answers.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	t.Cleanup(func() { close(done); ln.Close() })
-	go func() {
-		var conns []net.Conn
-		defer func() {
-			for _, c := range conns {
-				c.Close()
-			}
-		}()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-			select {
-			case <-done:
-				return
-			default:
-			}
-		}
-	}()
-	return ln.Addr().String()
-}
-
 func TestOpenTimesOutAgainstAListenerThatNeverAnswers(t *testing.T) {
-	addr := silentListener(t)
+	addr := integration.SilentListener(t)
 	start := time.Now()
 	_, err := pubsub.Open(context.Background(), "nsq://"+addr+"?connect_timeout=500ms")
 	elapsed := time.Since(start)
@@ -164,7 +132,7 @@ func TestOpenTimesOutAgainstAListenerThatNeverAnswers(t *testing.T) {
 }
 
 func TestOpenHonoursTheCallersContext(t *testing.T) {
-	addr := silentListener(t)
+	addr := integration.SilentListener(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	start := time.Now()

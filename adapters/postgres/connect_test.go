@@ -2,47 +2,14 @@ package postgres_test
 
 import (
 	"context"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/omnibusmq/omnibus/adapters/postgres"
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
-
-// silentServer accepts TCP connections and never sends a byte: a hung
-// server, a wrong port of another protocol, a black-holing proxy.
-func silentServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
 
 // Open on a server that accepts the connection and never answers gives up
 // after connect_timeout, or DefaultConnectTimeout without one, even with a
@@ -50,7 +17,7 @@ func silentServer(t *testing.T) string {
 // default sslmode=prefer (TLS, then plain text to the same address: one
 // budget for both) are bounded.
 func TestOpenGivesUpOnSilentServer(t *testing.T) {
-	addr := silentServer(t)
+	addr := integration.SilentListener(t)
 	for _, tc := range []struct {
 		name     string
 		query    string

@@ -3,7 +3,6 @@ package rabbitmq_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -15,39 +14,10 @@ import (
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
-// silentListener accepts TCP connections and never writes a byte.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			conns = append(conns, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		<-done
-		for _, c := range conns {
-			c.Close()
-		}
-	})
-	return ln.Addr().String()
-}
-
 func TestOpenAgainstASilentServerTimesOutWithAClearTransientError(t *testing.T) {
 	for _, scheme := range []string{"amqp", "amqps"} {
 		t.Run(scheme, func(t *testing.T) {
-			addr := silentListener(t)
+			addr := integration.SilentListener(t)
 			start := time.Now()
 			_, err := pubsub.Open(context.Background(), scheme+"://guest:guest@"+addr+"/?connection_timeout=500ms")
 			took := time.Since(start)
