@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -61,9 +63,11 @@ type DedupOptions struct {
 	// empty key disables deduplication for that message.
 	Key func(*pubsub.Message) string
 	// Lease is how long a claim protects a key from concurrent duplicates
-	// (default 1m). The handler's context ends when the lease does, so that
-	// a duplicate can never run while the handler is still allowed to work;
-	// keep it above the handler's longest legitimate run.
+	// (default 1m). The handler's context ends when the lease does (at most
+	// Lease/64 earlier: claims made that close together under one parent
+	// context share one deadline), so that a duplicate can never run while
+	// the handler is still allowed to work; keep it above the handler's
+	// longest legitimate run.
 	Lease time.Duration
 	// BusyDelay is the redelivery delay for a duplicate that found the key
 	// busy (default 1s, at most Lease).
@@ -113,6 +117,7 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 	if mem != nil && !mem.realClock {
 		mem = nil
 	}
+	leases := &leaseContexts{slack: opts.Lease / 64}
 	return func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			key := opts.Key(m)
@@ -146,7 +151,7 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 			default:
 				return fmt.Errorf("middleware: dedup: claim %q: store returned %v", key, res)
 			}
-			herr := runLeased(ctx, next, m, deadline)
+			herr := runLeased(leases.context(ctx, deadline), next, m)
 			if mem != nil {
 				if herr != nil {
 					mem.release(held, key)
@@ -178,17 +183,58 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 	}
 }
 
-// runLeased runs next under a context that ends at deadline (the claim's
-// lease), turning a panic into a *PanicError.
-func runLeased(ctx context.Context, next router.Handler, m *pubsub.Message, deadline time.Time) (err error) {
-	lctx, cancel := context.WithDeadline(ctx, deadline)
-	defer cancel()
+// runLeased runs next under lctx, turning a panic into a *PanicError.
+func runLeased(lctx context.Context, next router.Handler, m *pubsub.Message) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = router.NewPanicError(p)
 		}
 	}()
 	return next(lctx, m)
+}
+
+// leaseContexts hands out the handler contexts that end with a claim's
+// lease. A context derived per message would cost a timer and a
+// registration with its parent for every message; instead, claims under
+// one parent context whose deadlines fall within slack of each other share
+// one derived context whose deadline is the earliest of theirs, so a
+// handler's context ends at most slack before its own lease. A parent whose
+// own deadline comes first is used as it is.
+type leaseContexts struct {
+	slack time.Duration
+	cur   atomic.Pointer[leaseContext]
+}
+
+// leaseContext is one shared lease context.
+type leaseContext struct {
+	parent   context.Context
+	ctx      context.Context
+	deadline time.Time
+	// cancel is never called early: handlers may still run under ctx, which
+	// ends by itself at deadline (releasing its timer) or with parent.
+	cancel context.CancelFunc
+}
+
+// context returns a context that ends no later than deadline and with
+// parent, carrying parent's values.
+func (l *leaseContexts) context(parent context.Context, deadline time.Time) context.Context {
+	if d, ok := parent.Deadline(); ok && !d.After(deadline) {
+		return parent
+	}
+	if c := l.cur.Load(); c != nil && sameContext(c.parent, parent) &&
+		!deadline.Before(c.deadline) && deadline.Sub(c.deadline) <= l.slack && c.ctx.Err() == nil {
+		return c.ctx
+	}
+	ctx, cancel := context.WithDeadline(parent, deadline)
+	l.cur.Store(&leaseContext{parent: parent, ctx: ctx, deadline: deadline, cancel: cancel})
+	return ctx
+}
+
+// sameContext reports whether a and b are the same context value, without
+// panicking on a context type that is not comparable.
+func sameContext(a, b context.Context) bool {
+	ta := reflect.TypeOf(a)
+	return ta == reflect.TypeOf(b) && ta.Comparable() && a == b
 }
 
 // MemoryDedupOptions configure NewMemoryDedupStore. Zero values mean the

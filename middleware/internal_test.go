@@ -59,3 +59,55 @@ func TestMemoryDedupStoreClaimDeadline(t *testing.T) {
 		t.Fatalf("deadline %v after the claim, want a minute", d)
 	}
 }
+
+type ctxKey struct{}
+
+// The handler's context ends with the claim's lease (never after it, at
+// most slack before it), keeps its own parent's values, and a parent whose
+// deadline comes first is kept.
+func TestLeaseContexts(t *testing.T) {
+	base := context.Background()
+	now := time.Now()
+	early, cancel := context.WithDeadline(base, now.Add(time.Second))
+	defer cancel()
+	parentA := context.WithValue(base, ctxKey{}, "a")
+	parentB := context.WithValue(base, ctxKey{}, "b")
+	type claim struct {
+		parent   context.Context
+		deadline time.Time
+	}
+	tests := []struct {
+		name   string
+		claims []claim
+	}{
+		{"one claim ends at its lease", []claim{{parentA, now.Add(time.Minute)}}},
+		{"claims within slack share the first deadline", []claim{{parentA, now.Add(time.Minute)}, {parentA, now.Add(time.Minute + 500*time.Millisecond)}}},
+		{"a claim beyond slack gets its own", []claim{{parentA, now.Add(time.Minute)}, {parentA, now.Add(time.Minute + 2*time.Second)}}},
+		{"an earlier claim never gets a later deadline", []claim{{parentA, now.Add(time.Minute)}, {parentA, now.Add(time.Minute - time.Millisecond)}}},
+		{"another parent keeps its own values", []claim{{parentA, now.Add(time.Minute)}, {parentB, now.Add(time.Minute)}}},
+		{"a parent's earlier deadline is kept", []claim{{early, now.Add(time.Minute)}}},
+	}
+	const slack = time.Second
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			l := &leaseContexts{slack: slack}
+			for i, c := range tt.claims {
+				ctx := l.context(c.parent, c.deadline)
+				d, ok := ctx.Deadline()
+				if !ok {
+					t.Fatalf("claim %d: no deadline", i)
+				}
+				want := c.deadline
+				if pd, ok := c.parent.Deadline(); ok && pd.Before(want) {
+					want = pd
+				}
+				if d.After(want) || want.Sub(d) > slack {
+					t.Errorf("claim %d: deadline %v, want within %v before %v", i, d, slack, want)
+				}
+				if got, want := ctx.Value(ctxKey{}), c.parent.Value(ctxKey{}); got != want {
+					t.Errorf("claim %d: value %v, want the parent's %v", i, got, want)
+				}
+			}
+		})
+	}
+}
