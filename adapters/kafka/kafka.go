@@ -557,9 +557,12 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 		kgo.ProducerBatchCompression(codec),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.ProducerBatchMaxBytes(int32(min(b.maxRecord, 1<<30))),
-		// The portable layer gathers concurrent Publish calls into one
-		// SendBatch: send it at once.
-		kgo.ProducerLinger(0),
+		// SendBatch produces with ProduceSync, which lets a batch's records
+		// linger until all are buffered and then drains their partitions
+		// at once (one request per broker for the batch). The linger itself
+		// is waited only by the first batch to a topic whose partitions the
+		// producer does not know yet.
+		kgo.ProducerLinger(5*time.Millisecond),
 		kgo.RecordDeliveryTimeout(o.WriteTimeout),
 		kgo.MaxBufferedRecords(max(10_000, 2*o.MaxBatch*o.MaxInFlight)),
 	)

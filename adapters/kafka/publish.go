@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -32,15 +31,6 @@ func recordSize(m *driver.Message) int {
 	return n
 }
 
-// sendState collects the outcome of one SendBatch's records.
-type sendState struct {
-	wg       sync.WaitGroup
-	mu       sync.Mutex
-	firstErr error
-	firstIdx int
-	failed   *kgo.Record
-}
-
 // SendBatch implements driver.Broker. It hands every message to franz-go
 // as one batch of records and returns after the broker acknowledged each
 // (acks=all by default), or with an error naming topic, partition and the
@@ -66,8 +56,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	}
 
 	recs := make([]kgo.Record, len(msgs))
-	st := &sendState{}
-	st.wg.Add(len(msgs))
+	ptrs := make([]*kgo.Record, len(msgs))
 	for i, m := range msgs {
 		r := &recs[i]
 		r.Topic = topic
@@ -80,29 +69,43 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		for k, v := range m.Metadata {
 			r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
 		}
-		idx := i
-		b.cl.Produce(ctx, r, func(r *kgo.Record, err error) {
-			if err != nil {
-				st.mu.Lock()
-				if st.firstErr == nil || idx < st.firstIdx {
-					st.firstErr, st.firstIdx, st.failed = err, idx, r
-				}
-				st.mu.Unlock()
-			}
-			st.wg.Done()
-		})
+		ptrs[i] = r
 	}
-	st.wg.Wait()
-	if st.firstErr == nil {
+	// ProduceSync buffers every record while their partitions linger, then
+	// drains those partitions at once: one produce request per broker for
+	// the whole batch, where producing record by record without a linger
+	// would send the first record alone.
+	firstIdx := -1
+	var firstErr error
+	for _, res := range b.cl.ProduceSync(ctx, ptrs...) {
+		if res.Err == nil {
+			continue
+		}
+		if i := recordIndex(recs, res.Record); firstIdx < 0 || i < firstIdx {
+			firstIdx, firstErr = i, res.Err
+		}
+	}
+	if firstErr == nil {
 		return nil
 	}
-	err := st.firstErr
+	failed := &recs[firstIdx]
+	err := firstErr
 	if errors.Is(err, kerr.UnknownTopicOrPartition) {
 		b.known.Delete(topic) // deleted meanwhile: check again next time
 	}
 	where := fmt.Sprintf("topic %q", topic)
-	if st.failed.Partition >= 0 && st.failed.Offset >= 0 || errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
-		where = fmt.Sprintf("topic %q partition %d", topic, st.failed.Partition)
+	if failed.Partition >= 0 && failed.Offset >= 0 || errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) {
+		where = fmt.Sprintf("topic %q partition %d", topic, failed.Partition)
 	}
-	return fmt.Errorf("kafka: publish to %s: message %d (id %q) of %d: %w", where, st.firstIdx, msgs[st.firstIdx].ID, len(msgs), classify(err))
+	return fmt.Errorf("kafka: publish to %s: message %d (id %q) of %d: %w", where, firstIdx, msgs[firstIdx].ID, len(msgs), classify(err))
+}
+
+// recordIndex returns the index of r in recs (r points into it).
+func recordIndex(recs []kgo.Record, r *kgo.Record) int {
+	for i := range recs {
+		if &recs[i] == r {
+			return i
+		}
+	}
+	return 0
 }
