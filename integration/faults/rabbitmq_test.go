@@ -143,6 +143,13 @@ func start(t *testing.T, u, prefix string, d time.Duration) *started {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startClient(t, c, prefix, d)
+}
+
+// startClient is start with a client the test opened itself; the client
+// is closed when the test ends.
+func startClient(t *testing.T, c *pubsub.Client, prefix string, d time.Duration) *started {
+	t.Helper()
 	t.Cleanup(func() { _ = c.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
