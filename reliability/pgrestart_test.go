@@ -4,8 +4,7 @@ package reliability_test
 
 import (
 	"context"
-	"errors"
-	"fmt"
+		"fmt"
 	"log/slog"
 	"os"
 	"strconv"
@@ -121,37 +120,9 @@ func TestRelayRecoversFromAPostgresRestart(t *testing.T) {
 				}
 			}()
 
-			type got struct {
-				id, key string
-				err     error
-			}
-			deliveries := make(chan got, 1024)
 			cctx, stopConsumer := context.WithCancel(ctx)
 			defer stopConsumer()
-			go func() {
-				report := func(g got) bool {
-					select {
-					case deliveries <- g:
-						return true
-					case <-cctx.Done():
-						return false
-					}
-				}
-				for {
-					d, err := sub.Receive(cctx)
-					if err != nil {
-						report(got{err: err})
-						return
-					}
-					if !report(got{id: d.Message.ID, key: d.Message.Key}) {
-						return
-					}
-					if err := d.Ack(); err != nil && !errors.Is(err, pubsub.ErrClosed) {
-						report(got{err: fmt.Errorf("ack: %w", err)})
-						return
-					}
-				}
-			}()
+			deliveries := consume(cctx, sub)
 
 			// The writer commits rows in transactions of 20 (16 keys); a
 			// transaction that fails is retried with the same rows (a

@@ -80,15 +80,17 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
 		total, batch int           // messages, per Publish call
+		every        time.Duration // at most one Publish call per interval (0: unpaced)
+		minCuts      int64
 		maxDups      int           // -1: counted, not bounded
 		publishBound time.Duration // 0: not bounded
 	}{
-		// Kafka takes 50 000 messages in calls of 100 in under 2 s: in
-		// calls of one, the run spans many cuts.
-		{"kafka", 50000, 1, 500, kafkaPublishTimeout},
-		{"postgres", 20000, 100, -1, 0},
-		{"nsq", 20000, 100, -1, 0},
-		{"activemq", 20000, 100, -1, 0},
+		// Kafka takes 50 000 messages in under 2 s: paced to 2 500 a
+		// second, the run spans about ten cuts.
+		{"kafka", 50000, 10, 4 * time.Millisecond, 5, 500, kafkaPublishTimeout},
+		{"postgres", 20000, 100, 0, 1, -1, 0},
+		{"nsq", 20000, 100, 0, 1, -1, 0},
+		{"activemq", 20000, 100, 0, 1, -1, 0},
 	} {
 		name, total := tc.name, tc.total
 		t.Run(name, func(t *testing.T) {
@@ -112,7 +114,7 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 			}()
 			began := time.Now()
 			var maxCall atomic.Int64
-			publishAll(r.ctx, r.c, r.topic, total, tc.batch, 4, r.l, &maxCall)
+			publishPaced(r.ctx, r.c, r.topic, total, tc.batch, 4, tc.every, r.l, &maxCall)
 			r.l.publishDone()
 			select {
 			case <-r.l.allIn:
@@ -127,8 +129,8 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 			t.Logf("%s: %d messages in %v with %d cuts: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v",
 				name, total, time.Since(began).Round(time.Millisecond), cuts.Load(), len(r.l.published), r.l.failed, len(r.l.consumed), lost, r.l.dups,
 				longest.Round(time.Millisecond))
-			if cuts.Load() < 5 {
-				t.Errorf("%d cuts during the run, want at least 5", cuts.Load())
+			if cuts.Load() < tc.minCuts {
+				t.Errorf("%d cuts during the run, want at least %d", cuts.Load(), tc.minCuts)
 			}
 			if lost > 0 {
 				t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
@@ -152,22 +154,9 @@ func TestKafkaBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
 	r := startClient(t, c, "blackhole-kafka", 3*time.Minute)
 	l := r.l
 	const total = 20000
-	pubDone, maxCall := r.publishPastAQuarter(t, total, "the black hole")
-	began := time.Now()
-	heal := p.BlackHole()
-	time.Sleep(2 * time.Second) // the fault's duration
-	heal()
-	<-pubDone
-	l.publishDone()
-	select {
-	case <-l.allIn:
-	case <-r.ctx.Done():
-	}
-	recovered := time.Since(began)
-	lost := l.lost()
+	longest, recovered, lost := r.blackHoleForTwoSeconds(t, p, total)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	longest := time.Duration(maxCall.Load())
 	t.Logf("%d messages, 2 s black hole on the connections to %v: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v (timeout %v), all consumed %v after the hole began",
 		total, p.(*faults.Router).Upstreams(), len(l.published), l.failed, len(l.consumed), lost, l.dups, longest.Round(time.Millisecond), kafkaPublishTimeout,
 		recovered.Round(time.Millisecond))
