@@ -4,7 +4,7 @@ package reliability_test
 
 import (
 	"context"
-		"fmt"
+	"fmt"
 	"log/slog"
 	"os"
 	"strconv"
