@@ -132,6 +132,13 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 			if cuts.Load() < tc.minCuts {
 				t.Errorf("%d cuts during the run, want at least %d", cuts.Load(), tc.minCuts)
 			}
+			if r, ok := p.(*faults.Router); ok {
+				// The cuts reached the client: it dialled again after each.
+				t.Logf("%s: %d connections opened to %v", name, r.Dials(), r.Upstreams())
+				if int64(r.Dials()) <= cuts.Load() {
+					t.Errorf("%d connections opened through the proxies for %d cuts: the cuts did not reach the client", r.Dials(), cuts.Load())
+				}
+			}
 			if lost > 0 {
 				t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
 			}

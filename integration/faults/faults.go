@@ -143,6 +143,7 @@ type Router struct {
 	proxies map[string]*Proxy // by upstream address
 	order   []string          // upstream addresses, in the order first dialled
 	holes   []func()          // heals of the black hole in force (nil: none)
+	dials   int               // connections opened through the proxies
 }
 
 // NewRouter returns a Router whose proxies stop when the test ends.
@@ -163,6 +164,7 @@ func (r *Router) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 func (r *Router) proxy(addr string) (*Proxy, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.dials++
 	if p, ok := r.proxies[addr]; ok {
 		return p, nil
 	}
@@ -183,6 +185,14 @@ func (r *Router) Upstreams() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.order)
+}
+
+// Dials returns how many connections the client opened through the
+// Router (a client that reconnects after each cut opens one more at least).
+func (r *Router) Dials() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dials
 }
 
 // Cut closes every connection through every proxy (see Proxy.Cut).
