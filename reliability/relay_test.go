@@ -213,27 +213,9 @@ func TestRelayKilledMidStreamIntoEachBroker(t *testing.T) {
 			// The consumer runs on its own goroutine; the test kills the
 			// relay each time it has confirmed a fifth of the rows since
 			// it started, then starts a new one.
-			type got struct {
-				id, key string
-				err     error
-			}
-			deliveries := make(chan got, 1024)
 			cctx, stopConsumer := context.WithCancel(ctx)
 			defer stopConsumer()
-			go func() {
-				for {
-					d, err := sub.Receive(cctx)
-					if err != nil {
-						deliveries <- got{err: err}
-						return
-					}
-					if err := d.Ack(); err != nil {
-						deliveries <- got{err: err}
-						return
-					}
-					deliveries <- got{id: d.Message.ID, key: d.Message.Key}
-				}
-			}()
+			deliveries := consume(cctx, sub)
 			relay := startRelay(t, url, table)
 			seen := map[string]int{}
 			last := map[string]int{}
@@ -288,6 +270,45 @@ func TestRelayKilledMidStreamIntoEachBroker(t *testing.T) {
 			}
 		})
 	}
+}
+
+// delivery is what consume reports: a message delivered (and acked), or
+// the error that ended consuming.
+type delivery struct {
+	id, key string
+	err     error
+}
+
+// consume receives and acks on its own goroutine until ctx ends, and
+// reports each delivery, or the error that stopped it, on the channel it
+// returns.
+func consume(ctx context.Context, sub *pubsub.Subscription) <-chan delivery {
+	out := make(chan delivery, 1024)
+	report := func(d delivery) bool {
+		select {
+		case out <- d:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	go func() {
+		for {
+			d, err := sub.Receive(ctx)
+			if err != nil {
+				report(delivery{err: err})
+				return
+			}
+			if err := d.Ack(); err != nil && !errors.Is(err, pubsub.ErrClosed) {
+				report(delivery{err: fmt.Errorf("ack %s: %w", d.Message.ID, err)})
+				return
+			}
+			if !report(delivery{id: d.Message.ID, key: d.Message.Key}) {
+				return
+			}
+		}
+	}()
+	return out
 }
 
 func withQuery(u, kv string) string {

@@ -6,160 +6,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/omnibusmq/omnibus/adapters/postgres"
-	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/integration/pgserver"
 	"github.com/omnibusmq/omnibus/internal/wait"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
-
-// cluster is a private PostgreSQL server for one test, so that crashing it
-// disturbs nobody else: initdb into a temporary directory, loopback only, a
-// free port below the ephemeral range.
-type cluster struct {
-	t    *testing.T
-	bin  string
-	data string
-	port int
-	as   []string // command prefix running as the postgres user
-}
-
-// privateCluster starts a cluster with the server binaries scripts/brokers
-// installs. It runs them as the postgres user (initdb refuses root).
-func privateCluster(t *testing.T) *cluster {
-	t.Helper()
-	integration.Postgres(t) // a broker test: skipped (or failed under CI) like the others
-	unavailable := func(why string) {
-		t.Helper()
-		if integration.InCI() {
-			t.Fatalf("CI=true and no private PostgreSQL cluster: %s", why)
-		}
-		t.Skipf("SKIPPED, no private PostgreSQL cluster: %s (run `scripts/brokers up postgres` as root to install the server)", why)
-	}
-	bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
-	if len(bins) == 0 {
-		unavailable("no /usr/lib/postgresql/*/bin/initdb")
-	}
-	c := &cluster{t: t, bin: filepath.Dir(bins[len(bins)-1])}
-	dir := t.TempDir()
-	switch me, _ := user.Current(); {
-	case me != nil && me.Username == "postgres":
-	case os.Geteuid() == 0:
-		c.as = []string{"runuser", "-u", "postgres", "--"}
-		pg, err := user.Lookup("postgres")
-		if err != nil {
-			unavailable("no postgres user")
-		}
-		uid, _ := strconv.Atoi(pg.Uid)
-		gid, _ := strconv.Atoi(pg.Gid)
-		// The postgres user must reach the directory t.TempDir made 0700.
-		for d := dir; d != os.TempDir() && d != "/"; d = filepath.Dir(d) {
-			if err := os.Chmod(d, 0o755); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := os.Chown(dir, uid, gid); err != nil {
-			t.Fatal(err)
-		}
-	default:
-		unavailable("initdb must run as root (through runuser) or as the postgres user")
-	}
-	c.data = filepath.Join(dir, "data")
-	c.port = freePort(t)
-	c.run("initdb", "-D", c.data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync")
-	conf := fmt.Sprintf("listen_addresses = '127.0.0.1'\nport = %d\nunix_socket_directories = ''\nfsync = off\nmax_connections = 50\n", c.port)
-	f, err := os.OpenFile(filepath.Join(c.data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.WriteString(conf); err != nil {
-		t.Fatal(err)
-	}
-	_ = f.Close()
-	c.start()
-	t.Cleanup(func() {
-		cmd := exec.Command(c.cmd("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop")[0], c.cmd("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop")[1:]...)
-		_ = cmd.Run()
-	})
-	return c
-}
-
-// freePort returns a TCP port below 32768 nothing listens on.
-func freePort(t *testing.T) int {
-	t.Helper()
-	for p := 15433; p < 15533; p++ {
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
-		if err == nil {
-			_ = ln.Close()
-			return p
-		}
-	}
-	t.Fatal("no free port in 15433-15532")
-	return 0
-}
-
-func (c *cluster) cmd(name string, args ...string) []string {
-	return append(append(append([]string{}, c.as...), filepath.Join(c.bin, name)), args...)
-}
-
-func (c *cluster) run(name string, args ...string) {
-	c.t.Helper()
-	argv := c.cmd(name, args...)
-	out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-	if err != nil {
-		c.t.Fatalf("%s: %v\n%s", strings.Join(argv, " "), err, out)
-	}
-}
-
-func (c *cluster) url(kv ...string) string {
-	return withParams(c.t, fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", c.port), kv...)
-}
-
-// start starts the server and waits until it accepts connections. After a
-// SIGKILL of the postmaster its orphaned backends hold the shared memory
-// until they notice and exit, and the server refuses to start meanwhile:
-// start tries again for up to 30 s.
-func (c *cluster) start() {
-	c.t.Helper()
-	argv := c.cmd("pg_ctl", "-D", c.data, "-l", filepath.Join(filepath.Dir(c.data), "server.log"), "-w", "-t", "30", "start")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(filepath.Dir(c.data), "server.log"))
-			c.t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
-		}
-		wait.Sleep(context.Background(), 200*time.Millisecond)
-	}
-}
-
-// postmaster returns the server's PID from its postmaster.pid.
-func (c *cluster) postmaster() int {
-	c.t.Helper()
-	b, err := os.ReadFile(filepath.Join(c.data, "postmaster.pid"))
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil {
-		c.t.Fatalf("postmaster.pid: %v", err)
-	}
-	return pid
-}
 
 // Crashing the database server while a group consumes and a publisher
 // publishes loses nothing: every message whose Publish returned nil is
@@ -169,18 +25,14 @@ func (c *cluster) postmaster() int {
 func TestConsumeSurvivesPostgresRestart(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		crash func(c *cluster)
+		crash func(s *pgserver.Server)
 	}{
-		{"immediate shutdown", func(c *cluster) { c.run("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop") }},
-		{"SIGKILL of the postmaster", func(c *cluster) {
-			if err := syscall.Kill(c.postmaster(), syscall.SIGKILL); err != nil {
-				c.t.Fatal(err)
-			}
-		}},
+		{"immediate shutdown", func(s *pgserver.Server) { s.Stop("immediate") }},
+		{"SIGKILL of the postmaster", (*pgserver.Server).Kill},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := privateCluster(t)
-			u := c.url("visibility_timeout", "2s", "poll_interval", "100ms", "connect_timeout", "2")
+			c := pgserver.New(t)
+			u := withParams(t, c.URL(), "visibility_timeout", "2s", "poll_interval", "100ms", "connect_timeout", "2")
 			pub := open(t, u)
 			topic, group := uniq("restart"), uniq("g")
 			sub := subscribe(t, open(t, u), topic, pubsub.Group(group))
@@ -235,7 +87,7 @@ func TestConsumeSurvivesPostgresRestart(t *testing.T) {
 			go func() {
 				<-half
 				tc.crash(c)
-				c.start()
+				c.Start()
 				restarted <- time.Now()
 			}()
 
@@ -303,24 +155,24 @@ func TestConsumeSurvivesPostgresRestart(t *testing.T) {
 // server is back (within the visibility timeout), instead of being logged
 // and lost: the message is not redelivered.
 func TestAckSentWhileServerDownLandsWhenItIsBack(t *testing.T) {
-	c := privateCluster(t)
-	u := c.url("visibility_timeout", "30s", "connect_timeout", "2")
+	c := pgserver.New(t)
+	u := withParams(t, c.URL(), "visibility_timeout", "30s", "connect_timeout", "2")
 	cl := open(t, u)
 	topic := uniq("ackdown")
 	s := subscribe(t, cl, topic, pubsub.Group(uniq("g")))
 	publishN(t, cl, topic, 1, "")
 	d := receive(t, s)
-	c.run("pg_ctl", "-D", c.data, "-m", "immediate", "-w", "stop")
+	c.Stop("immediate")
 	if err := d.Ack(); err != nil {
 		t.Fatalf("ack: %v", err)
 	}
-	c.start()
+	c.Start()
 	if err := s.Close(); err != nil { // waits for the ack to be sent
 		t.Fatalf("close: %v", err)
 	}
 	br := cl.Driver().(*postgres.Broker)
 	var left int
-	if err := pool(t, c.url()).QueryRow(context.Background(), `SELECT count(*) FROM `+br.QueueTable()+` WHERE topic = $1`, topic).Scan(&left); err != nil {
+	if err := pool(t, c.URL()).QueryRow(context.Background(), `SELECT count(*) FROM `+br.QueueTable()+` WHERE topic = $1`, topic).Scan(&left); err != nil {
 		t.Fatal(err)
 	}
 	if left != 0 {

@@ -14,15 +14,15 @@ import (
 // Acks given before a clean Close must not come back: per round, 100
 // deliveries are received, acked in a random order and the subscription
 // closed at once; any of them delivered again later (in a later round or
-// the final drain) counts as redelivered.
+// the final drain) counts as redelivered. Messages carry 16 keys, so that
+// with partitions=N they are spread over every partition queue.
 func TestAcksBeforeACleanCloseAreNeverRedelivered(t *testing.T) {
 	url := integration.AMQP(t)
 	const rounds, perRound = 50, 100
-	// Not partitions=N on quorum queues: there the consumer cannot be
-	// cancelled before the channel closes (see consumer.cancelTags), and a
-	// clean Close redelivered 322-345 of these 5000 acked messages
-	// (documented in docs/adapters.md).
-	for _, cfg := range []string{"queue_type=quorum", "queue_type=classic", "queue_type=classic&partitions=1"} {
+	for _, cfg := range []string{
+		"queue_type=quorum", "queue_type=classic",
+		"queue_type=quorum&partitions=4", "queue_type=classic&partitions=4", "queue_type=classic&partitions=1",
+	} {
 		t.Run(cfg, func(t *testing.T) {
 			qt := cfg
 			c := openClient(t, withParams(url, cfg))
@@ -38,7 +38,7 @@ func TestAcksBeforeACleanCloseAreNeverRedelivered(t *testing.T) {
 				}
 				msgs := make([]*pubsub.Message, perRound)
 				for i := range msgs {
-					msgs[i] = &pubsub.Message{ID: fmt.Sprintf("r%d-%d", r, i), Payload: []byte("x")}
+					msgs[i] = &pubsub.Message{ID: fmt.Sprintf("r%d-%d", r, i), Key: fmt.Sprintf("k%d", i%16), Payload: []byte("x")}
 				}
 				if err := c.Publish(ctx, topic, msgs...); err != nil {
 					t.Fatal(err)

@@ -73,8 +73,11 @@
 // goes out as one basic.ack with multiple=true, an ack above a gap as one
 // basic.ack of its own, so no ack waits behind a slow delivery. Closing a
 // subscription sends the pending acks and waits, bounded, until the broker
-// has taken them (basic.cancel and basic.qos round trips) before it closes
-// the channel and gives the rest back; acks
+// has taken them (a synchronous command through each queue consumed —
+// basic.cancel of the consumer, or with partitions=N the start and cancel of
+// an idle second consumer, so the partition stays with this member — then a
+// basic.qos round trip) before it closes the channel and gives the rest
+// back; acks
 // pending when a channel is lost are void (the broker redelivers those
 // messages). Nacks go out at once, before any multiple ack that could cover
 // them. Nack(0) requeues (quorum queues on RabbitMQ 3.x, which count

@@ -145,9 +145,10 @@ type acker interface {
 	Nack(tag uint64, multiple, requeue bool) error
 	IsClosed() bool
 	Close() error
-	// Cancel and Qos are the synchronous round trips after the last acks
-	// (see consumer.sync).
+	// Cancel, Consume and Qos are the synchronous round trips after the
+	// last acks (see consumer.sync).
 	Cancel(consumer string, noWait bool) error
+	Consume(queue, consumer string, autoAck, exclusive, noLocal, noWait bool, args amqp.Table) (<-chan amqp.Delivery, error)
 	Qos(prefetchCount, prefetchSize int, global bool) error
 }
 
@@ -160,6 +161,21 @@ func (c *consumer) cancelTags() []string {
 		return nil
 	}
 	return c.tags
+}
+
+// idleTags returns, for a consumer whose consumers are not cancelled before
+// the channel closes (cancelTags), the tags of a second consumer of each of
+// its queues (idleTags()[i] consumes queues[i]) that sync starts and
+// cancels, for the round trip through each queue's log.
+func (c *consumer) idleTags() []string {
+	if !c.sac {
+		return nil
+	}
+	out := make([]string, len(c.tags))
+	for i, t := range c.tags {
+		out[i] = t + ".sync"
+	}
+	return out
 }
 
 // queueOf returns the queue a delivery with consumer tag came from.
@@ -763,17 +779,23 @@ func (s *subscription) Close() error {
 const closeSyncTimeout = 5 * time.Second
 
 // sync makes the broker finish with the acks sent so far before the
-// channel closes, bounded by timeout: basic.cancel (answered once the
-// queue itself has cancelled the consumer; on a quorum queue that is a
-// command of the queue's log, after the settlements sent before it), then
-// basic.qos with the prefetch the channel already has (answered by the
-// channel once it handled every frame before, including settlements it held
-// back while many were in flight). Closing the channel right after the acks
-// instead let a quorum queue on RabbitMQ 3.10 return the tail of them as
-// unacked (tens of 100 out-of-order acks were redelivered); a basic.qos
-// round trip alone did not prevent it. Single-active-consumer queues
-// (partitions) are not cancelled (see cancelTags): on quorum ones a clean
-// Close can still redeliver acked messages (duplicates, never loss).
+// channel closes, bounded by timeout. On a quorum queue the channel turns
+// each ack frame into a command of the queue's log, and while 32 of its
+// commands to a queue are not yet applied it holds further settlements
+// back, sending them only when the queue reports earlier commands applied;
+// a channel closed in that state drops them, and the queue returns those
+// messages as unacked (tens of 100 out-of-order acks were redelivered after
+// a clean Close on RabbitMQ 3.10). So before closing, the channel is made
+// to wait, on every queue it consumes, for a synchronous command of the
+// queue's log (applied after the settlements sent before it), then to
+// answer basic.qos (handled after the queue's reports, so the held-back
+// settlements are sent before the close). The synchronous command is
+// basic.cancel of the consumer; on single-active-consumer queues
+// (partitions), where cancelling would hand the queue to the next member
+// while this one's unacked messages are still out (see cancelTags), it is
+// basic.consume then basic.cancel of a second, idle consumer of the queue
+// (the queue keeps it waiting behind the active one). A basic.qos round
+// trip alone did not prevent the loss.
 func (c *consumer) sync(qos int, timeout time.Duration) error {
 	if c.ch.IsClosed() {
 		return errChannelGone(0)
@@ -786,6 +808,16 @@ func (c *consumer) sync(qos int, timeout time.Duration) error {
 				return
 			}
 		}
+		for i, tag := range c.idleTags() {
+			if _, err := c.ch.Consume(c.queues[i], tag, false, false, false, false, nil); err != nil {
+				done <- err
+				return
+			}
+			if err := c.ch.Cancel(tag, false); err != nil {
+				done <- err
+				return
+			}
+		}
 		done <- c.ch.Qos(qos, 0, false)
 	}()
 	t := time.NewTimer(timeout)
@@ -793,10 +825,10 @@ func (c *consumer) sync(qos int, timeout time.Duration) error {
 	select {
 	case err := <-done:
 		if err != nil {
-			return fmt.Errorf("confirm the last acks (basic.cancel and basic.qos round trips): %w", err)
+			return fmt.Errorf("confirm the last acks (basic.consume, basic.cancel and basic.qos round trips): %w", err)
 		}
 		return nil
 	case <-t.C:
-		return fmt.Errorf("confirm the last acks: no answer to basic.cancel and basic.qos within %v; the broker may redeliver acked messages", timeout)
+		return fmt.Errorf("confirm the last acks: no answer to basic.consume, basic.cancel or basic.qos within %v; the broker may redeliver acked messages", timeout)
 	}
 }

@@ -170,7 +170,19 @@ type fakeAcker struct {
 	closed bool
 }
 
-func (f *fakeAcker) Cancel(string, bool) error { return nil }
+func (f *fakeAcker) Cancel(tag string, _ bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames = append(f.frames, "cancel "+tag)
+	return nil
+}
+
+func (f *fakeAcker) Consume(queue, tag string, _, _, _, _ bool, _ amqp.Table) (<-chan amqp.Delivery, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.frames = append(f.frames, "consume "+queue+" "+tag)
+	return nil, nil
+}
 
 func (f *fakeAcker) Qos(n, _ int, _ bool) error {
 	f.mu.Lock()
@@ -493,5 +505,34 @@ func TestOnlyPartitionsReportOrderingPerKey(t *testing.T) {
 		if got := b.orderingPerKey(); got != c.want {
 			t.Errorf("partitions=%d: OrderingPerKey %v, want %v", c.parts, got, c.want)
 		}
+	}
+}
+
+// Close's round trips after the last acks: a shared queue's consumers are
+// cancelled; a single-active-consumer (partitioned) member keeps its
+// consumers and instead starts and cancels an idle second consumer on each
+// of its queues, so that no partition passes to another member early.
+func TestCloseMakesARoundTripThroughEveryQueueBeforeTheChannelCloses(t *testing.T) {
+	cases := []struct {
+		name string
+		sac  bool
+		want []string
+	}{
+		{"SharedQueueConsumersAreCancelled", false, []string{"cancel t.p0", "cancel t.p1", "qos 8"}},
+		{"PartitionConsumersStayAndAnIdleOneComesAndGoes", true, []string{
+			"consume T.G.p0 t.p0.sync", "cancel t.p0.sync", "consume T.G.p1 t.p1.sync", "cancel t.p1.sync", "qos 8"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			f := &fakeAcker{}
+			con := newConsumer(f, nil, 8)
+			con.tags, con.queues, con.sac = []string{"t.p0", "t.p1"}, []string{"T.G.p0", "T.G.p1"}, c.sac
+			if err := con.sync(8, time.Second); err != nil {
+				t.Fatal(err)
+			}
+			if got := f.take(); !reflect.DeepEqual(got, c.want) {
+				t.Errorf("frames %q, want %q", got, c.want)
+			}
+		})
 	}
 }

@@ -1,52 +1,101 @@
 package faults_test
 
 import (
+	"context"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	_ "github.com/omnibusmq/omnibus/adapters/activemq"
+	"github.com/omnibusmq/omnibus/adapters/kafka"
 	_ "github.com/omnibusmq/omnibus/adapters/nsq"
 	_ "github.com/omnibusmq/omnibus/adapters/postgres"
 	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/integration/faults"
+	"github.com/omnibusmq/omnibus/pubsub"
 )
 
-// brokerURLs are the adapters whose clients reach their broker through the
-// host of their URL alone, so that a proxy in that host carries all their
-// traffic (Kafka's clients follow the cluster's advertised addresses: its
-// proxy test is adapters/kafka's idempotence test; RabbitMQ has its own
-// tests above).
-func proxied(t *testing.T, name string) (string, string) {
+// fault is what a test does to a client's connections: one proxy in the
+// host of its URL, or a faults.Router in its dial function.
+type fault interface {
+	Cut()
+	BlackHole() (heal func())
+}
+
+// kafkaPublishTimeout bounds one Kafka SendBatch in these tests
+// (kafka.Options.WriteTimeout): a Publish call returns within it.
+const kafkaPublishTimeout = 10 * time.Second
+
+// proxied opens a client of adapter name whose every connection goes
+// through a fault proxy. Postgres, NSQ (without lookupd) and ActiveMQ reach
+// their broker through the host of their URL alone, so one proxy there
+// carries all their traffic. Kafka clients connect to the addresses the
+// cluster advertises: their dial function sends each address through a
+// proxy of its own. RabbitMQ has its own tests (rabbitmq_test.go).
+func proxied(t *testing.T, name string) (fault, *pubsub.Client) {
+	t.Helper()
+	var raw, params string
 	switch name {
+	case "kafka":
+		r := faults.NewRouter(t)
+		b, err := kafka.New(context.Background(), kafka.Options{
+			Brokers: strings.Split(integration.Kafka(t), ","), Dialer: r.Dial,
+			AutoCreate: true, Partitions: 4, StartFromOldest: true, WriteTimeout: kafkaPublishTimeout,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r, pubsub.NewClient(b)
 	case "postgres":
-		return integration.Postgres(t), ""
+		raw = integration.Postgres(t)
 	case "nsq":
 		// Without lookupd the consumer dials the URL's nsqd itself. The
 		// deliveries in flight on a cut connection come back after
 		// msg_timeout.
-		u := integration.NSQ(t)
-		if i := strings.Index(u, "?"); i >= 0 {
-			u = u[:i]
+		raw, params = integration.NSQ(t), "durable=true&msg_timeout=5s"
+		if i := strings.Index(raw, "?"); i >= 0 {
+			raw = raw[:i]
 		}
-		return u, "durable=true&msg_timeout=5s"
 	case "activemq":
-		return integration.ActiveMQ(t), "groups=g"
+		raw, params = integration.ActiveMQ(t), "groups=g"
+	default:
+		t.Fatalf("unknown adapter %q", name)
 	}
-	t.Fatalf("unknown adapter %q", name)
-	return "", ""
+	p, u := viaProxy(t, raw, params)
+	c, err := pubsub.Open(context.Background(), u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, c
 }
 
-// Every connection of the client is cut every 2 s while 20 000 messages are
+// Every connection of the client is cut every 2 s while messages are
 // published and consumed: every message whose Publish returned nil is
-// consumed.
+// consumed. Duplicates are counted; on Kafka, whose publishes are
+// idempotent and whose consumer resumes from its in-memory position after
+// a cut, they must stay below 1% of the messages, and no Publish may
+// outlast its timeout.
 func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
-	for _, name := range []string{"postgres", "nsq", "activemq"} {
+	for _, tc := range []struct {
+		name         string
+		total, batch int           // messages, per Publish call
+		every        time.Duration // at most one Publish call per interval (0: unpaced)
+		minCuts      int64
+		maxDups      int           // -1: counted, not bounded
+		publishBound time.Duration // 0: not bounded
+	}{
+		// Kafka takes 50 000 messages in under 2 s: paced to 2 500 a
+		// second, the run spans about ten cuts.
+		{"kafka", 50000, 10, 4 * time.Millisecond, 5, 500, kafkaPublishTimeout},
+		{"postgres", 20000, 100, 0, 1, -1, 0},
+		{"nsq", 20000, 100, 0, 1, -1, 0},
+		{"activemq", 20000, 100, 0, 1, -1, 0},
+	} {
+		name, total := tc.name, tc.total
 		t.Run(name, func(t *testing.T) {
-			raw, params := proxied(t, name)
-			p, u := viaProxy(t, raw, params)
-			r := start(t, u, "cut-"+name, 6*time.Minute)
-			const total = 20000
+			p, c := proxied(t, name)
+			r := startClient(t, c, "cut-"+name, 6*time.Minute)
 			stopCuts, cutsDone := make(chan struct{}), make(chan struct{})
 			var cuts atomic.Int64
 			go func() {
@@ -65,7 +114,7 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 			}()
 			began := time.Now()
 			var maxCall atomic.Int64
-			publishAll(r.ctx, r.c, r.topic, total, 100, 4, r.l, &maxCall)
+			publishPaced(r.ctx, r.c, r.topic, total, tc.batch, 4, tc.every, r.l, &maxCall)
 			r.l.publishDone()
 			select {
 			case <-r.l.allIn:
@@ -76,15 +125,52 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 			lost := r.l.lost()
 			r.l.mu.Lock()
 			defer r.l.mu.Unlock()
+			longest := time.Duration(maxCall.Load())
 			t.Logf("%s: %d messages in %v with %d cuts: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v",
 				name, total, time.Since(began).Round(time.Millisecond), cuts.Load(), len(r.l.published), r.l.failed, len(r.l.consumed), lost, r.l.dups,
-				time.Duration(maxCall.Load()).Round(time.Millisecond))
-			if cuts.Load() == 0 {
-				t.Error("no cut happened during the run")
+				longest.Round(time.Millisecond))
+			if cuts.Load() < tc.minCuts {
+				t.Errorf("%d cuts during the run, want at least %d", cuts.Load(), tc.minCuts)
+			}
+			if r, ok := p.(*faults.Router); ok {
+				// The cuts reached the client: it dialled again after each.
+				t.Logf("%s: %d connections opened to %v", name, r.Dials(), r.Upstreams())
+				if int64(r.Dials()) <= cuts.Load() {
+					t.Errorf("%d connections opened through the proxies for %d cuts: the cuts did not reach the client", r.Dials(), cuts.Load())
+				}
 			}
 			if lost > 0 {
 				t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
 			}
+			if tc.maxDups >= 0 && r.l.dups > tc.maxDups {
+				t.Errorf("%d duplicates, want at most %d", r.l.dups, tc.maxDups)
+			}
+			if tc.publishBound > 0 && longest > tc.publishBound+2*time.Second {
+				t.Errorf("a Publish took %v, past its timeout %v", longest, tc.publishBound)
+			}
 		})
+	}
+}
+
+// A 2 s black hole (both directions, connections left open) on every
+// connection of a Kafka client, to every broker it dialled, during
+// publishing: every Publish returns (nil or an error) within its timeout,
+// and every message whose Publish returned nil is consumed.
+func TestKafkaBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
+	p, c := proxied(t, "kafka")
+	r := startClient(t, c, "blackhole-kafka", 3*time.Minute)
+	l := r.l
+	const total = 20000
+	longest, recovered, lost := r.blackHoleForTwoSeconds(t, p, total)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	t.Logf("%d messages, 2 s black hole on the connections to %v: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v (timeout %v), all consumed %v after the hole began",
+		total, p.(*faults.Router).Upstreams(), len(l.published), l.failed, len(l.consumed), lost, l.dups, longest.Round(time.Millisecond), kafkaPublishTimeout,
+		recovered.Round(time.Millisecond))
+	if lost > 0 {
+		t.Errorf("%d messages whose Publish returned nil were never consumed", lost)
+	}
+	if longest > kafkaPublishTimeout+2*time.Second {
+		t.Errorf("a Publish took %v, past its timeout %v", longest, kafkaPublishTimeout)
 	}
 }

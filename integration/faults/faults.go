@@ -9,12 +9,20 @@
 //	heal := p.BlackHole()                   // drop all data both ways, connections stay open
 //	heal()
 //
-// The proxy is stopped when the test ends.
+// The proxy is stopped when the test ends. For a client that dials the
+// addresses its broker hands it (Kafka), a Router gives each address a proxy
+// of its own through the client's dial function:
+//
+//	r := faults.NewRouter(t)
+//	opts.Dialer = r.Dial                    // kafka.Options
+//	r.Cut()                                 // every connection to every broker
 package faults
 
 import (
 	"context"
 	"fmt"
+	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -36,13 +44,21 @@ type Proxy struct {
 // to upstream (host:port). It fails the test if it cannot listen.
 func Start(t testing.TB, upstream string) *Proxy {
 	t.Helper()
+	p, err := start(t, upstream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func start(t testing.TB, upstream string) (*Proxy, error) {
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(nil), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "faults-"+strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()), "127.0.0.1:0", upstream)
+	p := toxiproxy.NewProxy(srv, "faults-"+strings.NewReplacer("/", "-", " ", "_").Replace(t.Name())+"-"+upstream, "127.0.0.1:0", upstream)
 	if err := p.Start(); err != nil {
-		t.Fatalf("faults: start proxy to %s: %v", upstream, err)
+		return nil, fmt.Errorf("faults: start proxy to %s: %w", upstream, err)
 	}
 	t.Cleanup(p.Stop)
-	return &Proxy{t: t, p: p}
+	return &Proxy{t: t, p: p}, nil
 }
 
 // Addr is the proxy's listening address (host:port); clients connect here.
@@ -112,6 +128,100 @@ func (p *Proxy) toxic(typ, attrs string) func() {
 					p.t.Errorf("faults: remove toxic %s: %v", name, err)
 				}
 			}
+		})
+	}
+}
+
+// Router sends every connection a client dials through a proxy of its
+// own per upstream address, started on the first dial to that address: for
+// clients that connect to addresses the broker hands them (Kafka's
+// advertised listeners), where a proxy in the bootstrap URL alone would not
+// carry their traffic. Its Dial is the client's dial function.
+type Router struct {
+	t       testing.TB
+	mu      sync.Mutex
+	proxies map[string]*Proxy // by upstream address
+	order   []string          // upstream addresses, in the order first dialled
+	holes   []func()          // heals of the black hole in force (nil: none)
+	dials   int               // connections opened through the proxies
+}
+
+// NewRouter returns a Router whose proxies stop when the test ends.
+func NewRouter(t testing.TB) *Router {
+	return &Router{t: t, proxies: map[string]*Proxy{}}
+}
+
+// Dial connects to addr through its proxy, bounded by ctx and 10 s.
+func (r *Router) Dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	p, err := r.proxy(addr)
+	if err != nil {
+		return nil, err
+	}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	return d.DialContext(ctx, network, p.Addr())
+}
+
+func (r *Router) proxy(addr string) (*Proxy, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.dials++
+	if p, ok := r.proxies[addr]; ok {
+		return p, nil
+	}
+	p, err := start(r.t, addr)
+	if err != nil {
+		return nil, err
+	}
+	if r.holes != nil { // a black hole in force covers new proxies too
+		r.holes = append(r.holes, p.BlackHole())
+	}
+	r.proxies[addr] = p
+	r.order = append(r.order, addr)
+	return p, nil
+}
+
+// Upstreams returns the addresses dialled so far, in the order first dialled.
+func (r *Router) Upstreams() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.order)
+}
+
+// Dials returns how many connections the client opened through the
+// Router (a client that reconnects after each cut opens one more at least).
+func (r *Router) Dials() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.dials
+}
+
+// Cut closes every connection through every proxy (see Proxy.Cut).
+func (r *Router) Cut() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, a := range r.order {
+		r.proxies[a].Cut()
+	}
+}
+
+// BlackHole drops every byte through every proxy, and through those
+// started until heal is called (see Proxy.BlackHole).
+func (r *Router) BlackHole() (heal func()) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.holes = []func(){}
+	for _, a := range r.order {
+		r.holes = append(r.holes, r.proxies[a].BlackHole())
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			for _, h := range r.holes {
+				h()
+			}
+			r.holes = nil
 		})
 	}
 }

@@ -143,6 +143,13 @@ func start(t *testing.T, u, prefix string, d time.Duration) *started {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startClient(t, c, prefix, d)
+}
+
+// startClient is start with a client the test opened itself; the client
+// is closed when the test ends.
+func startClient(t *testing.T, c *pubsub.Client, prefix string, d time.Duration) *started {
+	t.Helper()
 	t.Cleanup(func() { _ = c.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -180,16 +187,58 @@ func (r *started) publishPastAQuarter(t *testing.T, total int, fault string) (do
 	return done, maxCall
 }
 
+// blackHoleForTwoSeconds publishes total keyed messages (see
+// publishPastAQuarter), black-holes f for 2 s once a quarter of them are
+// confirmed, and returns once publishing ended and every confirmed message
+// was consumed (or the test's time ran out): the longest Publish call, the
+// time from the start of the hole until then, and the messages confirmed
+// and never consumed.
+func (r *started) blackHoleForTwoSeconds(t *testing.T, f fault, total int) (longest, recovered time.Duration, lost int) {
+	t.Helper()
+	pubDone, maxCall := r.publishPastAQuarter(t, total, "the black hole")
+	began := time.Now()
+	heal := f.BlackHole()
+	time.Sleep(2 * time.Second) // the fault's duration
+	heal()
+	<-pubDone
+	r.l.publishDone()
+	select {
+	case <-r.l.allIn:
+	case <-r.ctx.Done():
+	}
+	return time.Duration(maxCall.Load()), time.Since(began), r.l.lost()
+}
+
 // publishAll publishes n messages in calls of batch from workers goroutines
 // and records each call's outcome; maxCall is the longest call seen.
 func publishAll(ctx context.Context, c *pubsub.Client, topic string, n, batch, workers int, l *ledger, maxCall *atomic.Int64) {
+	publishPaced(ctx, c, topic, n, batch, workers, 0, l, maxCall)
+}
+
+// publishPaced is publishAll starting at most one call every interval
+// (0: as fast as the broker takes them), so that a run lasts long enough
+// for the faults it is meant to span.
+func publishPaced(ctx context.Context, c *pubsub.Client, topic string, n, batch, workers int, every time.Duration, l *ledger, maxCall *atomic.Int64) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
+	var pace <-chan time.Time
+	if every > 0 {
+		tick := time.NewTicker(every)
+		defer tick.Stop()
+		pace = tick.C
+	}
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for {
+				if pace != nil {
+					select {
+					case <-pace:
+					case <-ctx.Done():
+						return
+					}
+				}
 				from := int(next.Add(int64(batch))) - batch
 				if from >= n || ctx.Err() != nil {
 					return
@@ -287,26 +336,12 @@ func TestRabbitMQBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) 
 	const publishTimeout = 4 * time.Second
 	p, u := viaProxy(t, integration.AMQP(t), fmt.Sprintf("publish_timeout=%v&heartbeat=1s&reconnect_min=50ms&reconnect_max=1s&connection_timeout=2s", publishTimeout))
 	r := start(t, u, "blackhole", 3*time.Minute)
-	c, ctx, l := r.c, r.ctx, r.l
+	c, l := r.c, r.l
 
 	const total = 20000
-	// Black-hole once a quarter is confirmed, for 2 s.
-	pubDone, maxCall := r.publishPastAQuarter(t, total, "the black hole")
-	began := time.Now()
-	heal := p.BlackHole()
-	time.Sleep(2 * time.Second) // the fault's duration
-	heal()
-	<-pubDone
-	l.publishDone()
-	select {
-	case <-l.allIn:
-	case <-ctx.Done():
-	}
-	recovered := time.Since(began)
-	lost := l.lost()
+	longest, recovered, lost := r.blackHoleForTwoSeconds(t, p, total)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	longest := time.Duration(maxCall.Load())
 	t.Logf("%d messages, 2 s black hole: published ok %d, failed %d, consumed distinct %d, lost %d, duplicates %d, longest Publish %v (publish_timeout %v), %d reconnects, all consumed %v after the hole began",
 		total, len(l.published), l.failed, len(l.consumed), lost, l.dups, longest.Round(time.Millisecond), publishTimeout,
 		c.Driver().(*rabbitmq.Broker).Reconnects(), recovered.Round(time.Millisecond))
