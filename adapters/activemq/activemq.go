@@ -249,6 +249,9 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	if err != nil {
 		return "", opts, fmt.Errorf("activemq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
 	}
+	if err := driver.CheckURL("activemq", rawURL, u); err != nil {
+		return "", opts, err
+	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {
 		return "", opts, fmt.Errorf("activemq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)
 	}
@@ -325,6 +328,9 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	u, err := url.Parse(amqpURL)
 	if err != nil {
 		return nil, fmt.Errorf("activemq: bad URL %s: %w", red, driver.ErrInvalid)
+	}
+	if err := driver.CheckURL("activemq", amqpURL, u); err != nil {
+		return nil, err
 	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {
 		return nil, fmt.Errorf("activemq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)

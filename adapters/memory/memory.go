@@ -70,6 +70,9 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 		// url.Parse's error quotes parts of the URL: name none.
 		return nil, fmt.Errorf("mem: cannot parse the URL: %w", driver.ErrInvalid)
 	}
+	if err := driver.CheckURL("mem", raw, u); err != nil {
+		return nil, err
+	}
 	p := driver.NewParams(Scheme, u.Query())
 	opts := Options{
 		Buffer:         p.Int("buffer", 0, 1, 1<<30),

@@ -279,6 +279,9 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	if err != nil {
 		return "", opts, fmt.Errorf("nsq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
 	}
+	if err := driver.CheckURL("nsq", rawURL, u); err != nil {
+		return "", opts, err
+	}
 	if u.Scheme != Scheme {
 		return "", opts, fmt.Errorf("nsq: URL scheme %q: want %s: %w", u.Scheme, Scheme, driver.ErrInvalid)
 	}

@@ -187,6 +187,9 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: bad URL %s: %w", pubsub.Redact(raw), driver.ErrInvalid)
 	}
+	if err := driver.CheckURL("postgres", raw, u); err != nil {
+		return nil, err
+	}
 	q := u.Query()
 	p := driver.NewParams(u.Scheme, q)
 	opts := Options{

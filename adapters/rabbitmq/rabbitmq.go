@@ -292,6 +292,9 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	if err != nil {
 		return "", opts, fmt.Errorf("rabbitmq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
 	}
+	if err := driver.CheckURL("rabbitmq", rawURL, u); err != nil {
+		return "", opts, err
+	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {
 		return "", opts, fmt.Errorf("rabbitmq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)
 	}
@@ -369,6 +372,9 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	u, err := url.Parse(amqpURL)
 	if err != nil {
 		return nil, fmt.Errorf("rabbitmq: bad URL %s: %w", red, driver.ErrInvalid)
+	}
+	if err := driver.CheckURL("rabbitmq", amqpURL, u); err != nil {
+		return nil, err
 	}
 	if u.RawQuery != "" {
 		return nil, fmt.Errorf("rabbitmq: Dial %s: the URL has query parameters; use Options (or pubsub.Open): %w", red, driver.ErrInvalid)

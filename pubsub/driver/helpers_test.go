@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,5 +56,47 @@ func TestDefaultDurationsFillsZeroAndRejectsNegative(t *testing.T) {
 	err := DefaultDurations("x", DurationOption{"Neg", &neg, time.Second})
 	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "x: Neg -1s") {
 		t.Errorf("negative duration: %v, want ErrInvalid naming x: Neg", err)
+	}
+}
+
+// A password with an unescaped '?', '/' or '#' cuts the user info short and
+// puts the rest of it into the query: CheckURL refuses such a URL without
+// quoting any of it; well-formed URLs pass.
+func TestCheckURLRefusesAUserInfoCutShort(t *testing.T) {
+	tests := []struct {
+		name, raw string
+		wantErr   bool
+	}{
+		{"plain credentials", "amqp://guest:s3cr3t@127.0.0.1:5672/vh?prefetch=1", false},
+		{"escaped reserved characters", "amqp://guest:%3Fs%2F3%23cr%40t@127.0.0.1:5672/vh", false},
+		{"no credentials, escaped @ in a value", "amqp://127.0.0.1/?connection_name=a%40b", false},
+		{"? in the password", "amqp://guest:?00000@127.0.0.1:5672/vh?00000", true},
+		{"? and & in the password", "amqp://guest:?abc&def@127.0.0.1:5672/vh?prefetch=1", true},
+		{"?name= in the password", "amqp://guest:?prefetch=hunter2@127.0.0.1:5672/", true},
+		{"@ and ? in the password", "amqp://guest:p@zz?qwx@127.0.0.1:5672/", true},
+		{"unescaped @ in a value", "amqp://127.0.0.1/?connection_name=a@b", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, err := url.Parse(tt.raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = CheckURL("test", tt.raw, u)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("CheckURL(%q) = %v, want error %v", tt.raw, err, tt.wantErr)
+			}
+			if err == nil {
+				return
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Errorf("error %v does not wrap ErrInvalid", err)
+			}
+			for _, piece := range []string{"00000", "abc", "def", "hunter2", "zz", "qwx"} {
+				if strings.Contains(tt.raw, piece) && strings.Contains(err.Error(), piece) {
+					t.Errorf("error %q quotes %q from the URL", err, piece)
+				}
+			}
+		})
 	}
 }

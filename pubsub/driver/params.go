@@ -157,3 +157,17 @@ type ParamsError struct {
 
 func (e *ParamsError) Error() string { return e.msg + ": " + ErrInvalid.Error() }
 func (e *ParamsError) Unwrap() error { return ErrInvalid }
+
+// CheckURL rejects a URL u (parsed from raw) whose user info was cut short
+// by an unescaped '/', '?' or '#' in the user name or password, which puts
+// the rest of the password into the host, path or query where an error
+// message would print it: an '@' in the query, or an '@' after the scheme
+// with no user info parsed. Its error never quotes the URL. An '@' inside a
+// parameter value must then be written %40.
+func CheckURL(adapter, raw string, u *url.URL) error {
+	_, rest, _ := strings.Cut(raw, "://")
+	if strings.Contains(u.RawQuery, "@") || (u.User == nil && strings.Contains(rest, "@")) {
+		return fmt.Errorf("%s: bad URL (not shown): an '@' outside the user info; percent-encode '/', '?' and '#' in the user name and password (%%2F, %%3F, %%23) and '@' in parameters (%%40): %w", adapter, ErrInvalid)
+	}
+	return nil
+}
