@@ -56,6 +56,9 @@ const (
 	EnvActiveMQCA      = "OMNIBUS_ACTIVEMQ_CA"      // PEM CA that signed the TLS acceptor's certificate
 	EnvActiveMQCLI     = "OMNIBUS_ACTIVEMQ_CLI"     // the broker instance's bin/artemis
 	EnvActiveMQPidfile = "OMNIBUS_ACTIVEMQ_PIDFILE" // pidfile of the broker's JVM
+	// ActiveMQ Classic of scripts/brokers (AMQP 1.0) and its JVM's pidfile.
+	EnvActiveMQClassic        = "OMNIBUS_ACTIVEMQ_CLASSIC_URL"     // activemq://user:pass@host:port?flavor=classic
+	EnvActiveMQClassicPidfile = "OMNIBUS_ACTIVEMQ_CLASSIC_PIDFILE" // pidfile of the broker's JVM
 )
 
 // ActiveMQ returns an activemq:// URL of the test ActiveMQ Artemis broker.
@@ -81,6 +84,21 @@ func ActiveMQControl(t testing.TB) (cli, pidfile string) {
 	t.Helper()
 	v := fromEnv(t, "activemq broker control", "activemq", EnvActiveMQCLI, EnvActiveMQPidfile)
 	return v[0], v[1]
+}
+
+// ActiveMQClassic returns an activemq://...?flavor=classic URL of the test
+// ActiveMQ Classic broker. Only `scripts/brokers up activemq-classic` (or the
+// variable set by hand) provides one: there is no container fallback.
+func ActiveMQClassic(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "activemq-classic broker", "activemq-classic", EnvActiveMQClassic)[0]
+}
+
+// ActiveMQClassicPidfile returns the pidfile of the test ActiveMQ Classic
+// broker's JVM, for tests that kill and restart the broker.
+func ActiveMQClassicPidfile(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "activemq-classic broker control", "activemq-classic", EnvActiveMQClassicPidfile)[0]
 }
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.

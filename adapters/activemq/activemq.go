@@ -1,9 +1,13 @@
-// Package activemq is the omnibus adapter for Apache ActiveMQ Artemis over
-// AMQP 1.0 (on github.com/Azure/go-amqp), behind activemq:// and activemqs://
-// URLs:
+// Package activemq is the omnibus adapter for Apache ActiveMQ Artemis and
+// ActiveMQ Classic over AMQP 1.0 (on github.com/Azure/go-amqp), behind
+// activemq:// and activemqs:// URLs:
 //
 //	activemq://user:pass@host:61616?groups=billing,audit
 //	activemqs://user:pass@host:5671?tls_ca=/etc/ca.pem   (AMQP over TLS)
+//	activemq://user:pass@host:5672?flavor=classic        (ActiveMQ Classic)
+//
+// Everything below describes Artemis, the default flavor; the section
+// "ActiveMQ Classic" says where flavor=classic differs.
 //
 // Without credentials in the URL the adapter logs in with SASL ANONYMOUS.
 //
@@ -82,13 +86,45 @@
 // messages. Every dial, handshake and link attach is bounded by
 // connection_timeout.
 //
+// # ActiveMQ Classic (flavor=classic)
+//
+// A topic T is the virtual topic "VirtualTopic.T" (the sender's target is
+// topic://VirtualTopic.T) and group G's durable queue is
+// "Consumer.G.VirtualTopic.T" (queue://...), which the broker creates when a
+// receiver first attaches and fills with a copy of every message published
+// after that. The broker's default virtual-topic settings are assumed
+// (topics named VirtualTopic.>, consumer queues Consumer.*.VirtualTopic.>).
+// A group name is one path element: it may not contain '.'; topic and group
+// names may not contain '*', '>', ',' or white space (wildcards and
+// separators on Classic). Such names fail with ErrInvalid naming the field.
+// An anonymous subscription is a non-durable subscriber of the virtual topic
+// itself.
+//
+// The unroutable=error check asks the broker's statistics plugin
+// (statisticsBrokerPlugin) for the queues matching
+// Consumer.*.VirtualTopic.T, and when there are none, for consumers of the
+// topic. A broker without that plugin does not answer: Publish then fails
+// after connection_timeout with an error saying so; use groups= or
+// unroutable=drop there.
+//
+// Nack(0) sends Modified{delivery-failed}: Classic redelivers it at once
+// (about 1 ms) with the delivery-count raised by one. Classic has no
+// broker-side limit on such redeliveries, so max_attempts defaults to 10 on
+// Classic: the 10th Nack sends Rejected, which moves the message to the
+// queue's dead-letter queue (with an individual dead-letter strategy
+// prefixed "DLQ.", "DLQ.Consumer.G.VirtualTopic.T"; with the broker's
+// default strategy, the shared ActiveMQ.DLQ). Nack(d) sends a delayed copy
+// to the group's queue as on Artemis (the broker needs schedulerSupport).
+// Classic's redelivery plugin is not used: it refuses delays under one second
+// and turns Rejected into a delayed retry.
+//
 // # URL parameters
 //
-//	flavor=artemis             the broker (default artemis; classic is refused: not supported yet)
+//	flavor=artemis|classic     the broker (default artemis)
 //	groups=a,b                 groups whose queues are created up front (default none)
 //	unroutable=error|drop      what a publish to a topic without queues does (default error)
 //	prefetch=N                 link credit per subscription, 1..65535 (default: the subscription's Prefetch)
-//	max_attempts=N             Nack of a delivery with Attempt >= N dead-letters it (default 0: never)
+//	max_attempts=N             Nack of a delivery with Attempt >= N dead-letters it (default: never on Artemis, 10 on Classic)
 //	publish_timeout=D          how long Publish retries across reconnects (default 30s)
 //	connection_timeout=D       dial, handshake and link attach timeout (default 30s)
 //	idle_timeout=D             AMQP idle timeout: a silent peer is dropped after it (default 60s)
@@ -138,17 +174,22 @@ func init() {
 
 // Broker flavors for the flavor= URL parameter.
 const (
-	// FlavorArtemis is ActiveMQ Artemis, the default and the only flavor
-	// supported.
+	// FlavorArtemis is ActiveMQ Artemis, the default.
 	FlavorArtemis = "artemis"
-	// FlavorClassic is ActiveMQ Classic: recognised, and refused with an
-	// error wrapping pubsub.ErrUnsupported.
+	// FlavorClassic is ActiveMQ Classic (5.x, 6.x) with its AMQP transport.
 	FlavorClassic = "classic"
 )
+
+// classicMaxAttempts is MaxAttempts' default on ActiveMQ Classic, which
+// itself never dead-letters a message the adapter nacks.
+const classicMaxAttempts = 10
 
 // Options configure a Broker. Zero values mean the documented defaults;
 // Dial rejects values out of range with an error naming the field.
 type Options struct {
+	// Flavor is the broker: FlavorArtemis (default, also for "") or
+	// FlavorClassic.
+	Flavor string
 	// Groups whose queues are created the first time a topic is published
 	// to or subscribed on, so nothing published before their consumers
 	// start is lost. Default none.
@@ -161,8 +202,9 @@ type Options struct {
 	// uses each subscription's pubsub.Prefetch.
 	Prefetch int
 	// MaxAttempts makes a Nack of a delivery whose Attempt is MaxAttempts or
-	// more dead-letter it (AMQP Rejected). Zero (default) never does; the
-	// broker's own max-delivery-attempts still counts Nack(0).
+	// more dead-letter it (AMQP Rejected). Zero means the default: never on
+	// Artemis (whose own max-delivery-attempts still counts Nack(0)), 10 on
+	// Classic.
 	MaxAttempts int
 	// PublishTimeout bounds how long a Publish keeps re-sending unanswered
 	// messages across reconnects before it fails (default 30s).
@@ -191,9 +233,23 @@ type Options struct {
 }
 
 func (o Options) withDefaults() (Options, error) {
+	switch o.Flavor {
+	case "":
+		o.Flavor = FlavorArtemis
+	case FlavorArtemis, FlavorClassic:
+	default:
+		return o, fmt.Errorf("activemq: Flavor %q: want %q or %q: %w", o.Flavor, FlavorArtemis, FlavorClassic, driver.ErrInvalid)
+	}
 	for _, g := range o.Groups {
 		if g == "" || strings.ContainsAny(g, " \t\r\n:") {
 			return o, fmt.Errorf("activemq: Groups: group %q is empty or contains white space or ':': %w", g, driver.ErrInvalid)
+		}
+	}
+	if o.Flavor == FlavorClassic {
+		for _, g := range o.Groups {
+			if err := classicName("group", g); err != nil {
+				return o, fmt.Errorf("activemq: Groups: %w", err)
+			}
 		}
 	}
 	type rng struct {
@@ -221,6 +277,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReconnectMax < o.ReconnectMin {
 		return o, fmt.Errorf("activemq: ReconnectMax %v is below ReconnectMin %v: %w", o.ReconnectMax, o.ReconnectMin, driver.ErrInvalid)
+	}
+	if o.MaxAttempts == 0 && o.Flavor == FlavorClassic {
+		o.MaxAttempts = classicMaxAttempts
 	}
 	if o.ContainerID == "" {
 		o.ContainerID = "omnibus"
@@ -253,7 +312,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("activemq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)
 	}
 	p := driver.NewParams(u.Scheme, u.Query())
-	flavor := p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
+	opts.Flavor = p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
 	if g := p.String("groups", ""); g != "" {
 		for _, name := range strings.Split(g, ",") {
 			if name = strings.TrimSpace(name); name != "" {
@@ -275,9 +334,6 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	if err := p.Err(); err != nil {
 		return "", opts, err
 	}
-	if flavor == FlavorClassic {
-		return "", opts, fmt.Errorf("activemq: flavor=classic: ActiveMQ Classic is not supported yet (only Artemis): %w", driver.ErrUnsupported)
-	}
 	if u.Scheme == Scheme && (ca != "" || cert != "" || key != "" || sni != "") {
 		return "", opts, fmt.Errorf("activemq: tls_* parameters need an activemqs:// URL, not activemq://: %w", driver.ErrInvalid)
 	}
@@ -290,7 +346,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	return u.String(), opts, nil
 }
 
-// Broker is a connection to one ActiveMQ Artemis broker; it implements
+// Broker is a connection to one ActiveMQ Artemis or Classic broker; it implements
 // driver.Broker. Use it through pubsub.Open or pubsub.NewClient.
 type Broker struct {
 	opts     Options

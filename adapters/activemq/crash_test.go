@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -99,11 +98,15 @@ type child struct {
 }
 
 func TestConsumerSIGKILLFiveTimesLosesNothingAndKeepsKeyOrder(t *testing.T) {
-	u := integration.ActiveMQ(t)
+	eachFlavor(t, testConsumerSIGKILL)
+}
+
+func testConsumerSIGKILL(t *testing.T, f flavor) {
+	u := f.url(t)
 	const keys, perKey, kills, consumers = 16, 125, 5, 2
 	topic := newTopic(t)
 	group := "crash"
-	c := open(t, "groups="+group)
+	c := open(t, f, "groups="+group)
 	var all []*pubsub.Message
 	for i := 0; i < perKey; i++ {
 		for k := 0; k < keys; k++ {
