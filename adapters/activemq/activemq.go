@@ -141,7 +141,9 @@ package activemq
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -361,6 +363,7 @@ type Broker struct {
 	topoMu sync.Mutex
 	topo   map[string]bool // topics whose Groups queues exist
 
+	instance   string // random, makes container ids unique across Brokers (Classic refuses duplicates)
 	connSeq    atomic.Int64
 	reconnects atomic.Int64
 	closeOnce  sync.Once
@@ -391,7 +394,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.Host == "" || u.Port() == "" {
 		return nil, fmt.Errorf("activemq: URL %s: want host:port: %w", red, driver.ErrInvalid)
 	}
-	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, done: make(chan struct{})}
+	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, done: make(chan struct{}), instance: instanceID()}
 	scheme := "amqp"
 	if u.Scheme == SchemeTLS {
 		scheme = "amqps"
@@ -419,6 +422,13 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	return b, nil
 }
 
+// instanceID returns 8 random hex digits.
+func instanceID() string {
+	var r [4]byte
+	_, _ = rand.Read(r[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(r[:])
+}
+
 // dial opens one AMQP connection for role, bounded by ctx and the
 // connection timeout.
 func (b *Broker) dial(ctx context.Context, role string) (*amqp.Conn, error) {
@@ -428,7 +438,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectionTimeout)
 	defer cancel()
 	co := &amqp.ConnOptions{
-		ContainerID: fmt.Sprintf("%s/%s/%d", b.opts.ContainerID, role, b.connSeq.Add(1)),
+		ContainerID: fmt.Sprintf("%s/%s/%s-%d", b.opts.ContainerID, role, b.instance, b.connSeq.Add(1)),
 		HostName:    b.host,
 		IdleTimeout: b.opts.IdleTimeout,
 		SASLType:    b.sasl,
