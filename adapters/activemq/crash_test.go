@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
 )
 
 // Environment of a consumer subprocess: the test binary re-executed by
@@ -26,6 +27,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	pubsubtest.CrashMain()
 	if os.Getenv(envChild) != "" {
 		os.Exit(childConsumer())
 	}
@@ -80,6 +82,21 @@ func childConsumer() int {
 			fmt.Fprintln(os.Stderr, "child ack:", err)
 		}
 	}
+}
+
+// The portable crash kit: two consumer processes compete in a group that
+// exists before the first publish (groups=crash); one is SIGKILLed five
+// times mid-stream. Nothing is lost, and the kit checks per-key order of
+// first effects because the adapter claims OrderingPerKey.
+func TestCrashKit(t *testing.T) {
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		rep := pubsubtest.RunCrash(t, pubsubtest.CrashOptions{
+			URL:       withParams(f.url(t), "groups=crash"),
+			Topic:     newTopic(t),
+			Consumers: 2,
+		})
+		t.Logf("%s", rep)
+	})
 }
 
 type receipt struct {
