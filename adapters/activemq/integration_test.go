@@ -412,3 +412,27 @@ func testAnonymousOnly(t *testing.T, f flavor) {
 		t.Fatalf("publish after the only (anonymous) subscription closed = %v, want ErrNotFound", err)
 	}
 }
+
+// A Classic broker without the statistics plugin never answers the
+// adapter's routability question. Publish must then fail once, after
+// connection_timeout, saying what to do; not redial and ask again until
+// publish_timeout. Artemis stands in for such a broker: it takes the
+// request into a queue and never answers, as Classic does without the
+// plugin.
+func TestClassicWithoutTheStatisticsPluginFailsPublishAfterConnectionTimeout(t *testing.T) {
+	u := mustURL(t, integration.ActiveMQ(t))
+	c, err := pubsub.Open(context.Background(), withParams(u.String(), "flavor=classic&connection_timeout=2s&publish_timeout=20s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	err = c.Publish(context.Background(), newTopic(t), &pubsub.Message{Payload: []byte("x")})
+	took := time.Since(start)
+	if !errors.Is(err, pubsub.ErrPermanent) || !strings.Contains(err.Error(), "statisticsBrokerPlugin") {
+		t.Errorf("Publish = %v, want ErrPermanent naming statisticsBrokerPlugin", err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("Publish failed after %v: it kept asking until publish_timeout instead of failing after connection_timeout (2s)", took.Round(time.Millisecond))
+	}
+}

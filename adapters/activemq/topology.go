@@ -243,8 +243,8 @@ func (b *Broker) checkRoutableClassic(ctx context.Context, sess *amqp.Session, t
 // answers (one map per matching destination) until the empty one that ends
 // the list. A broker without the statistics plugin never answers: the
 // request then fails after the connection timeout.
-func (b *Broker) classicStats(ctx context.Context, sess *amqp.Session, topic, address string) ([]map[string]any, error) {
-	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectionTimeout)
+func (b *Broker) classicStats(parent context.Context, sess *amqp.Session, topic, address string) ([]map[string]any, error) {
+	ctx, cancel := context.WithTimeout(parent, b.opts.ConnectionTimeout)
 	defer cancel()
 	reply, err := sess.NewReceiver(ctx, "", &amqp.ReceiverOptions{DynamicAddress: true, Credit: 100})
 	if err != nil {
@@ -268,8 +268,14 @@ func (b *Broker) classicStats(ctx context.Context, sess *amqp.Session, topic, ad
 	var out []map[string]any
 	for {
 		res, err := reply.Receive(ctx, nil)
+		if err != nil && ctx.Err() != nil && parent.Err() == nil {
+			// The link is up and the broker took the request but did not
+			// answer: it has no statistics plugin, and asking again (after
+			// a redial) cannot help.
+			return nil, fmt.Errorf("activemq: topic %q: no answer from the broker's statistics plugin within connection_timeout %v (enable statisticsBrokerPlugin, list the groups in groups=, or set unroutable=drop): %w", topic, b.opts.ConnectionTimeout, driver.ErrPermanent)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("activemq: topic %q: no answer from the broker's statistics plugin within connection_timeout (enable statisticsBrokerPlugin, list the groups in groups=, or set unroutable=drop): %w", topic, err)
+			return nil, fmt.Errorf("activemq: topic %q: statistics answer: %w", topic, err)
 		}
 		_ = reply.AcceptMessage(ctx, res)
 		st := map[string]any{}
