@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+	"time"
 
 	amqp "github.com/Azure/go-amqp"
 
@@ -152,28 +153,17 @@ func (b *Broker) checkRoutable(ctx context.Context, sess *amqp.Session, topic st
 func (b *Broker) queueNames(ctx context.Context, sess *amqp.Session, topic string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectionTimeout)
 	defer cancel()
-	reply, err := sess.NewReceiver(ctx, "", &amqp.ReceiverOptions{DynamicAddress: true, Credit: 1})
-	if err != nil {
-		return nil, fmt.Errorf("activemq: topic %q: open a management reply link: %w", topic, err)
-	}
-	defer reply.Close(context.WithoutCancel(ctx))
-	snd, err := sess.NewSender(ctx, managementAddress, nil)
-	if err != nil {
-		return nil, fmt.Errorf("activemq: topic %q: open a link to %s (the login needs the manage permission, or set unroutable=drop): %w", topic, managementAddress, err)
-	}
-	defer snd.Close(context.WithoutCancel(ctx))
-	replyTo := reply.Address()
-	req := &amqp.Message{
-		Properties: &amqp.MessageProperties{ReplyTo: &replyTo},
+	reply, done, err := request(ctx, sess, managementAddress, 1, &amqp.Message{
 		ApplicationProperties: map[string]any{
 			"_AMQ_ResourceName":  "address." + topic,
 			"_AMQ_OperationName": "getQueueNames",
 		},
 		Value: "[]",
+	})
+	if err != nil {
+		return nil, fmt.Errorf("activemq: topic %q: management request (the login needs the manage permission, or set unroutable=drop): %w", topic, err)
 	}
-	if err := snd.Send(ctx, req, nil); err != nil {
-		return nil, fmt.Errorf("activemq: topic %q: management request: %w", topic, err)
-	}
+	defer done()
 	res, err := reply.Receive(ctx, nil)
 	if err != nil {
 		return nil, fmt.Errorf("activemq: topic %q: management answer: %w", topic, err)
@@ -246,25 +236,14 @@ func (b *Broker) checkRoutableClassic(ctx context.Context, sess *amqp.Session, t
 func (b *Broker) classicStats(parent context.Context, sess *amqp.Session, topic, address string) ([]map[string]any, error) {
 	ctx, cancel := context.WithTimeout(parent, b.opts.ConnectionTimeout)
 	defer cancel()
-	reply, err := sess.NewReceiver(ctx, "", &amqp.ReceiverOptions{DynamicAddress: true, Credit: 100})
-	if err != nil {
-		return nil, fmt.Errorf("activemq: topic %q: open a statistics reply link: %w", topic, err)
-	}
-	defer reply.Close(context.WithoutCancel(ctx))
-	snd, err := sess.NewSender(ctx, address, nil)
-	if err != nil {
-		return nil, fmt.Errorf("activemq: topic %q: open a link to %s: %w", topic, address, err)
-	}
-	defer snd.Close(context.WithoutCancel(ctx))
-	replyTo := reply.Address()
-	req := &amqp.Message{
-		Properties:            &amqp.MessageProperties{ReplyTo: &replyTo},
+	reply, done, err := request(ctx, sess, address, 100, &amqp.Message{
 		ApplicationProperties: map[string]any{classicStatsEnd: true},
 		Value:                 "",
-	}
-	if err := snd.Send(ctx, req, nil); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("activemq: topic %q: statistics request: %w", topic, err)
 	}
+	defer done()
 	var out []map[string]any
 	for {
 		res, err := reply.Receive(ctx, nil)
@@ -292,4 +271,41 @@ func (b *Broker) classicStats(parent context.Context, sess *amqp.Session, topic,
 		}
 		out = append(out, st)
 	}
+}
+
+// requestCloseTimeout bounds the close of request's links.
+const requestCloseTimeout = 5 * time.Second
+
+// request opens a reply link (a dynamic address with credit) and a sender
+// to address, and sends req with the reply link as its reply-to. The caller
+// reads the answers from the returned receiver, then calls done to close
+// both links.
+func request(ctx context.Context, sess *amqp.Session, address string, credit int32, req *amqp.Message) (*amqp.Receiver, func(), error) {
+	reply, err := sess.NewReceiver(ctx, "", &amqp.ReceiverOptions{DynamicAddress: true, Credit: credit})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open a reply link: %w", err)
+	}
+	// Closing waits for the broker's detach, also after ctx ended, but
+	// never longer than requestCloseTimeout.
+	closeLink := func(l interface{ Close(context.Context) error }) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestCloseTimeout)
+		defer cancel()
+		_ = l.Close(cctx)
+	}
+	snd, err := sess.NewSender(ctx, address, nil)
+	if err != nil {
+		closeLink(reply)
+		return nil, nil, fmt.Errorf("open a link to %s: %w", address, err)
+	}
+	done := func() {
+		closeLink(snd)
+		closeLink(reply)
+	}
+	replyTo := reply.Address()
+	req.Properties = &amqp.MessageProperties{ReplyTo: &replyTo}
+	if err := snd.Send(ctx, req, nil); err != nil {
+		done()
+		return nil, nil, fmt.Errorf("send to %s: %w", address, err)
+	}
+	return reply, done, nil
 }
