@@ -56,8 +56,11 @@ const (
 	EnvActiveMQCA      = "OMNIBUS_ACTIVEMQ_CA"      // PEM CA that signed the TLS acceptor's certificate
 	EnvActiveMQCLI     = "OMNIBUS_ACTIVEMQ_CLI"     // the broker instance's bin/artemis
 	EnvActiveMQPidfile = "OMNIBUS_ACTIVEMQ_PIDFILE" // pidfile of the broker's JVM
-	// ActiveMQ Classic of scripts/brokers (AMQP 1.0) and its JVM's pidfile.
+	// ActiveMQ Classic of scripts/brokers: AMQP 1.0, plain and over TLS (a
+	// certificate signed by a throwaway CA), and its JVM's pidfile.
 	EnvActiveMQClassic        = "OMNIBUS_ACTIVEMQ_CLASSIC_URL"     // activemq://user:pass@host:port?flavor=classic
+	EnvActiveMQClassicTLS     = "OMNIBUS_ACTIVEMQ_CLASSIC_TLS_URL" // activemqs://user:pass@host:port?flavor=classic
+	EnvActiveMQClassicCA      = "OMNIBUS_ACTIVEMQ_CLASSIC_CA"      // PEM CA that signed the TLS transport's certificate
 	EnvActiveMQClassicPidfile = "OMNIBUS_ACTIVEMQ_CLASSIC_PIDFILE" // pidfile of the broker's JVM
 )
 
@@ -92,6 +95,15 @@ func ActiveMQControl(t testing.TB) (cli, pidfile string) {
 func ActiveMQClassic(t testing.TB) string {
 	t.Helper()
 	return fromEnv(t, "activemq-classic broker", "activemq-classic", EnvActiveMQClassic)[0]
+}
+
+// ActiveMQClassicTLS returns an activemqs://...?flavor=classic URL of the
+// TLS transport of the test ActiveMQ Classic broker and the CA file that
+// signed its certificate.
+func ActiveMQClassicTLS(t testing.TB) (url, caFile string) {
+	t.Helper()
+	v := fromEnv(t, "activemq-classic TLS transport", "activemq-classic", EnvActiveMQClassicTLS, EnvActiveMQClassicCA)
+	return v[0], v[1]
 }
 
 // ActiveMQClassicPidfile returns the pidfile of the test ActiveMQ Classic

@@ -15,6 +15,7 @@ type flavor struct {
 	brokers string // the scripts/brokers name
 	url     func(testing.TB) string
 	pidfile func(testing.TB) string
+	tls     func(testing.TB) (url, caFile string)
 	// groupQueue is the raw AMQP address of (topic, group)'s queue and the
 	// capabilities to attach it with.
 	groupQueue func(topic, group string) (string, []string)
@@ -33,6 +34,7 @@ var flavors = []flavor{
 		name:    "artemis",
 		brokers: "activemq",
 		url:     integration.ActiveMQ,
+		tls:     integration.ActiveMQS,
 		pidfile: func(t testing.TB) string { _, p := integration.ActiveMQControl(t); return p },
 		groupQueue: func(topic, group string) (string, []string) {
 			return topic + "::" + activemq.QueueName(topic, group), topicCapability
@@ -53,6 +55,7 @@ var flavors = []flavor{
 		name:    "classic",
 		brokers: "activemq-classic",
 		url:     integration.ActiveMQClassic,
+		tls:     integration.ActiveMQClassicTLS,
 		pidfile: integration.ActiveMQClassicPidfile,
 		groupQueue: func(topic, group string) (string, []string) {
 			return "queue://" + activemq.ClassicQueueName(topic, group), nil

@@ -38,12 +38,14 @@ func open(t testing.TB, f flavor, params string) *pubsub.Client {
 }
 
 func TestConformanceOverTLS(t *testing.T) {
-	u, ca := integration.ActiveMQS(t)
-	u += "?tls_ca=" + url.QueryEscape(ca)
-	pubsubtest.Run(t, pubsubtest.Harness{
-		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
-			return pubsub.Open(ctx, u)
-		},
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		u, ca := f.tls(t)
+		u = withParams(u, "tls_ca="+url.QueryEscape(ca))
+		pubsubtest.Run(t, pubsubtest.Harness{
+			Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+				return pubsub.Open(ctx, u)
+			},
+		})
 	})
 }
 
@@ -253,9 +255,13 @@ func testPoisonMiddleware(t *testing.T, f flavor) {
 }
 
 func TestTLSAcceptorRoundTripAndUnknownCA(t *testing.T) {
-	u, ca := integration.ActiveMQS(t)
+	eachFlavor(t, testTLSAcceptor)
+}
+
+func testTLSAcceptor(t *testing.T, f flavor) {
+	u, ca := f.tls(t)
 	t.Run("TrustedCA", func(t *testing.T) {
-		c, err := pubsub.Open(context.Background(), u+"?tls_ca="+url.QueryEscape(ca))
+		c, err := pubsub.Open(context.Background(), withParams(u, "tls_ca="+url.QueryEscape(ca)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -272,7 +278,7 @@ func TestTLSAcceptorRoundTripAndUnknownCA(t *testing.T) {
 		}
 	})
 	t.Run("SystemRootsRejectTheTestCA", func(t *testing.T) {
-		c, err := pubsub.Open(context.Background(), u+"?connection_timeout=10s")
+		c, err := pubsub.Open(context.Background(), withParams(u, "connection_timeout=10s"))
 		if err == nil {
 			c.Close()
 			t.Fatal("Open verified a certificate signed by an unknown CA")

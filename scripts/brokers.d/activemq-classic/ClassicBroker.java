@@ -1,7 +1,7 @@
 // ClassicBroker starts an ActiveMQ Classic broker configured in code (no
 // XML, no Spring) for the omnibus tests:
 //
-//   java -cp 'classes:lib/*' omnibus.ClassicBroker DATA_DIR AMQP_PORT USER PASSWORD
+//   java -cp 'classes:lib/*' omnibus.ClassicBroker DATA_DIR AMQP_PORT USER PASSWORD [TLS_PORT KEYSTORE]
 //
 //   - persistence in KahaDB under DATA_DIR/kahadb, the job scheduler (needed
 //     for x-opt-delivery-delay and the redelivery plugin) under
@@ -18,13 +18,19 @@
 //
 // It prints "OMNIBUS CLASSIC BROKER STARTED" once the transport accepts
 // connections and stops the broker cleanly on SIGTERM.
+//
+// With TLS_PORT and KEYSTORE (a PKCS#12 file whose password is PASSWORD)
+// it also listens for AMQP over TLS on 127.0.0.1:TLS_PORT.
 package omnibus;
 
 import java.io.File;
+import java.io.FileInputStream;
+import java.security.KeyStore;
 import java.util.List;
 
 import org.apache.activemq.broker.BrokerPlugin;
 import org.apache.activemq.broker.BrokerService;
+import org.apache.activemq.broker.SslContext;
 import org.apache.activemq.broker.region.policy.IndividualDeadLetterStrategy;
 import org.apache.activemq.broker.region.policy.PolicyEntry;
 import org.apache.activemq.broker.region.policy.PolicyMap;
@@ -33,10 +39,12 @@ import org.apache.activemq.security.AuthenticationUser;
 import org.apache.activemq.security.SimpleAuthenticationPlugin;
 import org.apache.activemq.store.kahadb.KahaDBPersistenceAdapter;
 
+import javax.net.ssl.KeyManagerFactory;
+
 public class ClassicBroker {
     public static void main(String[] args) throws Exception {
-        if (args.length != 4) {
-            System.err.println("usage: ClassicBroker DATA_DIR AMQP_PORT USER PASSWORD");
+        if (args.length != 4 && args.length != 6) {
+            System.err.println("usage: ClassicBroker DATA_DIR AMQP_PORT USER PASSWORD [TLS_PORT KEYSTORE]");
             System.exit(2);
         }
         File data = new File(args[0]);
@@ -69,6 +77,17 @@ public class ClassicBroker {
 
         b.setPlugins(new BrokerPlugin[] {auth, new StatisticsBrokerPlugin()});
         b.addConnector("amqp://127.0.0.1:" + Integer.parseInt(args[1]) + "?maximumConnections=1000&wireFormat.maxFrameSize=104857600");
+
+        if (args.length == 6) {
+            KeyStore ks = KeyStore.getInstance("PKCS12");
+            try (FileInputStream in = new FileInputStream(args[5])) {
+                ks.load(in, args[3].toCharArray());
+            }
+            KeyManagerFactory kmf = KeyManagerFactory.getInstance(KeyManagerFactory.getDefaultAlgorithm());
+            kmf.init(ks, args[3].toCharArray());
+            b.setSslContext(new SslContext(kmf.getKeyManagers(), null, null));
+            b.addConnector("amqp+ssl://127.0.0.1:" + Integer.parseInt(args[4]) + "?maximumConnections=1000&wireFormat.maxFrameSize=104857600");
+        }
 
         Runtime.getRuntime().addShutdownHook(new Thread(() -> {
             try {
