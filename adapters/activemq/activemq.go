@@ -482,7 +482,8 @@ func connectError(addr, role string, ctx context.Context, err error) error {
 // Capabilities reports what this broker honours: ordering per key (group-id
 // keeps a key on one consumer, in order), persistence (durable messages and
 // queues), nack delay (a delayed copy in the group's queue), groups and
-// attempt counts (delivery-count, kept by the broker across restarts). No
+// attempt counts (delivery-count, kept by the broker across consumer
+// restarts; Classic resets it when the broker itself restarts). No
 // replay: a group starts with the messages published after its queue was
 // created.
 func (b *Broker) Capabilities() driver.Capabilities { return b.caps }
