@@ -42,28 +42,14 @@ classic_install() {
   command -v go >/dev/null || die "activemq-classic needs go to build its readiness check"
   home=$(classic_home)
   if ! [ -f "$home/.complete" ]; then
-    command -v mvn >/dev/null || apt_install maven
     log "downloading ActiveMQ Classic $CLASSIC_VERSION jars from Maven Central into $home"
     tmp="$home.download"
-    rm -rf "$home" "$tmp"
-    mkdir -p "$tmp"
-    cat >"$tmp/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>omnibus</groupId><artifactId>activemq-classic-jars</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.activemq</groupId><artifactId>activemq-broker</artifactId><version>$CLASSIC_VERSION</version></dependency>
-    <dependency><groupId>org.apache.activemq</groupId><artifactId>activemq-client</artifactId><version>$CLASSIC_VERSION</version></dependency>
-    <dependency><groupId>org.apache.activemq</groupId><artifactId>activemq-kahadb-store</artifactId><version>$CLASSIC_VERSION</version></dependency>
-    <dependency><groupId>org.apache.activemq</groupId><artifactId>activemq-amqp</artifactId><version>$CLASSIC_VERSION</version></dependency>
-    <dependency><groupId>org.apache.activemq</groupId><artifactId>activemq-jaas</artifactId><version>$CLASSIC_VERSION</version></dependency>
-    <dependency><groupId>org.slf4j</groupId><artifactId>slf4j-simple</artifactId><version>2.0.16</version></dependency>
-  </dependencies>
-</project>
-POM
-    mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
-      >"$tmp/maven.log" 2>&1 \
-      || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the ActiveMQ Classic jars (log: $tmp/maven.log)"; }
+    rm -rf "$home"
+    maven_jars "$tmp" "org.apache.activemq:activemq-broker:$CLASSIC_VERSION" \
+      "org.apache.activemq:activemq-client:$CLASSIC_VERSION" "org.apache.activemq:activemq-kahadb-store:$CLASSIC_VERSION" \
+      "org.apache.activemq:activemq-amqp:$CLASSIC_VERSION" "org.apache.activemq:activemq-jaas:$CLASSIC_VERSION" \
+      org.slf4j:slf4j-simple:2.0.16 \
+      || die "maven could not fetch the ActiveMQ Classic jars (log: $tmp/maven.log)"
     [ -f "$tmp/lib/activemq-broker-$CLASSIC_VERSION.jar" ] || die "activemq-broker jar missing after the Maven download"
     mv "$tmp" "$home"
     touch "$home/.complete"
