@@ -56,6 +56,12 @@ const (
 	EnvActiveMQCA      = "OMNIBUS_ACTIVEMQ_CA"      // PEM CA that signed the TLS acceptor's certificate
 	EnvActiveMQCLI     = "OMNIBUS_ACTIVEMQ_CLI"     // the broker instance's bin/artemis
 	EnvActiveMQPidfile = "OMNIBUS_ACTIVEMQ_PIDFILE" // pidfile of the broker's JVM
+	// ActiveMQ Classic of scripts/brokers: AMQP 1.0, plain and over TLS (a
+	// certificate signed by a throwaway CA), and its JVM's pidfile.
+	EnvActiveMQClassic        = "OMNIBUS_ACTIVEMQ_CLASSIC_URL"     // activemq://user:pass@host:port?flavor=classic
+	EnvActiveMQClassicTLS     = "OMNIBUS_ACTIVEMQ_CLASSIC_TLS_URL" // activemqs://user:pass@host:port?flavor=classic
+	EnvActiveMQClassicCA      = "OMNIBUS_ACTIVEMQ_CLASSIC_CA"      // PEM CA that signed the TLS transport's certificate
+	EnvActiveMQClassicPidfile = "OMNIBUS_ACTIVEMQ_CLASSIC_PIDFILE" // pidfile of the broker's JVM
 )
 
 // ActiveMQ returns an activemq:// URL of the test ActiveMQ Artemis broker.
@@ -81,6 +87,30 @@ func ActiveMQControl(t testing.TB) (cli, pidfile string) {
 	t.Helper()
 	v := fromEnv(t, "activemq broker control", "activemq", EnvActiveMQCLI, EnvActiveMQPidfile)
 	return v[0], v[1]
+}
+
+// ActiveMQClassic returns an activemq://...?flavor=classic URL of the test
+// ActiveMQ Classic broker. Only `scripts/brokers up activemq-classic` (or the
+// variable set by hand) provides one: there is no container fallback.
+func ActiveMQClassic(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "activemq-classic broker", "activemq-classic", EnvActiveMQClassic)[0]
+}
+
+// ActiveMQClassicTLS returns an activemqs://...?flavor=classic URL of the
+// TLS transport of the test ActiveMQ Classic broker and the CA file that
+// signed its certificate.
+func ActiveMQClassicTLS(t testing.TB) (url, caFile string) {
+	t.Helper()
+	v := fromEnv(t, "activemq-classic TLS transport", "activemq-classic", EnvActiveMQClassicTLS, EnvActiveMQClassicCA)
+	return v[0], v[1]
+}
+
+// ActiveMQClassicPidfile returns the pidfile of the test ActiveMQ Classic
+// broker's JVM, for tests that kill and restart the broker.
+func ActiveMQClassicPidfile(t testing.TB) string {
+	t.Helper()
+	return fromEnv(t, "activemq-classic broker control", "activemq-classic", EnvActiveMQClassicPidfile)[0]
 }
 
 // Kafka returns a comma-separated list of Kafka bootstrap brokers.

@@ -1,9 +1,13 @@
-// Package activemq is the omnibus adapter for Apache ActiveMQ Artemis over
-// AMQP 1.0 (on github.com/Azure/go-amqp), behind activemq:// and activemqs://
-// URLs:
+// Package activemq is the omnibus adapter for Apache ActiveMQ Artemis and
+// ActiveMQ Classic over AMQP 1.0 (on github.com/Azure/go-amqp), behind
+// activemq:// and activemqs:// URLs:
 //
 //	activemq://user:pass@host:61616?groups=billing,audit
 //	activemqs://user:pass@host:5671?tls_ca=/etc/ca.pem   (AMQP over TLS)
+//	activemq://user:pass@host:5672?flavor=classic        (ActiveMQ Classic)
+//
+// Everything below describes Artemis, the default flavor; the section
+// "ActiveMQ Classic" says where flavor=classic differs.
 //
 // Without credentials in the URL the adapter logs in with SASL ANONYMOUS.
 //
@@ -82,13 +86,45 @@
 // messages. Every dial, handshake and link attach is bounded by
 // connection_timeout.
 //
+// # ActiveMQ Classic (flavor=classic)
+//
+// A topic T is the virtual topic "VirtualTopic.T" (the sender's target is
+// topic://VirtualTopic.T) and group G's durable queue is
+// "Consumer.G.VirtualTopic.T" (queue://...), which the broker creates when a
+// receiver first attaches and fills with a copy of every message published
+// after that. The broker's default virtual-topic settings are assumed
+// (topics named VirtualTopic.>, consumer queues Consumer.*.VirtualTopic.>).
+// A group name is one path element: it may not contain '.'; topic and group
+// names may not contain '*', '>', ',' or white space (wildcards and
+// separators on Classic). Such names fail with ErrInvalid naming the field.
+// An anonymous subscription is a non-durable subscriber of the virtual topic
+// itself.
+//
+// The unroutable=error check asks the broker's statistics plugin
+// (statisticsBrokerPlugin) for the queues matching
+// Consumer.*.VirtualTopic.T, and when there are none, for consumers of the
+// topic. A broker without that plugin does not answer: Publish then fails
+// after connection_timeout with an error saying so; use groups= or
+// unroutable=drop there.
+//
+// Nack(0) sends Modified{delivery-failed}: Classic redelivers it at once
+// (about 1 ms) with the delivery-count raised by one. Classic has no
+// broker-side limit on such redeliveries, so max_attempts defaults to 10 on
+// Classic: the 10th Nack sends Rejected, which moves the message to the
+// queue's dead-letter queue (with an individual dead-letter strategy
+// prefixed "DLQ.", "DLQ.Consumer.G.VirtualTopic.T"; with the broker's
+// default strategy, the shared ActiveMQ.DLQ). Nack(d) sends a delayed copy
+// to the group's queue as on Artemis (the broker needs schedulerSupport).
+// Classic's redelivery plugin is not used: it refuses delays under one second
+// and turns Rejected into a delayed retry.
+//
 // # URL parameters
 //
-//	flavor=artemis             the broker (default artemis; classic is refused: not supported yet)
+//	flavor=artemis|classic     the broker (default artemis)
 //	groups=a,b                 groups whose queues are created up front (default none)
 //	unroutable=error|drop      what a publish to a topic without queues does (default error)
 //	prefetch=N                 link credit per subscription, 1..65535 (default: the subscription's Prefetch)
-//	max_attempts=N             Nack of a delivery with Attempt >= N dead-letters it (default 0: never)
+//	max_attempts=N             Nack of a delivery with Attempt >= N dead-letters it (default: never on Artemis, 10 on Classic)
 //	publish_timeout=D          how long Publish retries across reconnects (default 30s)
 //	connection_timeout=D       dial, handshake and link attach timeout (default 30s)
 //	idle_timeout=D             AMQP idle timeout: a silent peer is dropped after it (default 60s)
@@ -105,7 +141,9 @@ package activemq
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -138,17 +176,22 @@ func init() {
 
 // Broker flavors for the flavor= URL parameter.
 const (
-	// FlavorArtemis is ActiveMQ Artemis, the default and the only flavor
-	// supported.
+	// FlavorArtemis is ActiveMQ Artemis, the default.
 	FlavorArtemis = "artemis"
-	// FlavorClassic is ActiveMQ Classic: recognised, and refused with an
-	// error wrapping pubsub.ErrUnsupported.
+	// FlavorClassic is ActiveMQ Classic (5.x, 6.x) with its AMQP transport.
 	FlavorClassic = "classic"
 )
+
+// classicMaxAttempts is MaxAttempts' default on ActiveMQ Classic, which
+// itself never dead-letters a message the adapter nacks.
+const classicMaxAttempts = 10
 
 // Options configure a Broker. Zero values mean the documented defaults;
 // Dial rejects values out of range with an error naming the field.
 type Options struct {
+	// Flavor is the broker: FlavorArtemis (default, also for "") or
+	// FlavorClassic.
+	Flavor string
 	// Groups whose queues are created the first time a topic is published
 	// to or subscribed on, so nothing published before their consumers
 	// start is lost. Default none.
@@ -161,8 +204,9 @@ type Options struct {
 	// uses each subscription's pubsub.Prefetch.
 	Prefetch int
 	// MaxAttempts makes a Nack of a delivery whose Attempt is MaxAttempts or
-	// more dead-letter it (AMQP Rejected). Zero (default) never does; the
-	// broker's own max-delivery-attempts still counts Nack(0).
+	// more dead-letter it (AMQP Rejected). Zero means the default: never on
+	// Artemis (whose own max-delivery-attempts still counts Nack(0)), 10 on
+	// Classic.
 	MaxAttempts int
 	// PublishTimeout bounds how long a Publish keeps re-sending unanswered
 	// messages across reconnects before it fails (default 30s).
@@ -191,9 +235,23 @@ type Options struct {
 }
 
 func (o Options) withDefaults() (Options, error) {
+	switch o.Flavor {
+	case "":
+		o.Flavor = FlavorArtemis
+	case FlavorArtemis, FlavorClassic:
+	default:
+		return o, fmt.Errorf("activemq: Flavor %q: want %q or %q: %w", o.Flavor, FlavorArtemis, FlavorClassic, driver.ErrInvalid)
+	}
 	for _, g := range o.Groups {
 		if g == "" || strings.ContainsAny(g, " \t\r\n:") {
 			return o, fmt.Errorf("activemq: Groups: group %q is empty or contains white space or ':': %w", g, driver.ErrInvalid)
+		}
+	}
+	if o.Flavor == FlavorClassic {
+		for _, g := range o.Groups {
+			if err := classicName("group", g); err != nil {
+				return o, fmt.Errorf("activemq: Groups: %w", err)
+			}
 		}
 	}
 	type rng struct {
@@ -221,6 +279,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.ReconnectMax < o.ReconnectMin {
 		return o, fmt.Errorf("activemq: ReconnectMax %v is below ReconnectMin %v: %w", o.ReconnectMax, o.ReconnectMin, driver.ErrInvalid)
+	}
+	if o.MaxAttempts == 0 && o.Flavor == FlavorClassic {
+		o.MaxAttempts = classicMaxAttempts
 	}
 	if o.ContainerID == "" {
 		o.ContainerID = "omnibus"
@@ -256,7 +317,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 		return "", opts, fmt.Errorf("activemq: URL scheme %q: want %s or %s: %w", u.Scheme, Scheme, SchemeTLS, driver.ErrInvalid)
 	}
 	p := driver.NewParams(u.Scheme, u.Query())
-	flavor := p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
+	opts.Flavor = p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
 	if g := p.String("groups", ""); g != "" {
 		for _, name := range strings.Split(g, ",") {
 			if name = strings.TrimSpace(name); name != "" {
@@ -278,9 +339,6 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	if err := p.Err(); err != nil {
 		return "", opts, err
 	}
-	if flavor == FlavorClassic {
-		return "", opts, fmt.Errorf("activemq: flavor=classic: ActiveMQ Classic is not supported yet (only Artemis): %w", driver.ErrUnsupported)
-	}
 	if u.Scheme == Scheme && (ca != "" || cert != "" || key != "" || sni != "") {
 		return "", opts, fmt.Errorf("activemq: tls_* parameters need an activemqs:// URL, not activemq://: %w", driver.ErrInvalid)
 	}
@@ -293,7 +351,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	return u.String(), opts, nil
 }
 
-// Broker is a connection to one ActiveMQ Artemis broker; it implements
+// Broker is a connection to one ActiveMQ Artemis or Classic broker; it implements
 // driver.Broker. Use it through pubsub.Open or pubsub.NewClient.
 type Broker struct {
 	opts     Options
@@ -308,6 +366,7 @@ type Broker struct {
 	topoMu sync.Mutex
 	topo   map[string]bool // topics whose Groups queues exist
 
+	instance   string // random, makes container ids unique across Brokers (Classic refuses duplicates)
 	connSeq    atomic.Int64
 	reconnects atomic.Int64
 	closeOnce  sync.Once
@@ -341,7 +400,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.Host == "" || u.Port() == "" {
 		return nil, fmt.Errorf("activemq: URL %s: want host:port: %w", red, driver.ErrInvalid)
 	}
-	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, done: make(chan struct{})}
+	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, done: make(chan struct{}), instance: instanceID()}
 	scheme := "amqp"
 	if u.Scheme == SchemeTLS {
 		scheme = "amqps"
@@ -369,6 +428,13 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	return b, nil
 }
 
+// instanceID returns 8 random hex digits.
+func instanceID() string {
+	var r [4]byte
+	_, _ = rand.Read(r[:]) // never fails (crypto/rand)
+	return hex.EncodeToString(r[:])
+}
+
 // dial opens one AMQP connection for role, bounded by ctx and the
 // connection timeout.
 func (b *Broker) dial(ctx context.Context, role string) (*amqp.Conn, error) {
@@ -378,7 +444,7 @@ func (b *Broker) dial(ctx context.Context, role string) (*amqp.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, b.opts.ConnectionTimeout)
 	defer cancel()
 	co := &amqp.ConnOptions{
-		ContainerID: fmt.Sprintf("%s/%s/%d", b.opts.ContainerID, role, b.connSeq.Add(1)),
+		ContainerID: fmt.Sprintf("%s/%s/%s-%d", b.opts.ContainerID, role, b.instance, b.connSeq.Add(1)),
 		HostName:    b.host,
 		IdleTimeout: b.opts.IdleTimeout,
 		SASLType:    b.sasl,
@@ -422,7 +488,8 @@ func connectError(addr, role string, ctx context.Context, err error) error {
 // Capabilities reports what this broker honours: ordering per key (group-id
 // keeps a key on one consumer, in order), persistence (durable messages and
 // queues), nack delay (a delayed copy in the group's queue), groups and
-// attempt counts (delivery-count, kept by the broker across restarts). No
+// attempt counts (delivery-count, kept by the broker across consumer
+// restarts; Classic resets it when the broker itself restarts). No
 // replay: a group starts with the messages published after its queue was
 // created.
 func (b *Broker) Capabilities() driver.Capabilities { return b.caps }

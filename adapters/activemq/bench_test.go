@@ -1,12 +1,14 @@
 package activemq_test
 
-// Benchmarks against a real ActiveMQ Artemis, comparing in one run the raw
-// go-amqp client and omnibus on the same messages (256-byte durable payload,
-// a message ID and one application property) and the same topology (a
-// multicast address and one durable group queue, attached by its fully
-// qualified name). Run:
+// Benchmarks against a real ActiveMQ Artemis and a real ActiveMQ Classic
+// (one sub-benchmark per flavor), comparing in one run the raw go-amqp client
+// and omnibus on the same messages (256-byte durable payload, a message ID
+// and one application property) and the same topology (Artemis: a multicast
+// address and one durable group queue, attached by its fully qualified name;
+// Classic: a virtual topic and its group's Consumer.<group>.VirtualTopic.<topic>
+// queue). Run:
 //
-//	eval "$(scripts/brokers up activemq)"
+//	eval "$(scripts/brokers up activemq activemq-classic)"
 //	go test -run XXX -bench . -benchtime 20000x ./adapters/activemq/
 //
 // Publish: 8 goroutines share b.N messages in calls of 1 or 64 messages.
@@ -32,7 +34,6 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/omnibusmq/omnibus/adapters/activemq"
-	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -63,10 +64,10 @@ func logRatio(b *testing.B, what string) {
 	}
 }
 
-// rawSession dials the test broker with go-amqp and begins a session.
-func rawSession(b testing.TB) *amqp.Session {
+// rawSession dials the flavor's test broker with go-amqp and begins a session.
+func rawSession(b testing.TB, f flavor) *amqp.Session {
 	b.Helper()
-	u, err := url.Parse(integration.ActiveMQ(b))
+	u, err := url.Parse(f.url(b))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -86,16 +87,19 @@ func rawSession(b testing.TB) *amqp.Session {
 }
 
 // benchTopic returns a fresh topic whose group queue exists.
-func benchTopic(b *testing.B, sess *amqp.Session, lib string) string {
+func benchTopic(b *testing.B, f flavor, sess *amqp.Session, lib string) string {
 	b.Helper()
 	topic := fmt.Sprintf("omnibus-bench-%s-%d", lib, time.Now().UnixNano())
 	ctx := context.Background()
-	r, err := sess.NewReceiver(ctx, topic+"::"+activemq.QueueName(topic, benchGroup), &amqp.ReceiverOptions{Credit: -1, SourceCapabilities: []string{"topic"}})
+	src, caps := f.groupQueue(topic, benchGroup)
+	r, err := sess.NewReceiver(ctx, src, &amqp.ReceiverOptions{Credit: -1, SourceCapabilities: caps})
 	if err != nil {
 		b.Fatal(err)
 	}
 	_ = r.Close(ctx)
-	b.Cleanup(func() { destroyQueue(b, sess, activemq.QueueName(topic, benchGroup)) })
+	if f.name == "artemis" {
+		b.Cleanup(func() { destroyQueue(b, sess, activemq.QueueName(topic, benchGroup)) })
+	}
 	return topic
 }
 
@@ -200,12 +204,19 @@ func shard(b *testing.B, n, per int, fn func(first, size int) error) {
 }
 
 func BenchmarkPublish(b *testing.B) {
+	for _, f := range flavors {
+		b.Run(f.name, func(b *testing.B) { benchPublish(b, f) })
+	}
+}
+
+func benchPublish(b *testing.B, f flavor) {
 	for _, per := range []int{1, 64} {
 		what := fmt.Sprintf("publish-%d", per)
 		b.Run(fmt.Sprintf("%d-per-call/raw", per), func(b *testing.B) {
-			sess := rawSession(b)
-			topic := benchTopic(b, sess, "raw")
-			snd, err := sess.NewSender(context.Background(), topic, &amqp.SenderOptions{TargetCapabilities: []string{"topic"}})
+			sess := rawSession(b, f)
+			topic := benchTopic(b, f, sess, "raw")
+			target, caps := f.publishTarget(topic)
+			snd, err := sess.NewSender(context.Background(), target, &amqp.SenderOptions{TargetCapabilities: caps})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -221,9 +232,9 @@ func BenchmarkPublish(b *testing.B) {
 			report(b, what+"/raw", start, cpu0)
 		})
 		b.Run(fmt.Sprintf("%d-per-call/omnibus", per), func(b *testing.B) {
-			sess := rawSession(b)
-			topic := benchTopic(b, sess, "omnibus")
-			c := open(b, "")
+			sess := rawSession(b, f)
+			topic := benchTopic(b, f, sess, "omnibus")
+			c := open(b, f, "")
 			ctx := context.Background()
 			cpu0, start := processCPU(), time.Now()
 			shard(b, b.N, per, func(first, size int) error {
@@ -240,9 +251,10 @@ func BenchmarkPublish(b *testing.B) {
 }
 
 // fill puts n messages into topic's group queue (untimed).
-func fill(b *testing.B, sess *amqp.Session, topic string, n int) {
+func fill(b *testing.B, f flavor, sess *amqp.Session, topic string, n int) {
 	b.Helper()
-	snd, err := sess.NewSender(context.Background(), topic, &amqp.SenderOptions{TargetCapabilities: []string{"topic"}})
+	target, caps := f.publishTarget(topic)
+	snd, err := sess.NewSender(context.Background(), target, &amqp.SenderOptions{TargetCapabilities: caps})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -257,15 +269,22 @@ func fill(b *testing.B, sess *amqp.Session, topic string, n int) {
 }
 
 func BenchmarkConsume(b *testing.B) {
+	for _, f := range flavors {
+		b.Run(f.name, func(b *testing.B) { benchConsume(b, f) })
+	}
+}
+
+func benchConsume(b *testing.B, f flavor) {
 	b.Run("raw", func(b *testing.B) {
-		sess := rawSession(b)
-		topic := benchTopic(b, sess, "raw")
+		sess := rawSession(b, f)
+		topic := benchTopic(b, f, sess, "raw")
 		b.StopTimer()
-		fill(b, sess, topic, b.N)
+		fill(b, f, sess, topic, b.N)
 		b.StartTimer()
 		ctx := context.Background()
 		cpu0, start := processCPU(), time.Now()
-		r, err := sess.NewReceiver(ctx, topic+"::"+activemq.QueueName(topic, benchGroup), &amqp.ReceiverOptions{Credit: benchCredit, SourceCapabilities: []string{"topic"}})
+		src, caps := f.groupQueue(topic, benchGroup)
+		r, err := sess.NewReceiver(ctx, src, &amqp.ReceiverOptions{Credit: benchCredit, SourceCapabilities: caps})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -281,12 +300,12 @@ func BenchmarkConsume(b *testing.B) {
 		report(b, "consume/raw", start, cpu0)
 	})
 	b.Run("omnibus", func(b *testing.B) {
-		sess := rawSession(b)
-		topic := benchTopic(b, sess, "omnibus")
+		sess := rawSession(b, f)
+		topic := benchTopic(b, f, sess, "omnibus")
 		b.StopTimer()
-		fill(b, sess, topic, b.N)
+		fill(b, f, sess, topic, b.N)
 		b.StartTimer()
-		c := open(b, "")
+		c := open(b, f, "")
 		ctx := context.Background()
 		cpu0, start := processCPU(), time.Now()
 		s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchCredit))

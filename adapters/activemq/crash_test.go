@@ -13,8 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
 )
 
 // Environment of a consumer subprocess: the test binary re-executed by
@@ -27,6 +27,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	pubsubtest.CrashMain()
 	if os.Getenv(envChild) != "" {
 		os.Exit(childConsumer())
 	}
@@ -83,6 +84,21 @@ func childConsumer() int {
 	}
 }
 
+// The portable crash kit: two consumer processes compete in a group that
+// exists before the first publish (groups=crash); one is SIGKILLed five
+// times mid-stream. Nothing is lost, and the kit checks per-key order of
+// first effects because the adapter claims OrderingPerKey.
+func TestCrashKit(t *testing.T) {
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		rep := pubsubtest.RunCrash(t, pubsubtest.CrashOptions{
+			URL:       withParams(f.url(t), "groups=crash"),
+			Topic:     newTopic(t),
+			Consumers: 2,
+		})
+		t.Logf("%s", rep)
+	})
+}
+
 type receipt struct {
 	id, key      string
 	seq, attempt int
@@ -99,11 +115,15 @@ type child struct {
 }
 
 func TestConsumerSIGKILLFiveTimesLosesNothingAndKeepsKeyOrder(t *testing.T) {
-	u := integration.ActiveMQ(t)
+	eachFlavor(t, testConsumerSIGKILL)
+}
+
+func testConsumerSIGKILL(t *testing.T, f flavor) {
+	u := f.url(t)
 	const keys, perKey, kills, consumers = 16, 125, 5, 2
 	topic := newTopic(t)
 	group := "crash"
-	c := open(t, "groups="+group)
+	c := open(t, f, "groups="+group)
 	var all []*pubsub.Message
 	for i := 0; i < perKey; i++ {
 		for k := 0; k < keys; k++ {

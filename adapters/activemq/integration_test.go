@@ -23,13 +23,10 @@ import (
 	_ "github.com/omnibusmq/omnibus/adapters/activemq"
 )
 
-// open returns a client on the test broker with extra URL parameters.
-func open(t testing.TB, params string) *pubsub.Client {
+// open returns a client on the flavor's test broker with extra URL parameters.
+func open(t testing.TB, f flavor, params string) *pubsub.Client {
 	t.Helper()
-	u := integration.ActiveMQ(t)
-	if params != "" {
-		u += "?" + params
-	}
+	u := withParams(f.url(t), params)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	c, err := pubsub.Open(ctx, u)
@@ -41,21 +38,25 @@ func open(t testing.TB, params string) *pubsub.Client {
 }
 
 func TestConformanceOverTLS(t *testing.T) {
-	u, ca := integration.ActiveMQS(t)
-	u += "?tls_ca=" + url.QueryEscape(ca)
-	pubsubtest.Run(t, pubsubtest.Harness{
-		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
-			return pubsub.Open(ctx, u)
-		},
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		u, ca := f.tls(t)
+		u = withParams(u, "tls_ca="+url.QueryEscape(ca))
+		pubsubtest.Run(t, pubsubtest.Harness{
+			Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+				return pubsub.Open(ctx, u)
+			},
+		})
 	})
 }
 
 func TestConformance(t *testing.T) {
-	u := integration.ActiveMQ(t)
-	pubsubtest.Run(t, pubsubtest.Harness{
-		Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
-			return pubsub.Open(ctx, u)
-		},
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		u := f.url(t)
+		pubsubtest.Run(t, pubsubtest.Harness{
+			Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+				return pubsub.Open(ctx, u)
+			},
+		})
 	})
 }
 
@@ -98,38 +99,41 @@ func TestPublishBeforeAnyGroupFollowsTheUnroutableRule(t *testing.T) {
 		{"GroupsDeclaredUpFrontKeepTheMessage", "groups=early,late", nil, "late"},
 		{"DropIsAnExplicitOptIn", "unroutable=drop", nil, ""},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := open(t, tc.params)
-			topic := newTopic(t)
-			m := &pubsub.Message{ID: "before-" + tc.name, Payload: []byte("early bird")}
-			err := c.Publish(context.Background(), topic, m)
-			if tc.wantErr != nil {
-				if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), topic) {
-					t.Fatalf("Publish before any group = %v, want %v naming topic %q", err, tc.wantErr, topic)
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				c := open(t, f, tc.params)
+				topic := newTopic(t)
+				m := &pubsub.Message{ID: "before-" + tc.name, Payload: []byte("early bird")}
+				err := c.Publish(context.Background(), topic, m)
+				if tc.wantErr != nil {
+					if !errors.Is(err, tc.wantErr) || !strings.Contains(err.Error(), topic) {
+						t.Fatalf("Publish before any group = %v, want %v naming topic %q", err, tc.wantErr, topic)
+					}
+					return
 				}
-				return
-			}
-			if err != nil {
-				t.Fatalf("Publish: %v", err)
-			}
-			if tc.group == "" {
-				return
-			}
-			s := mustSubscribe(t, c, topic, pubsub.Group(tc.group))
-			d := receive(t, s, 10*time.Second)
-			if d.Message.ID != m.ID {
-				t.Fatalf("group %s got %s, want the message published before it subscribed (%s)", tc.group, d.Message.ID, m.ID)
-			}
-			_ = d.Ack()
-		})
-	}
+				if err != nil {
+					t.Fatalf("Publish: %v", err)
+				}
+				if tc.group == "" {
+					return
+				}
+				s := mustSubscribe(t, c, topic, pubsub.Group(tc.group))
+				d := receive(t, s, 10*time.Second)
+				if d.Message.ID != m.ID {
+					t.Fatalf("group %s got %s, want the message published before it subscribed (%s)", tc.group, d.Message.ID, m.ID)
+				}
+				_ = d.Ack()
+			})
+		}
+	})
 }
 
-// rawReceiver attaches a plain go-amqp receiver to source on the test broker.
-func rawReceiver(t testing.TB, source string) *amqp.Receiver {
+// rawReceiver attaches a plain go-amqp receiver to source on the flavor's
+// test broker.
+func rawReceiver(t testing.TB, f flavor, source string) *amqp.Receiver {
 	t.Helper()
-	u, err := url.Parse(integration.ActiveMQ(t))
+	u, err := url.Parse(f.url(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,67 +161,67 @@ func TestPoisonMessagesLandInTheBrokersDeadLetterQueue(t *testing.T) {
 		name   string
 		params string
 		delay  time.Duration // of every Nack
-		nacks  int           // deliveries until the broker dead-letters
-		dlq    string        // queue on the dead-letter address; "" = DLQ.<topic>
+		nacks  int           // deliveries until the message is dead-lettered
 	}{
 		// The adapter rejects on Nack once Attempt reaches max_attempts.
-		{"MaxAttemptsWithImmediateNacks", "max_attempts=3", 0, 3, ""},
-		// Delayed nacks (which the broker does not count) too; the delayed
-		// copy's address is the group queue's fully qualified name, which
-		// the per-topic dead-letter queue's filter does not match: it lands
-		// in the dead-letter address's catch-all queue.
-		{"MaxAttemptsWithDelayedNacks", "max_attempts=3", 20 * time.Millisecond, 3, "DLQ"},
-		// Nack(0) is counted by the broker: its max-delivery-attempts (10
-		// in scripts/brokers) dead-letters the message.
-		{"BrokerMaxDeliveryAttempts", "", 0, 10, ""},
+		{"MaxAttemptsWithImmediateNacks", "max_attempts=3", 0, 3},
+		// Delayed nacks (which the broker does not count) too.
+		{"MaxAttemptsWithDelayedNacks", "max_attempts=3", 20 * time.Millisecond, 3},
+		// By default the 10th Nack(0) dead-letters: on Artemis the
+		// broker's max-delivery-attempts (10 in scripts/brokers), on
+		// Classic the adapter's default max_attempts.
+		{"DefaultMaxDeliveryAttempts", "", 0, 10},
 	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			c := open(t, tc.params)
-			topic := newTopic(t)
-			s := mustSubscribe(t, c, topic, pubsub.Group("work"))
-			m := &pubsub.Message{ID: "poison-" + tc.name, Key: "k", Payload: []byte("bad"), Metadata: map[string]string{"why": "test"}}
-			if err := c.Publish(context.Background(), topic, m); err != nil {
-				t.Fatal(err)
-			}
-			for want := 1; want <= tc.nacks; want++ {
-				d := receive(t, s, 15*time.Second)
-				if d.Message.ID != m.ID || d.Message.Attempt != want {
-					t.Fatalf("delivery %d: got %s attempt %d, want %s attempt %d", want, d.Message.ID, d.Message.Attempt, m.ID, want)
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				c := open(t, f, tc.params)
+				topic := newTopic(t)
+				s := mustSubscribe(t, c, topic, pubsub.Group("work"))
+				m := &pubsub.Message{ID: "poison-" + tc.name, Key: "k", Payload: []byte("bad"), Metadata: map[string]string{"why": "test"}}
+				if err := c.Publish(context.Background(), topic, m); err != nil {
+					t.Fatal(err)
 				}
-				if err := d.Nack(tc.delay); err != nil {
-					t.Fatalf("nack: %v", err)
+				for want := 1; want <= tc.nacks; want++ {
+					d := receive(t, s, 15*time.Second)
+					if d.Message.ID != m.ID || d.Message.Attempt != want {
+						t.Fatalf("delivery %d: got %s attempt %d, want %s attempt %d", want, d.Message.ID, d.Message.Attempt, m.ID, want)
+					}
+					if err := d.Nack(tc.delay); err != nil {
+						t.Fatalf("nack: %v", err)
+					}
 				}
-			}
-			queue := tc.dlq
-			if queue == "" {
-				queue = "DLQ." + topic
-			}
-			dlq := rawReceiver(t, "DLQ::"+queue)
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			var dm *amqp.Message
-			for dm == nil || dm.Properties.MessageID != m.ID {
-				var err error
-				if dm, err = dlq.Receive(ctx, nil); err != nil {
-					t.Fatalf("%s not in dead-letter queue %s: %v", m.ID, queue, err)
+				queue := f.dlq(topic, "work", tc.delay > 0)
+				dlq := rawReceiver(t, f, queue)
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				defer cancel()
+				var dm *amqp.Message
+				for dm == nil || dm.Properties.MessageID != m.ID {
+					var err error
+					if dm, err = dlq.Receive(ctx, nil); err != nil {
+						t.Fatalf("%s not in dead-letter queue %s: %v", m.ID, queue, err)
+					}
+					_ = dlq.AcceptMessage(ctx, dm) // only these tests dead-letter
 				}
-				_ = dlq.AcceptMessage(ctx, dm) // only these tests dead-letter
-			}
-			if dm.Properties.MessageID != m.ID || string(dm.GetData()) != "bad" || dm.ApplicationProperties["why"] != "test" {
-				t.Errorf("dead letter %+v %q %v, want %s intact", dm.Properties, dm.GetData(), dm.ApplicationProperties, m.ID)
-			}
-			ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
-			defer cancel2()
-			if d, err := s.Receive(ctx2); err == nil {
-				t.Errorf("dead-lettered message delivered again: %s attempt %d", d.Message.ID, d.Message.Attempt)
-			}
-		})
-	}
+				if dm.Properties.MessageID != m.ID || string(dm.GetData()) != "bad" || dm.ApplicationProperties["why"] != "test" {
+					t.Errorf("dead letter %+v %q %v, want %s intact", dm.Properties, dm.GetData(), dm.ApplicationProperties, m.ID)
+				}
+				ctx2, cancel2 := context.WithTimeout(context.Background(), 500*time.Millisecond)
+				defer cancel2()
+				if d, err := s.Receive(ctx2); err == nil {
+					t.Errorf("dead-lettered message delivered again: %s attempt %d", d.Message.ID, d.Message.Attempt)
+				}
+			})
+		}
+	})
 }
 
 func TestPoisonMiddlewarePublishesAfterDelayedRedeliveries(t *testing.T) {
-	c := open(t, "")
+	eachFlavor(t, func(t *testing.T, f flavor) { testPoisonMiddleware(t, f) })
+}
+
+func testPoisonMiddleware(t *testing.T, f flavor) {
+	c := open(t, f, "")
 	topic := newTopic(t)
 	poison := mustSubscribe(t, c, topic+".poison", pubsub.Group("ops"))
 	var attempts []int
@@ -251,9 +255,13 @@ func TestPoisonMiddlewarePublishesAfterDelayedRedeliveries(t *testing.T) {
 }
 
 func TestTLSAcceptorRoundTripAndUnknownCA(t *testing.T) {
-	u, ca := integration.ActiveMQS(t)
+	eachFlavor(t, testTLSAcceptor)
+}
+
+func testTLSAcceptor(t *testing.T, f flavor) {
+	u, ca := f.tls(t)
 	t.Run("TrustedCA", func(t *testing.T) {
-		c, err := pubsub.Open(context.Background(), u+"?tls_ca="+url.QueryEscape(ca))
+		c, err := pubsub.Open(context.Background(), withParams(u, "tls_ca="+url.QueryEscape(ca)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -270,7 +278,7 @@ func TestTLSAcceptorRoundTripAndUnknownCA(t *testing.T) {
 		}
 	})
 	t.Run("SystemRootsRejectTheTestCA", func(t *testing.T) {
-		c, err := pubsub.Open(context.Background(), u+"?connection_timeout=10s")
+		c, err := pubsub.Open(context.Background(), withParams(u, "connection_timeout=10s"))
 		if err == nil {
 			c.Close()
 			t.Fatal("Open verified a certificate signed by an unknown CA")
@@ -291,9 +299,13 @@ func mustURL(t testing.TB, s string) *url.URL {
 }
 
 func TestWrongPasswordIsPermanentAndNotInTheError(t *testing.T) {
-	u := mustURL(t, integration.ActiveMQ(t))
+	eachFlavor(t, testWrongPassword)
+}
+
+func testWrongPassword(t *testing.T, f flavor) {
+	u := mustURL(t, f.url(t))
 	u.User = url.UserPassword(u.User.Username(), "wrong-hunter2-secret")
-	c, err := pubsub.Open(context.Background(), u.String()+"?connection_timeout=10s")
+	c, err := pubsub.Open(context.Background(), withParams(u.String(), "connection_timeout=10s"))
 	if err == nil {
 		c.Close()
 		t.Fatal("Open succeeded with a wrong password")
@@ -318,40 +330,46 @@ func TestNackDelayIsExactAndNack0IsImmediate(t *testing.T) {
 		{"2s", "g", 2 * time.Second, time.Second},
 		{"AnonymousSubscription700ms", "", 700 * time.Millisecond, time.Second},
 	}
-	c := open(t, "")
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			topic := newTopic(t)
-			var opts []pubsub.SubscribeOption
-			if tc.group != "" {
-				opts = append(opts, pubsub.Group(tc.group))
-			}
-			s := mustSubscribe(t, c, topic, opts...)
-			m := &pubsub.Message{ID: "delay-" + tc.name, Key: "k", Payload: []byte("later"), Metadata: map[string]string{"a": "b"}}
-			if err := c.Publish(context.Background(), topic, m); err != nil {
-				t.Fatal(err)
-			}
-			d := receive(t, s, 10*time.Second)
-			nackedAt := time.Now()
-			if err := d.Nack(tc.delay); err != nil {
-				t.Fatal(err)
-			}
-			d2 := receive(t, s, tc.delay+10*time.Second)
-			took := time.Since(nackedAt)
-			_ = d2.Ack()
-			if d2.Message.ID != m.ID || d2.Message.Attempt != 2 || d2.Message.Key != "k" || d2.Message.Metadata["a"] != "b" || string(d2.Message.Payload) != "later" {
-				t.Errorf("redelivered %+v, want %s intact with Attempt 2", d2.Message, m.ID)
-			}
-			if took < tc.delay || took > tc.delay+tc.slack {
-				t.Errorf("redelivered after %v, want between %v and %v", took, tc.delay, tc.delay+tc.slack)
-			}
-			t.Logf("Nack(%v) redelivered after %v", tc.delay, took.Round(time.Millisecond))
-		})
-	}
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		c := open(t, f, "")
+		for _, tc := range cases {
+			t.Run(tc.name, func(t *testing.T) {
+				topic := newTopic(t)
+				var opts []pubsub.SubscribeOption
+				if tc.group != "" {
+					opts = append(opts, pubsub.Group(tc.group))
+				}
+				s := mustSubscribe(t, c, topic, opts...)
+				m := &pubsub.Message{ID: "delay-" + tc.name, Key: "k", Payload: []byte("later"), Metadata: map[string]string{"a": "b"}}
+				if err := c.Publish(context.Background(), topic, m); err != nil {
+					t.Fatal(err)
+				}
+				d := receive(t, s, 10*time.Second)
+				nackedAt := time.Now()
+				if err := d.Nack(tc.delay); err != nil {
+					t.Fatal(err)
+				}
+				d2 := receive(t, s, tc.delay+10*time.Second)
+				took := time.Since(nackedAt)
+				_ = d2.Ack()
+				if d2.Message.ID != m.ID || d2.Message.Attempt != 2 || d2.Message.Key != "k" || d2.Message.Metadata["a"] != "b" || string(d2.Message.Payload) != "later" {
+					t.Errorf("redelivered %+v, want %s intact with Attempt 2", d2.Message, m.ID)
+				}
+				if took < tc.delay || took > tc.delay+tc.slack {
+					t.Errorf("redelivered after %v, want between %v and %v", took, tc.delay, tc.delay+tc.slack)
+				}
+				t.Logf("Nack(%v) redelivered after %v", tc.delay, took.Round(time.Millisecond))
+			})
+		}
+	})
 }
 
 func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
-	u := integration.ActiveMQ(t)
+	eachFlavor(t, testRequire)
+}
+
+func testRequire(t *testing.T, f flavor) {
+	u := f.url(t)
 	cases := []struct {
 		require string
 		wantErr bool
@@ -361,7 +379,7 @@ func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.require, func(t *testing.T) {
-			c, err := pubsub.Open(context.Background(), u+"?require="+tc.require)
+			c, err := pubsub.Open(context.Background(), withParams(u, "require="+tc.require))
 			if err == nil {
 				c.Close()
 			}
@@ -373,7 +391,11 @@ func TestRequireFailsForACapabilityTheBrokerLacks(t *testing.T) {
 }
 
 func TestTopicWithOnlyAnAnonymousSubscriptionIsCheckedOnEveryPublish(t *testing.T) {
-	c := open(t, "")
+	eachFlavor(t, testAnonymousOnly)
+}
+
+func testAnonymousOnly(t *testing.T, f flavor) {
+	c := open(t, f, "")
 	topic := newTopic(t)
 	s, err := c.Subscribe(context.Background(), topic)
 	if err != nil {
@@ -394,5 +416,29 @@ func TestTopicWithOnlyAnAnonymousSubscriptionIsCheckedOnEveryPublish(t *testing.
 	err = c.Publish(context.Background(), topic, &pubsub.Message{ID: "after-anon", Payload: []byte("x")})
 	if !errors.Is(err, pubsub.ErrNotFound) {
 		t.Fatalf("publish after the only (anonymous) subscription closed = %v, want ErrNotFound", err)
+	}
+}
+
+// A Classic broker without the statistics plugin never answers the
+// adapter's routability question. Publish must then fail once, after
+// connection_timeout, saying what to do; not redial and ask again until
+// publish_timeout. Artemis stands in for such a broker: it takes the
+// request into a queue and never answers, as Classic does without the
+// plugin.
+func TestClassicWithoutTheStatisticsPluginFailsPublishAfterConnectionTimeout(t *testing.T) {
+	u := mustURL(t, integration.ActiveMQ(t))
+	c, err := pubsub.Open(context.Background(), withParams(u.String(), "flavor=classic&connection_timeout=2s&publish_timeout=20s"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	err = c.Publish(context.Background(), newTopic(t), &pubsub.Message{Payload: []byte("x")})
+	took := time.Since(start)
+	if !errors.Is(err, pubsub.ErrPermanent) || !strings.Contains(err.Error(), "statisticsBrokerPlugin") {
+		t.Errorf("Publish = %v, want ErrPermanent naming statisticsBrokerPlugin", err)
+	}
+	if took > 10*time.Second {
+		t.Errorf("Publish failed after %v: it kept asking until publish_timeout instead of failing after connection_timeout (2s)", took.Round(time.Millisecond))
 	}
 }

@@ -59,7 +59,8 @@ func (p *publisher) link(ctx context.Context, topic string) (*amqp.Conn, *amqp.S
 	if err := p.b.ensureGroups(actx, p.sess, topic); err != nil {
 		return p.conn, p.sess, nil, err
 	}
-	s, err := p.sess.NewSender(actx, topic, &amqp.SenderOptions{TargetCapabilities: topicCaps})
+	target, caps := p.b.publishTarget(topic)
+	s, err := p.sess.NewSender(actx, target, &amqp.SenderOptions{TargetCapabilities: caps})
 	if err != nil {
 		return p.conn, p.sess, nil, fmt.Errorf("activemq: attach a sender to topic %q: %w", topic, err)
 	}
@@ -129,6 +130,9 @@ func permanent(err error) bool {
 // Accepted for every one of them (see Publishing in the package doc).
 func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := b.checkName("topic", topic); err != nil {
 		return err
 	}
 	if max := b.opts.MaxMessageSize; max > 0 {

@@ -13,15 +13,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
 // restartBroker SIGKILLs the test broker's JVM and starts it again on the
 // same journal with scripts/brokers. It returns the old and new pids.
-func restartBroker(t *testing.T) (oldPID, newPID int) {
+func restartBroker(t *testing.T, f flavor) (oldPID, newPID int) {
 	t.Helper()
-	_, pidfile := integration.ActiveMQControl(t)
+	pidfile := f.pidfile(t)
 	readPID := func() int {
 		b, err := os.ReadFile(pidfile)
 		if err != nil {
@@ -40,7 +39,7 @@ func restartBroker(t *testing.T) (oldPID, newPID int) {
 	state := filepath.Dir(filepath.Dir(pidfile))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "../../scripts/brokers", "up", "activemq")
+	cmd := exec.CommandContext(ctx, "../../scripts/brokers", "up", f.brokers)
 	cmd.Env = append(os.Environ(), "OMNIBUS_BROKERS_DIR="+state)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("restart the broker: %v\n%s", err, out)
@@ -49,8 +48,12 @@ func restartBroker(t *testing.T) (oldPID, newPID int) {
 }
 
 func TestBrokerSIGKILLAndRestartDuringPublishAndConsumeDeliversEveryConfirmedMessage(t *testing.T) {
-	integration.ActiveMQControl(t)
-	c := open(t, "groups=restart&publish_timeout=3m&reconnect_max=1s")
+	eachFlavor(t, testBrokerRestart)
+}
+
+func testBrokerRestart(t *testing.T, f flavor) {
+	f.pidfile(t)
+	c := open(t, f, "groups=restart&publish_timeout=3m&reconnect_max=1s")
 	topic := newTopic(t)
 	s := mustSubscribe(t, c, topic, pubsub.Group("restart"))
 
@@ -113,7 +116,7 @@ func TestBrokerSIGKILLAndRestartDuringPublishAndConsumeDeliversEveryConfirmedMes
 	count := func(m map[string]bool) int { mu.Lock(); defer mu.Unlock(); return len(m) }
 	progress("300 messages confirmed before the restart", func() bool { return count(confirmed) >= 300 })
 	before := count(confirmed)
-	oldPID, newPID := restartBroker(t)
+	oldPID, newPID := restartBroker(t, f)
 	if oldPID == newPID {
 		t.Fatalf("broker pid %d unchanged after the restart", oldPID)
 	}

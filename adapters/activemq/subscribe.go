@@ -39,6 +39,7 @@ type subscription struct {
 	topic  string
 	group  string
 	source string
+	caps   []string // capabilities of source
 	credit int
 
 	mu       sync.Mutex
@@ -67,14 +68,20 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if opts.Group != "" && strings.Contains(opts.Group, ":") {
 		return nil, fmt.Errorf("activemq: group %q: ':' is reserved for fully qualified queue names: %w", opts.Group, driver.ErrInvalid)
 	}
+	if err := b.checkName("topic", topic); err != nil {
+		return nil, err
+	}
+	if opts.Group != "" {
+		if err := b.checkName("group", opts.Group); err != nil {
+			return nil, err
+		}
+	}
 	credit := b.opts.Prefetch
 	if credit == 0 {
 		credit = max(opts.MaxBatch, 1)
 	}
-	s := &subscription{b: b, topic: topic, group: opts.Group, source: topic, credit: credit, closing: make(chan struct{})}
-	if opts.Group != "" {
-		s.source = fqqn(topic, opts.Group)
-	}
+	s := &subscription{b: b, topic: topic, group: opts.Group, credit: credit, closing: make(chan struct{})}
+	s.source, s.caps = b.groupSource(topic, opts.Group)
 	l, err := s.connect(ctx)
 	if err != nil {
 		return nil, err
@@ -107,7 +114,7 @@ func (s *subscription) connect(ctx context.Context) (*link, error) {
 	}
 	recv, err := sess.NewReceiver(actx, s.source, &amqp.ReceiverOptions{
 		Credit:             int32(s.credit),
-		SourceCapabilities: topicCaps,
+		SourceCapabilities: s.caps,
 	})
 	if err != nil {
 		return fail(fmt.Errorf("activemq: attach a receiver to %s: %w", s.source, err))
@@ -337,7 +344,7 @@ func (s *subscription) sendDelayed(ctx context.Context, d *delivery, delay time.
 	defer cancel()
 	l.mu.Lock()
 	if l.delay == nil {
-		snd, err := l.sess.NewSender(ctx, s.source, &amqp.SenderOptions{TargetCapabilities: topicCaps})
+		snd, err := l.sess.NewSender(ctx, s.source, &amqp.SenderOptions{TargetCapabilities: s.caps})
 		if err != nil {
 			l.mu.Unlock()
 			return fmt.Errorf("attach a sender to %s: %w", s.source, err)

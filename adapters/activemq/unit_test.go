@@ -25,7 +25,7 @@ func TestParseURLSetsOptionsFromParams(t *testing.T) {
 		t.Errorf("addr = %q, want the URL without its query", addr)
 	}
 	want := Options{
-		Groups: []string{"a", "b"}, DropUnroutable: true, Prefetch: 100, MaxAttempts: 5,
+		Flavor: FlavorArtemis, Groups: []string{"a", "b"}, DropUnroutable: true, Prefetch: 100, MaxAttempts: 5,
 		PublishTimeout: 5 * time.Second, ConnectionTimeout: 4 * time.Second, IdleTimeout: 20 * time.Second,
 		ReconnectMin: 50 * time.Millisecond, ReconnectMax: 2 * time.Second, MaxMessageSize: 1000, ContainerID: "svc",
 	}
@@ -78,13 +78,61 @@ func TestBadURLParamsAreErrorsNamingTheParam(t *testing.T) {
 	}
 }
 
-func TestFlavorClassicIsUnsupportedAndArtemisIsTheDefault(t *testing.T) {
-	if _, _, err := ParseURL("activemq://127.0.0.1:61616?flavor=artemis"); err != nil {
-		t.Errorf("flavor=artemis: %v", err)
+func TestFlavorSelectsTheBrokerAndArtemisIsTheDefault(t *testing.T) {
+	cases := []struct {
+		url         string
+		flavor      string
+		maxAttempts int // after withDefaults
+	}{
+		{"activemq://127.0.0.1:61616", FlavorArtemis, 0},
+		{"activemq://127.0.0.1:61616?flavor=artemis", FlavorArtemis, 0},
+		{"activemq://127.0.0.1:5672?flavor=classic", FlavorClassic, 10},
+		{"activemq://127.0.0.1:5672?flavor=classic&max_attempts=3", FlavorClassic, 3},
 	}
-	_, _, err := ParseURL("activemq://127.0.0.1:61616?flavor=classic")
-	if !errors.Is(err, driver.ErrUnsupported) || !strings.Contains(err.Error(), "flavor=classic") {
-		t.Errorf("flavor=classic: %v, want ErrUnsupported naming it", err)
+	for _, tc := range cases {
+		t.Run(tc.url, func(t *testing.T) {
+			_, o, err := ParseURL(tc.url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if o, err = o.withDefaults(); err != nil {
+				t.Fatal(err)
+			}
+			if o.Flavor != tc.flavor || o.MaxAttempts != tc.maxAttempts {
+				t.Errorf("flavor %q max attempts %d, want %q and %d", o.Flavor, o.MaxAttempts, tc.flavor, tc.maxAttempts)
+			}
+		})
+	}
+}
+
+func TestClassicNamesRejectWildcardsAndDottedGroups(t *testing.T) {
+	b := &Broker{opts: Options{Flavor: FlavorClassic}}
+	cases := []struct {
+		field, name string
+		ok          bool
+	}{
+		{"topic", "orders.created", true},
+		{"topic", "orders.*", false},
+		{"topic", "orders.>", false},
+		{"topic", "a,b", false},
+		{"topic", "", false},
+		{"group", "billing-v2", true},
+		{"group", "billing.v2", false},
+		{"group", "bill ing", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.field+"/"+tc.name, func(t *testing.T) {
+			err := b.checkName(tc.field, tc.name)
+			if tc.ok != (err == nil) {
+				t.Fatalf("checkName(%s, %q) = %v, want ok %v", tc.field, tc.name, err, tc.ok)
+			}
+			if err != nil && (!errors.Is(err, driver.ErrInvalid) || !strings.Contains(err.Error(), tc.field)) {
+				t.Errorf("error %v: want ErrInvalid naming the %s", err, tc.field)
+			}
+		})
+	}
+	if err := (&Broker{opts: Options{Flavor: FlavorArtemis}}).checkName("group", "billing.v2"); err != nil {
+		t.Errorf("Artemis refused a dotted group: %v", err)
 	}
 }
 
@@ -98,6 +146,8 @@ func TestOptionsOutOfRangeAreErrorsNamingTheField(t *testing.T) {
 		{"PublishTimeout", Options{PublishTimeout: -time.Second}},
 		{"ReconnectMax", Options{ReconnectMin: time.Second, ReconnectMax: time.Millisecond}},
 		{"Groups", Options{Groups: []string{"a:b"}}},
+		{"Groups", Options{Flavor: FlavorClassic, Groups: []string{"a.b"}}},
+		{"Flavor", Options{Flavor: "apollo"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -21,6 +21,7 @@ func TestDoctorPrintsCapabilitiesOnEveryBroker(t *testing.T) {
 		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }},
 		{"nsq", func(t *testing.T) string { return integration.NSQ(t) }},
 		{"activemq", func(t *testing.T) string { return integration.ActiveMQ(t) }},
+		{"activemq-classic", func(t *testing.T) string { return integration.ActiveMQClassic(t) }},
 	}
 	for _, b := range brokers {
 		t.Run(b.name, func(t *testing.T) {
