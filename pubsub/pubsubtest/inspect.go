@@ -26,6 +26,36 @@ type InspectOptions struct {
 	TopicMessages func(n, m int) int64
 	// SubscribeOptions are added to every Subscribe.
 	SubscribeOptions []pubsub.SubscribeOption
+	// Settle, when set, is how long the broker may take to count again the
+	// deliveries a closed member gave back (RabbitMQ quorum queues return
+	// them asynchronously): Groups is asked again, every 50ms, until it
+	// reports the expected lag or Settle has passed, and the last answer is
+	// checked. Zero: the first answer must be right.
+	Settle time.Duration
+}
+
+// groupsSettled asks Groups until group g of topic reports lag want, or
+// o.Settle has passed; it returns the last answer.
+func (o InspectOptions) groupsSettled(ctx context.Context, c *pubsub.Client, topic string, want int64) ([]pubsub.GroupInfo, error) {
+	deadline := time.Now().Add(o.Settle)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		gs, err := c.Groups(ctx, topic, "g")
+		if err != nil || time.Now().After(deadline) {
+			return gs, err
+		}
+		for _, g := range gs {
+			if g.Group == "g" && g.Lag == want {
+				return gs, nil
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return gs, nil
+		}
+	}
 }
 
 // RunInspect checks an adapter's driver.Inspector against a real broker:
@@ -92,7 +122,7 @@ func RunInspect(t *testing.T, o InspectOptions) {
 					t.Fatal(err)
 				}
 			}
-			gs, err := c.Groups(ctx, topic, "g")
+			gs, err := o.groupsSettled(ctx, c, topic, int64(tc.n-tc.m))
 			if err != nil {
 				t.Fatalf("Groups: %v", err)
 			}

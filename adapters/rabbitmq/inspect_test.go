@@ -1,0 +1,53 @@
+package rabbitmq_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/omnibusmq/omnibus/adapters/rabbitmq"
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
+)
+
+func TestInspectorReportsLagPerGroup(t *testing.T) {
+	base := integration.AMQP(t)
+	for _, qt := range []string{rabbitmq.QueueQuorum, rabbitmq.QueueClassic, "quorum&partitions=2"} {
+		t.Run(qt, func(t *testing.T) {
+			pubsubtest.RunInspect(t, pubsubtest.InspectOptions{
+				Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+					return pubsub.Open(ctx, withParams(base, "queue_type="+qt))
+				},
+				TopicsUnsupported: true,
+				// A quorum queue counts a closed member's unacked
+				// deliveries as ready again a moment after the close.
+				Settle: 10 * time.Second,
+			})
+		})
+	}
+}
+
+func TestInspectorNeedsNamedGroupsAndExistingQueues(t *testing.T) {
+	c := openClient(t, integration.AMQP(t))
+	ctx := context.Background()
+	topic := topicName(t)
+	cases := []struct {
+		name   string
+		topic  string
+		groups []string
+		want   error
+	}{
+		{"no topic: AMQP cannot list exchanges", "", []string{"g"}, pubsub.ErrUnsupported},
+		{"no group: AMQP cannot list queues", topic, nil, pubsub.ErrUnsupported},
+		{"a group without a queue", topic, []string{"nobody"}, pubsub.ErrNotFound},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, err := c.Groups(ctx, tc.topic, tc.groups...); !errors.Is(err, tc.want) {
+				t.Errorf("Groups(%q, %v) = %v, want an error wrapping %v", tc.topic, tc.groups, err, tc.want)
+			}
+		})
+	}
+}
