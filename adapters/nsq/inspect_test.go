@@ -1,0 +1,37 @@
+package nsq_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/omnibusmq/omnibus/integration"
+	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
+)
+
+func TestInspectorReportsLagPerGroup(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		lookupd bool
+	}{
+		{"nsqd's HTTP port next to its TCP port", false},
+		{"nsqds found through lookupd", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := integration.NSQ(t)
+			if !tc.lookupd {
+				url = withoutLookupd(t, url)
+			}
+			pubsubtest.RunInspect(t, pubsubtest.InspectOptions{
+				Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
+					return pubsub.Open(ctx, url)
+				},
+				// FIN has no answer: nsqd counts a closed member's acks
+				// a moment after the close.
+				Settle:        10 * time.Second,
+				TopicMessages: func(n, m int) int64 { return int64(n - m) },
+			})
+		})
+	}
+}
