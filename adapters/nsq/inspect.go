@@ -163,7 +163,8 @@ func (b *Broker) Topics(ctx context.Context) ([]driver.TopicInfo, error) {
 }
 
 // Groups implements driver.Inspector from nsqd's /stats: a group is a
-// channel; Lag is its depth plus its in-flight and deferred messages,
+// channel; Lag is its depth plus its in-flight and deferred messages plus
+// those the topic holds that nsqd has not copied to its channels yet,
 // InFlight the in-flight ones, Members its connected clients.
 func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]driver.GroupInfo, error) {
 	if topic != "" {
@@ -196,7 +197,9 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 					gi = &driver.GroupInfo{Topic: t.Name, Group: c.Name}
 					byKey[k] = gi
 				}
-				gi.Lag += c.Depth + c.InFlight + c.Deferred
+				// t.Depth: published, not yet copied to the channels
+				// (nsqd copies asynchronously); every channel gets them.
+				gi.Lag += t.Depth + c.Depth + c.InFlight + c.Deferred
 				gi.InFlight += c.InFlight
 				gi.Members += c.Clients
 			}

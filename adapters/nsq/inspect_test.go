@@ -27,8 +27,9 @@ func TestInspectorReportsLagPerGroup(t *testing.T) {
 				Open: func(ctx context.Context, t *testing.T) (*pubsub.Client, error) {
 					return pubsub.Open(ctx, url)
 				},
-				// FIN has no answer: nsqd counts a closed member's acks
-				// a moment after the close.
+				// nsqd counts a message it is copying from the topic to
+				// its channels in neither, and a FIN (which has no
+				// answer) a moment after it arrives.
 				Settle:        10 * time.Second,
 				TopicMessages: func(n, m int) int64 { return int64(n - m) },
 			})
