@@ -142,3 +142,5 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 }
 
 var _ driver.Inspector = (*Broker)(nil)
+
+var _ driver.TopicDeleter = (*Broker)(nil)

@@ -63,3 +63,26 @@ func TestDeliveryAsGivesPartitionAndOffset(t *testing.T) {
 		}
 	}
 }
+
+// The portable DeleteTopic (omnibus bench's cleanup) removes a Kafka topic.
+func TestDeleteTopicThroughThePortableClient(t *testing.T) {
+	c := openClient(t, "auto_create=true")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	topic := fmt.Sprintf("delete-%d", time.Now().UnixNano())
+	if err := c.Publish(ctx, topic, &pubsub.Message{Payload: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.DeleteTopic(ctx, topic, "g"); err != nil {
+		t.Fatalf("DeleteTopic: %v", err)
+	}
+	ts, err := c.Topics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ti := range ts {
+		if ti.Name == topic {
+			t.Errorf("Topics still lists %s after DeleteTopic", topic)
+		}
+	}
+}
