@@ -56,6 +56,7 @@ func count[T int | int64](n T) string {
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false) // URLs keep their '&'
 	return enc.Encode(v)
 }
 
