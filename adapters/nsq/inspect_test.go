@@ -36,3 +36,29 @@ func TestInspectorReportsLagPerGroup(t *testing.T) {
 		})
 	}
 }
+
+// A lookupd (or nsqd HTTP listener) that accepts and never answers fails
+// Groups and Topics after connect_timeout instead of hanging.
+func TestInspectorGivesUpOnASilentStatsListener(t *testing.T) {
+	url := withoutLookupd(t, integration.NSQ(t))
+	url += "&lookupd=" + integration.SilentListener(t) + "&connect_timeout=500ms"
+	c := open(t, url)
+	calls := []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"Groups", func(ctx context.Context) error { _, err := c.Groups(ctx, "t"); return err }},
+		{"Topics", func(ctx context.Context) error { _, err := c.Topics(ctx); return err }},
+	}
+	for _, tc := range calls {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			start := time.Now()
+			err := tc.call(ctx)
+			if took := time.Since(start); err == nil || took > 5*time.Second || ctx.Err() != nil {
+				t.Errorf("%s against a silent lookupd: %v after %v; want an error after about connect_timeout (500ms)", tc.name, err, took)
+			}
+		})
+	}
+}
