@@ -205,12 +205,7 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 			out = append(out, gi)
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Topic != out[j].Topic {
-			return out[i].Topic < out[j].Topic
-		}
-		return out[i].Group < out[j].Group
-	})
+	driver.SortGroups(out)
 	return out, nil
 }
 

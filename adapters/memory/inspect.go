@@ -69,12 +69,7 @@ func (c *Conn) Groups(_ context.Context, topic string, groups []string) ([]drive
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Topic != out[j].Topic {
-			return out[i].Topic < out[j].Topic
-		}
-		return out[i].Group < out[j].Group
-	})
+	driver.SortGroups(out)
 	return out, nil
 }
 

@@ -1,6 +1,10 @@
 package driver
 
-import "context"
+import (
+	"cmp"
+	"context"
+	"slices"
+)
 
 // Inspector is implemented by adapters that can list what the broker holds:
 // topics with their message counts and consumer groups with their lag. It
@@ -69,4 +73,12 @@ type PartitionLag struct {
 	// Lag is End minus Committed (from the partition's start offset when
 	// nothing is committed).
 	Lag int64 `json:"lag"`
+}
+
+// SortGroups sorts gs by topic, then group: the order Inspector.Groups
+// returns.
+func SortGroups(gs []GroupInfo) {
+	slices.SortFunc(gs, func(a, b GroupInfo) int {
+		return cmp.Or(cmp.Compare(a.Topic, b.Topic), cmp.Compare(a.Group, b.Group))
+	})
 }
