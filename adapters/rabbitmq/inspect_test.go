@@ -51,3 +51,25 @@ func TestInspectorNeedsNamedGroupsAndExistingQueues(t *testing.T) {
 		})
 	}
 }
+
+// Without names, Groups reports the groups of the URL's groups=, whose
+// queues hold what was published before any consumer started.
+func TestInspectorReportsTheURLsGroups(t *testing.T) {
+	c := openClient(t, withParams(integration.AMQP(t), "groups=a,b"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	topic := topicName(t)
+	defer c.DeleteTopic(context.Background(), topic, "a", "b") //nolint:errcheck // cleanup
+	for i := 0; i < 3; i++ {
+		if err := c.Publish(ctx, topic, &pubsub.Message{Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gs, err := c.Groups(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gs) != 2 || gs[0].Group != "a" || gs[1].Group != "b" || gs[0].Lag != 3 || gs[1].Lag != 3 {
+		t.Errorf("Groups = %+v, want groups a and b with lag 3 each", gs)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"text/tabwriter"
 	"time"
@@ -119,6 +120,15 @@ func (gc *GroupsCmd) Run(ctx context.Context) error {
 	}
 	if gs == nil {
 		gs = []pubsub.GroupInfo{}
+	}
+	of := ""
+	if gc.Topic != "" {
+		of = " of " + gc.Topic
+	}
+	for _, want := range gc.Group {
+		if !slices.ContainsFunc(gs, func(g pubsub.GroupInfo) bool { return g.Group == want }) {
+			fmt.Fprintf(stderr, "omnibus: note: the broker reports no group %q%s\n", want, of)
+		}
 	}
 	if gc.JSON {
 		return printJSON(stdout, struct {

@@ -205,6 +205,7 @@ func TestTopicsAndGroupsExplainWhatTheyCannotDo(t *testing.T) {
 		{"no URL is a usage error", []string{"groups"}, 2, []string{"omnibus groups --help"}},
 		{"mem lives in one process", []string{"topics", "mem://inspect-cli"}, 0, []string{"lives inside this one process", "0 topic(s)"}},
 		{"a bad timeout is a usage error", []string{"topics", "mem://inspect-cli", "--timeout", "0s"}, 2, []string{"--timeout"}},
+		{"a group the broker does not know is named", []string{"groups", "mem://inspect-cli", "orders", "--group", "nosuch"}, 0, []string{`no group "nosuch" of orders`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
