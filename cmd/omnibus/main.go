@@ -51,7 +51,7 @@ type CLI struct {
 
 	Demo    DemoCmd    `cmd:"" help:"Run the order pipeline demo (default: embedded mem:// broker, no servers)."`
 	Publish PublishCmd `cmd:"" help:"Publish messages (payload from an argument, @file or stdin)."`
-	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines."`
+	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines (on Kafka with each record's partition and offset)."`
 	DLQ     DLQCmd     `cmd:"" name:"dlq" help:"List and replay poison (dead-letter) topics."`
 	Topics  TopicsCmd  `cmd:"" help:"List the broker's topics with partitions and message counts."`
 	Groups  GroupsCmd  `cmd:"" help:"List consumer groups with their lag (messages not yet acked) per topic."`
