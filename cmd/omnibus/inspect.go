@@ -35,13 +35,14 @@ func (f inspectFlags) open(ctx context.Context) (context.Context, context.Cancel
 	return ctx, cancel, c, where, nil
 }
 
-// explain adds what to do when the adapter cannot answer.
-func explain(what, where string, err error) error {
-	if errors.Is(err, pubsub.ErrUnsupported) {
+// explain says what failed: a broker that cannot answer, the command's
+// --timeout (ctx is the command's context), or the adapter's error.
+func (f inspectFlags) explain(ctx context.Context, what, where string, err error) error {
+	switch {
+	case errors.Is(err, pubsub.ErrUnsupported):
 		return fmt.Errorf("%s: not supported on %s: %w", what, where, err)
-	}
-	if errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s on %s: no answer within --timeout: %w", what, where, err)
+	case ctx.Err() != nil:
+		return fmt.Errorf("%s on %s: no answer within --timeout=%v: %w", what, where, f.Timeout, err)
 	}
 	return fmt.Errorf("%s on %s: %w", what, where, err)
 }
@@ -76,7 +77,10 @@ func (tc *TopicsCmd) Run(ctx context.Context) error {
 	defer c.Close()
 	ts, err := c.Topics(ctx)
 	if err != nil {
-		return explain("topics", where, err)
+		return tc.explain(ctx, "topics", where, err)
+	}
+	if ts == nil {
+		ts = []pubsub.TopicInfo{}
 	}
 	if tc.JSON {
 		return printJSON(stdout, struct {
@@ -116,7 +120,7 @@ func (gc *GroupsCmd) Run(ctx context.Context) error {
 	defer c.Close()
 	gs, err := c.Groups(ctx, gc.Topic, gc.Group...)
 	if err != nil {
-		return explain("groups", where, err)
+		return gc.explain(ctx, "groups", where, err)
 	}
 	if gs == nil {
 		gs = []pubsub.GroupInfo{}
