@@ -22,10 +22,11 @@ func (b *Broker) Topics(context.Context) ([]driver.TopicInfo, error) {
 // Groups implements driver.Inspector for the named groups of topic (the
 // groups argument, else the URL's groups=): AMQP cannot list a topic's
 // queues. It declares each group's queue passively (on a partitioned
-// group, each partition's queue): Lag is the messages ready in them,
-// Members the consumers (the most on any one queue). Deliveries not yet
-// acked and nacks waiting out their delay are not counted, and InFlight is
-// unknown (-1): the AMQP answer holds ready messages only. A group whose
+// group, each partition's queue, reported in Partitions too): Lag is the
+// messages ready in them, Members the consumers (the most on any one
+// queue). Deliveries not yet acked and nacks waiting out their delay are
+// not counted, and InFlight is unknown (-1): the AMQP answer holds ready
+// messages only. A group whose
 // queue does not exist is an error wrapping driver.ErrNotFound. Each
 // answer waits at most until the connection's heartbeat declares a silent
 // broker dead.
@@ -49,7 +50,8 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 	_, err := b.pub.withAdmin(ctx, func(ch *amqp.Channel) error {
 		for _, g := range groups {
 			gi := driver.GroupInfo{Topic: topic, Group: g, InFlight: -1}
-			for _, q := range b.topo.groupQueues(topic, g) {
+			queues := b.topo.groupQueues(topic, g)
+			for i, q := range queues {
 				st, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
 				if err != nil {
 					var ae *amqp.Error
@@ -60,6 +62,9 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 				}
 				gi.Lag += int64(st.Messages)
 				gi.Members = max(gi.Members, st.Consumers)
+				if len(queues) > 1 { // partitions=N: one queue per partition
+					gi.Partitions = append(gi.Partitions, driver.PartitionLag{Partition: int32(i), Committed: -1, End: -1, Lag: int64(st.Messages)})
+				}
 			}
 			out = append(out, gi)
 		}

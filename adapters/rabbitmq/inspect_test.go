@@ -3,6 +3,7 @@ package rabbitmq_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -71,5 +72,35 @@ func TestInspectorReportsTheURLsGroups(t *testing.T) {
 	}
 	if len(gs) != 2 || gs[0].Group != "a" || gs[1].Group != "b" || gs[0].Lag != 3 || gs[1].Lag != 3 {
 		t.Errorf("Groups = %+v, want groups a and b with lag 3 each", gs)
+	}
+}
+
+// A partitioned group (partitions=N) reports each partition queue's ready
+// messages; they add up to the group's lag.
+func TestInspectorReportsEachPartitionQueue(t *testing.T) {
+	c := openClient(t, withParams(integration.AMQP(t), "partitions=3&groups=g"))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	topic := topicName(t)
+	defer c.DeleteTopic(context.Background(), topic, "g") //nolint:errcheck // cleanup
+	const n = 12
+	for i := 0; i < n; i++ {
+		if err := c.Publish(ctx, topic, &pubsub.Message{Key: fmt.Sprint("k", i), Payload: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	gs, err := c.Groups(ctx, topic)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gs) != 1 || gs[0].Lag != n || len(gs[0].Partitions) != 3 {
+		t.Fatalf("Groups = %+v, want group g with lag %d over 3 partitions", gs, n)
+	}
+	var sum int64
+	for _, p := range gs[0].Partitions {
+		sum += p.Lag
+	}
+	if sum != n {
+		t.Errorf("partition lags add up to %d, want %d: %+v", sum, n, gs[0].Partitions)
 	}
 }
