@@ -89,7 +89,7 @@ func kafkaTopic(b *testing.B, c *pubsub.Client) string {
 	b.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_ = kb.DeleteTopic(ctx, name)
+		_ = kb.DeleteTopic(ctx, name, nil)
 	})
 	return name
 }

@@ -85,7 +85,7 @@ func TestLeaderChangeLosesNothingAndKeepsKeyOrder(t *testing.T) {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		_ = brokerOf(t, c).DeleteTopic(ctx, topic)
+		_ = brokerOf(t, c).DeleteTopic(ctx, topic, nil)
 	})
 
 	// The consumer: one group member, one handler (the order of first

@@ -60,7 +60,7 @@ func newTopic(t testing.TB, admin *pubsub.Client, name string) string {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if err := brokerOf(t, admin).DeleteTopic(ctx, name); err != nil {
+		if err := brokerOf(t, admin).DeleteTopic(ctx, name, nil); err != nil {
 			t.Logf("delete topic %s: %v", name, err)
 		}
 	})

@@ -775,8 +775,10 @@ func (b *Broker) topicReady(ctx context.Context, topic string) error {
 	return nil
 }
 
-// DeleteTopic deletes topic (tests and tools use it).
-func (b *Broker) DeleteTopic(ctx context.Context, topic string) error {
+// DeleteTopic implements driver.TopicDeleter: it deletes topic with its
+// records; Kafka drops every group's committed offsets of a deleted topic
+// itself, so groups is not needed.
+func (b *Broker) DeleteTopic(ctx context.Context, topic string, _ []string) error {
 	b.known.Delete(topic)
 	if _, err := b.adm.DeleteTopic(ctx, topic); err != nil {
 		return fmt.Errorf("kafka: delete topic %q: %w", topic, err)

@@ -36,9 +36,15 @@ func (d *directConn) send(err error) {
 
 func (d *directConn) markLost() { d.lostOnce.Do(func() { close(d.lost) }) }
 
-func (d *directConn) OnResponse(_ *gonsq.Conn, data []byte) {
-	if string(data) == "OK" {
+func (d *directConn) OnResponse(c *gonsq.Conn, data []byte) {
+	switch string(data) {
+	case "OK":
 		d.send(nil)
+	case "CLOSE_WAIT":
+		// nsqd acknowledged CLS (closeDirect): it sends nothing more, so
+		// close, as go-nsq's own consumer does; the connection ends once
+		// every delivery on it is answered.
+		_ = c.Close()
 	}
 }
 

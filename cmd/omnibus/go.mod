@@ -25,7 +25,6 @@ require (
 	github.com/ncruces/go-strftime v1.1.0 // indirect
 	github.com/nsqio/go-nsq v1.1.0 // indirect
 	github.com/omnibusmq/omnibus/adapters/activemq v0.0.0-00010101000000-000000000000 // indirect
-	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/nsq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/omnibusmq/omnibus/adapters/rabbitmq v0.0.0-00010101000000-000000000000 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
@@ -44,6 +43,7 @@ require (
 require (
 	github.com/omnibusmq/omnibus v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/all v0.0.0-00010101000000-000000000000
+	github.com/omnibusmq/omnibus/adapters/kafka v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/adapters/postgres v0.0.0-00010101000000-000000000000
 	github.com/omnibusmq/omnibus/outbox v0.0.0-00010101000000-000000000000
 )

@@ -290,6 +290,23 @@ func TestBenchCleansUpUnlessKeep(t *testing.T) {
 			}
 			return n > 0
 		}},
+		{"kafka", func(t *testing.T) string { return "kafka://" + integration.Kafka(t) + "?auto_create=true" }, func(t *testing.T, url, topic string) bool {
+			c, err := pubsub.Open(context.Background(), url)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ts, err := c.Topics(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ti := range ts {
+				if ti.Name == topic {
+					return true
+				}
+			}
+			return false
+		}},
 		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }, func(t *testing.T, url, topic string) bool {
 			conn, err := amqp.Dial(url)
 			if err != nil {

@@ -2,6 +2,8 @@
 //
 //	omnibus demo                 the order pipeline on the embedded mem:// broker
 //	omnibus demo --url kafka://127.0.0.1:19092
+//	omnibus topics kafka://127.0.0.1:9092
+//	omnibus groups kafka://127.0.0.1:9092 orders
 //
 // Exit status: 0 on success, 1 when a command fails, 2 on a usage error (a
 // one-line message and a hint on stderr, as Go tools do).
@@ -49,8 +51,10 @@ type CLI struct {
 
 	Demo    DemoCmd    `cmd:"" help:"Run the order pipeline demo (default: embedded mem:// broker, no servers)."`
 	Publish PublishCmd `cmd:"" help:"Publish messages (payload from an argument, @file or stdin)."`
-	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines."`
+	Consume ConsumeCmd `cmd:"" help:"Tail a topic as JSON lines (on Kafka with each record's partition and offset)."`
 	DLQ     DLQCmd     `cmd:"" name:"dlq" help:"List and replay poison (dead-letter) topics."`
+	Topics  TopicsCmd  `cmd:"" help:"List the broker's topics with partitions and message counts."`
+	Groups  GroupsCmd  `cmd:"" help:"List consumer groups with their lag (messages not yet acked) per topic."`
 	Doctor  DoctorCmd  `cmd:"" help:"Connect to a broker, print its capabilities and check a round trip."`
 	Relay   RelayCmd   `cmd:"" help:"Run the outbox relay (sidecar): forward committed outbox rows to a broker."`
 	Bench   BenchCmd   `cmd:"" help:"Measure publish/consume throughput and latency; write a markdown table and SVG/PNG charts."`

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"github.com/omnibusmq/omnibus/adapters/kafka"
 	"github.com/omnibusmq/omnibus/config"
 	"github.com/omnibusmq/omnibus/dlq"
 	"github.com/omnibusmq/omnibus/pubsub"
@@ -171,6 +172,8 @@ type jsonLine struct {
 	ID            string            `json:"id"`
 	Key           string            `json:"key,omitempty"`
 	Topic         string            `json:"topic"`
+	Partition     *int32            `json:"partition,omitempty"` // Kafka
+	Offset        *int64            `json:"offset,omitempty"`    // Kafka
 	Attempt       int               `json:"attempt"`
 	PublishedAt   *time.Time        `json:"published_at,omitempty"`
 	Metadata      map[string]string `json:"metadata,omitempty"`
@@ -188,6 +191,17 @@ func toJSONLine(m *pubsub.Message) jsonLine {
 		l.Payload = string(m.Payload)
 	} else {
 		l.Payload, l.PayloadBase64 = base64.StdEncoding.EncodeToString(m.Payload), true
+	}
+	return l
+}
+
+// deliveryLine is toJSONLine with where the broker keeps the message, where
+// it says (Kafka: partition and offset, through Delivery.As).
+func deliveryLine(d *pubsub.Delivery) jsonLine {
+	l := toJSONLine(d.Message)
+	var pos kafka.Position
+	if d.As(&pos) {
+		l.Partition, l.Offset = &pos.Partition, &pos.Offset
 	}
 	return l
 }
@@ -250,7 +264,7 @@ func (cc *ConsumeCmd) Run(ctx context.Context) error {
 			}
 			return err
 		}
-		if err := enc.Encode(toJSONLine(d.Message)); err != nil {
+		if err := enc.Encode(deliveryLine(d)); err != nil {
 			_ = d.Nack(0)
 			return err
 		}

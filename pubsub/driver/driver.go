@@ -21,6 +21,17 @@
 // delivers it again), and Ack or Nack of a delivery whose Lease is revoked
 // returns ErrRevoked instead of nil (the ack could not count). Adapters
 // whose deliveries cannot be taken away leave Message.Lease nil.
+//
+// # Optional interfaces
+//
+// Beyond Broker and Subscription an adapter may implement optional admin
+// interfaces that tools use: TopicDeleter (remove throwaway topics, omnibus
+// bench) and Inspector (list topics and groups with their lag, omnibus
+// topics and omnibus groups); package pubsub reaches them through
+// Client.DeleteTopic, Client.Topics and Client.Groups and answers
+// ErrUnsupported for an adapter without them. An AckID may implement
+// As(target any) bool to expose broker-specific details of a delivery
+// (Kafka: its partition and offset) through pubsub.Delivery.As.
 package driver
 
 import (
@@ -84,7 +95,8 @@ type Message struct {
 	Lease *Lease
 }
 
-// AckID identifies one delivery to its adapter.
+// AckID identifies one delivery to its adapter. It may implement
+// As(target any) bool (see Optional interfaces).
 type AckID any
 
 // Capabilities describes what a broker really does, so that switching
