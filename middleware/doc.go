@@ -14,8 +14,8 @@
 //
 //	r.Use(
 //		middleware.CorrelationID(),
-//		middleware.Poison(client, "orders.poison"),
-//		middleware.Retry(middleware.RetryPolicy{}),
+//		middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}),
+//		middleware.Retry(middleware.RetryOptions{}),
 //		middleware.Dedup(store, middleware.DedupOptions{}),
 //		middleware.Recover(),
 //	)
