@@ -354,6 +354,8 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: opts.MaxMessageSize,
+		Broker:         "activemq",
+		GroupNames:     groupNames,
 	}
 	conn, err := b.dial(ctx, "publish")
 	if err != nil {
@@ -475,3 +477,7 @@ func (b *Broker) sleep(ctx context.Context, d time.Duration) error {
 		return fmt.Errorf("activemq: %w", driver.ErrClosed)
 	}
 }
+
+// groupNames: a group names a queue of the topic's address; "::" would
+// make it a fully qualified queue name, so ':' is reserved.
+var groupNames = driver.NameRule{Pattern: `[^:]+`, Allowed: `no ":" (reserved for fully qualified queue names)`}

@@ -653,7 +653,16 @@ func (b *Broker) Capabilities() driver.Capabilities {
 		Groups:         true,
 		AttemptCount:   false,
 		MaxMessageSize: max(b.maxRecord-recordReserve, 1),
+		Broker:         "kafka",
+		TopicNames:     topicNames,
 	}
+}
+
+// topicNames is what Kafka accepts as a topic name; group IDs are free.
+var topicNames = driver.NameRule{
+	MaxBytes: 249,
+	Pattern:  `[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,}`,
+	Allowed:  `ASCII letters, digits, ".", "_" and "-", not "." or ".."`,
 }
 
 // Traits implements driver.Broker: up to MaxBatch messages per SendBatch and
@@ -696,9 +705,10 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-// validTopic checks a topic name as Kafka does (1 to 249 of ASCII letters,
-// digits, ".", "_" and "-"; not "." or ".."), so that a bad name is an
-// ErrInvalid error at once instead of a wait for a topic that cannot exist.
+// validTopic checks a topic name as Kafka does (topicNames: 1 to 249 of
+// ASCII letters, digits, ".", "_" and "-"; not "." or ".."), so that a bad
+// name given to CreateTopic is an ErrInvalid error at once. Publish and
+// Subscribe get the same check from the portable layer (Capabilities).
 func validTopic(topic string) error {
 	if topic == "" || len(topic) > 249 || topic == "." || topic == ".." {
 		return fmt.Errorf("kafka: topic %q: want 1 to 249 characters, not \".\" or \"..\": %w", topic, driver.ErrInvalid)
@@ -785,9 +795,6 @@ func (b *Broker) DeleteTopic(ctx context.Context, topic string) error {
 // creates it when AutoCreate is on; otherwise a missing topic is an
 // ErrNotFound error.
 func (b *Broker) ensureTopic(ctx context.Context, topic string) error {
-	if err := validTopic(topic); err != nil {
-		return err
-	}
 	if _, ok := b.known.Load(topic); ok {
 		return nil
 	}

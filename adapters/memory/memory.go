@@ -250,6 +250,7 @@ func (c *Conn) Capabilities() driver.Capabilities {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: c.b.opts.MaxMessageSize,
+		Broker:         "memory",
 	}
 }
 

@@ -446,6 +446,8 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		Groups:         true,
 		AttemptCount:   opts.QueueType == QueueQuorum,
 		MaxMessageSize: maxSize,
+		Broker:         "rabbitmq",
+		TopicNames:     topicNames,
 	}
 	b.pub.start(conn)
 	b.pool = newPubPool(b)

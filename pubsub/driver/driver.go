@@ -26,6 +26,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -113,6 +114,41 @@ type Capabilities struct {
 	// MaxMessageSize is the largest payload the broker accepts, in bytes;
 	// 0 means no known limit.
 	MaxMessageSize int
+	// Broker names the broker in errors and `omnibus doctor` ("kafka").
+	Broker string
+	// TopicNames and GroupNames are the topic and consumer group names the
+	// broker accepts. The portable layer checks them in Publish and
+	// Subscribe, after the portable rule (see NameRule).
+	TopicNames NameRule
+	GroupNames NameRule
+}
+
+// NameRule is what a broker accepts as a topic or group name beyond the
+// portable rule that pubsub.ValidateTopic checks for every broker (not
+// empty, valid UTF-8, no NUL byte). The zero value accepts every name.
+type NameRule struct {
+	// MaxBytes is the longest name in bytes (0: no limit).
+	MaxBytes int
+	// Pattern is a regular expression (RE2 syntax) that the whole name
+	// must match ("": any name).
+	Pattern string
+	// Allowed says in words what Pattern accepts, for error messages and
+	// `omnibus doctor`.
+	Allowed string
+}
+
+// String describes the rule: "any name" for the zero value, otherwise the
+// byte limit and Allowed.
+func (r NameRule) String() string {
+	switch {
+	case r.MaxBytes == 0 && r.Allowed == "":
+		return "any name"
+	case r.MaxBytes == 0:
+		return r.Allowed
+	case r.Allowed == "":
+		return fmt.Sprintf("at most %d bytes", r.MaxBytes)
+	}
+	return fmt.Sprintf("at most %d bytes; %s", r.MaxBytes, r.Allowed)
 }
 
 // SubscriptionOptions are the portable subscription settings an adapter
