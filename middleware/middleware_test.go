@@ -584,13 +584,13 @@ func TestTimeoutBoundsOnlyTheInnerHandler(t *testing.T) {
 
 func TestThrottleWaitsForATokenPerMessage(t *testing.T) {
 	ran := 0
-	// One token and the next in an hour: the second message cannot get a token
-	// before its context ends.
+	// One token and the next in an hour: the second message cannot get a
+	// token before its context ends in a minute (Wait says so at once).
 	h := middleware.Throttle(rate.Every(time.Hour), middleware.ThrottleOptions{Burst: 1})(func(context.Context, *pubsub.Message) error { ran++; return nil })
 	if err := h(context.Background(), &pubsub.Message{}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := h(ctx, &pubsub.Message{}); err == nil {
 		t.Fatal("second message ran without a token")
