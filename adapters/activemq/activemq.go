@@ -481,3 +481,10 @@ func (b *Broker) sleep(ctx context.Context, d time.Duration) error {
 // groupNames: a group names a queue of the topic's address; "::" would
 // make it a fully qualified queue name, so ':' is reserved.
 var groupNames = driver.NameRule{Pattern: `[^:]+`, Allowed: `no ":" (reserved for fully qualified queue names)`}
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (activemq://, activemqs://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme, SchemeTLS)
+}

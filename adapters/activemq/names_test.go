@@ -15,3 +15,7 @@ func TestActiveMQNameRulesAreCheckedBeforeTheBroker(t *testing.T) {
 		{Group: "::"},
 	})
 }
+
+func TestOpenRefusesAnotherAdaptersScheme(t *testing.T) {
+	pubsubtest.CheckOpenRefusesScheme(t, Open, "mem://orders", "mem")
+}

@@ -23,3 +23,7 @@ func TestKafkaNameRulesAreCheckedBeforeTheBroker(t *testing.T) {
 		{Group: strings.Repeat("g", 1000), OK: true},
 	})
 }
+
+func TestOpenRefusesAnotherAdaptersScheme(t *testing.T) {
+	pubsubtest.CheckOpenRefusesScheme(t, Open, "mem://orders", "mem")
+}

@@ -605,3 +605,10 @@ func (s *sub) Close() error {
 	s.g.wakeReaders()
 	return nil
 }
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (mem://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme)
+}

@@ -23,3 +23,7 @@ func TestNSQNameRulesAreCheckedBeforeTheBroker(t *testing.T) {
 		{Group: "no spaces allowed"},
 	})
 }
+
+func TestOpenRefusesAnotherAdaptersScheme(t *testing.T) {
+	pubsubtest.CheckOpenRefusesScheme(t, Open, "mem://orders", "mem")
+}

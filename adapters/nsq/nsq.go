@@ -502,3 +502,10 @@ var nameRule = driver.NameRule{
 	Pattern:  `[.a-zA-Z0-9_-]+(#ephemeral)?`,
 	Allowed:  `a-z, A-Z, 0-9, ".", "_" and "-", possibly ending in "#ephemeral"`,
 }
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (nsq://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme)
+}

@@ -17,3 +17,7 @@ func TestPostgresNameRulesAreCheckedBeforeTheBroker(t *testing.T) {
 		{Group: strings.Repeat("g", 1025)},
 	})
 }
+
+func TestOpenRefusesAnotherAdaptersScheme(t *testing.T) {
+	pubsubtest.CheckOpenRefusesScheme(t, Open, "mem://orders", "mem")
+}

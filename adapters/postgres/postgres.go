@@ -656,3 +656,10 @@ func (b *Broker) As(target any) bool {
 	}
 	return false
 }
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (postgres://, postgresql://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme, SchemeAlt)
+}

@@ -24,3 +24,7 @@ func TestRabbitMQNameRulesAreCheckedBeforeTheBroker(t *testing.T) {
 		{Group: "amq.group", OK: true},
 	})
 }
+
+func TestOpenRefusesAnotherAdaptersScheme(t *testing.T) {
+	pubsubtest.CheckOpenRefusesScheme(t, Open, "mem://orders", "mem")
+}

@@ -64,3 +64,18 @@ func CheckNames(t *testing.T, caps driver.Capabilities, cases []NameCase) {
 		}
 	}
 }
+
+// CheckOpenRefusesScheme fails t unless open (an adapter's Open) refuses
+// url, whose scheme is another adapter's, with an error wrapping
+// ErrInvalid that names the scheme, before connecting anywhere.
+func CheckOpenRefusesScheme(t *testing.T, open func(context.Context, string) (*pubsub.Client, error), url, scheme string) {
+	t.Helper()
+	c, err := open(context.Background(), url)
+	if err == nil {
+		c.Close()
+		t.Fatalf("Open(%q) succeeded, want an error", url)
+	}
+	if !errors.Is(err, pubsub.ErrInvalid) || !strings.Contains(err.Error(), `"`+scheme+`"`) {
+		t.Fatalf("Open(%q) = %v, want ErrInvalid naming the scheme %q", url, err, scheme)
+	}
+}
