@@ -8,6 +8,23 @@
 // The contracts below are what package pubsub relies on; the conformance
 // suite in pubsub/pubsubtest proves an adapter keeps them.
 //
+// # Constructors
+//
+// Every adapter module exports Open(ctx, url) (*pubsub.Client, error), the
+// same as pubsub.Open for its own schemes (pubsub.OpenScheme), and registers
+// its schemes with pubsub.Register. An adapter that can run on a client the
+// user brings exports New(ctx, client, Options) (*Broker, error), leaving
+// the client to the caller (postgres: *pgxpool.Pool). An adapter that must
+// own and re-dial its connections takes the address instead (Dial(ctx,
+// address, Options), or New(ctx, Options) with the addresses in Options);
+// one without a network takes only Options (memory.New).
+//
+// # Names
+//
+// Capabilities.TopicNames and GroupNames say which names the broker accepts
+// beyond the portable rule (not empty, valid UTF-8, no NUL); the portable
+// layer checks them, so an adapter need not check them again.
+//
 // # Revocation
 //
 // A broker may take deliveries away from a subscription before they are
