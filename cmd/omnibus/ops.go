@@ -341,7 +341,7 @@ func (dc *DoctorCmd) check(ctx context.Context) *doctorReport {
 		"ordering": rep.caps.OrderingPerKey, "persistence": rep.caps.Persistence, "nackdelay": rep.caps.NackDelay,
 		"replay": rep.caps.Replay, "groups": rep.caps.Groups, "attemptcount": rep.caps.AttemptCount,
 		"max_message_size": rep.caps.MaxMessageSize,
-		"topic_names": rep.caps.TopicNames.String(), "group_names": rep.caps.GroupNames.String(),
+		"topic_names":      rep.caps.TopicNames.String(), "group_names": rep.caps.GroupNames.String(),
 	}
 	if dc.Skip {
 		return rep
