@@ -14,7 +14,8 @@
 //   - Run returns after ctx ends and every received message was acked or
 //     nacked, and the subscriptions were closed (acks flushed).
 //
-// See docs/router.md for the recommended middleware order.
+// See docs/router.md for the middleware order, which Use and Handle check
+// for omnibus's own middleware (Rank).
 package router
 
 import (
