@@ -167,8 +167,8 @@ func startOmnibus(b *testing.B, withMW bool, opts ...router.HandlerOption) *pipe
 	r := router.New(c, router.Options{Logger: quiet})
 	if withMW {
 		r.Use(
-			middleware.Poison(c, "bench.poison"),
-			middleware.Retry(middleware.RetryPolicy{}),
+			middleware.Poison(c, "bench.poison", middleware.PoisonOptions{}),
+			middleware.Retry(middleware.RetryOptions{}),
 			middleware.Dedup(middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{MaxKeys: 1 << 20}), middleware.DedupOptions{}),
 			middleware.Recover(),
 		)

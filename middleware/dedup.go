@@ -57,7 +57,8 @@ func (r ClaimResult) String() string {
 // another delivery is processing right now.
 var ErrBusy = errors.New("middleware: dedup: key is being processed by another delivery")
 
-// DedupOptions configure Dedup. Zero values mean the defaults.
+// DedupOptions configure Dedup. Zero values mean the defaults; Dedup panics
+// on a negative duration, naming the field.
 type DedupOptions struct {
 	// Key returns the deduplication key of a message (default: its ID). An
 	// empty key disables deduplication for that message.
@@ -96,7 +97,20 @@ type DedupOptions struct {
 // handler succeeded is logged and the message still acked: the claim then
 // expires with its lease, and a later duplicate may run again. A panic in
 // the handler releases the claim and is returned as a *PanicError.
-func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
+//
+// It panics if store is nil or a duration in opts is negative. Its rank is
+// router.RankAttempt: inside Retry and Poison (Use panics otherwise).
+func Dedup(store DedupStore, opts DedupOptions) router.Ranked {
+	switch {
+	case store == nil:
+		invalid("Dedup: the store is nil")
+	case opts.Lease < 0:
+		invalid("Dedup: DedupOptions.Lease = %v: want 0 (default 1m) or more", opts.Lease)
+	case opts.BusyDelay < 0:
+		invalid("Dedup: DedupOptions.BusyDelay = %v: want 0 (default 1s) or more", opts.BusyDelay)
+	case opts.StoreTimeout < 0:
+		invalid("Dedup: DedupOptions.StoreTimeout = %v: want 0 (default 10s) or more", opts.StoreTimeout)
+	}
 	if opts.Key == nil {
 		opts.Key = func(m *pubsub.Message) string { return m.ID }
 	}
@@ -118,7 +132,7 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 		mem = nil
 	}
 	leases := &leaseContexts{slack: opts.Lease / 64}
-	return func(next router.Handler) router.Handler {
+	return router.Ranked{Name: "middleware.Dedup", Rank: router.RankAttempt, Middleware: func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			key := opts.Key(m)
 			if key == "" {
@@ -180,7 +194,7 @@ func Dedup(store DedupStore, opts DedupOptions) router.Middleware {
 			}
 			return nil
 		}
-	}
+	}}
 }
 
 // runLeased runs next under lctx, turning a panic into a *PanicError.
@@ -238,7 +252,7 @@ func sameContext(a, b context.Context) bool {
 }
 
 // MemoryDedupOptions configure NewMemoryDedupStore. Zero values mean the
-// defaults.
+// defaults; NewMemoryDedupStore panics on a negative value.
 type MemoryDedupOptions struct {
 	// TTL is how long a completed key is remembered (default 1h).
 	TTL time.Duration
@@ -293,6 +307,12 @@ type memClaim struct {
 
 // NewMemoryDedupStore returns an empty store.
 func NewMemoryDedupStore(opts MemoryDedupOptions) *MemoryDedupStore {
+	switch {
+	case opts.TTL < 0:
+		invalid("NewMemoryDedupStore: MemoryDedupOptions.TTL = %v: want 0 (default 1h) or more", opts.TTL)
+	case opts.MaxKeys < 0:
+		invalid("NewMemoryDedupStore: MemoryDedupOptions.MaxKeys = %d: want 0 (default 100000) or more", opts.MaxKeys)
+	}
 	if opts.TTL <= 0 {
 		opts.TTL = time.Hour
 	}

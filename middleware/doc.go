@@ -1,5 +1,13 @@
-// Package middleware holds the router's middleware, all of one shape,
-// func(router.Handler) router.Handler:
+// Package middleware holds the router's middleware. Every constructor takes
+// its required inputs as arguments and its tunables in one XxxOptions
+// struct value whose zero value means the documented defaults (none when
+// there is nothing to tune), and panics, like router.Handle, with an error
+// wrapping pubsub.ErrInvalid that names the field, on a value it cannot use.
+// Constructors of other values that can fail (pgdedup.New, telemetry.New)
+// return that error instead.
+//
+// Where their order decides correctness they return a router.Ranked, and
+// the router panics at registration on a wrong order (see router.Rank):
 //
 //   - Recover turns a handler panic into an error carrying the stack.
 //   - Retry retries failures with exponential backoff and full jitter, in
@@ -14,8 +22,8 @@
 //
 //	r.Use(
 //		middleware.CorrelationID(),
-//		middleware.Poison(client, "orders.poison"),
-//		middleware.Retry(middleware.RetryPolicy{}),
+//		middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}),
+//		middleware.Retry(middleware.RetryOptions{}),
 //		middleware.Dedup(store, middleware.DedupOptions{}),
 //		middleware.Recover(),
 //	)

@@ -82,7 +82,7 @@ func TestPoisonPublishFailureNacksAndNeverDrops(t *testing.T) {
 			routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "k", Payload: []byte("bad")})
 			var deliveries atomic.Int64
 			r := router.New(c, router.Options{NackDelay: -1, Logger: quiet})
-			r.Use(middleware.Poison(pub, "orders.poison"))
+			r.Use(middleware.Poison(pub, "orders.poison", middleware.PoisonOptions{}))
 			r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 				if got := deliveries.Add(1); int(got) != m.Attempt {
 					t.Errorf("delivery %d has Attempt %d", got, m.Attempt)
@@ -127,7 +127,7 @@ func TestPoisonDecidesPerError(t *testing.T) {
 				got = append(got, msgs...)
 				return nil
 			})
-			h := middleware.Poison(pub, "p")(func(context.Context, *pubsub.Message) error { return tc.err })
+			h := middleware.Poison(pub, "p", middleware.PoisonOptions{}).Wrap(func(context.Context, *pubsub.Message) error { return tc.err })
 			err := h(tc.ctx, &pubsub.Message{ID: "m", Topic: "t", Attempt: 1})
 			if tc.wantReason == "" {
 				if len(got) != 0 || !errors.Is(err, tc.err) {
@@ -166,8 +166,8 @@ func TestPanicIsPoisonedWithStack(t *testing.T) {
 	before := time.Now()
 	r := router.New(c, router.Options{Logger: quiet})
 	r.Use(
-		middleware.Poison(c, "orders.poison"),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 2, InitialInterval: time.Microsecond}),
+		middleware.Poison(c, "orders.poison", middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 2, InitialInterval: time.Microsecond}),
 		middleware.Dedup(middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{}), middleware.DedupOptions{}),
 		middleware.Recover(),
 	)
@@ -223,7 +223,7 @@ func TestDedupAfterFailureIsProcessed(t *testing.T) {
 			done := make(chan struct{})
 			r := router.New(c, router.Options{NackDelay: -1, Logger: quiet})
 			if tc.retry {
-				r.Use(middleware.Retry(middleware.RetryPolicy{InitialInterval: time.Microsecond}))
+				r.Use(middleware.Retry(middleware.RetryOptions{InitialInterval: time.Microsecond}))
 			}
 			r.Use(middleware.Dedup(store, middleware.DedupOptions{}))
 			r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
@@ -280,8 +280,8 @@ func TestDedupConcurrentDuplicatesRunOnce(t *testing.T) {
 	var runs, in, maxIn atomic.Int64
 	r := router.New(c, router.Options{Logger: quiet})
 	r.Use(
-		middleware.Poison(c, "orders.poison"),
-		middleware.Retry(middleware.RetryPolicy{InitialInterval: time.Microsecond}),
+		middleware.Poison(c, "orders.poison", middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{InitialInterval: time.Microsecond}),
 		middleware.Dedup(spy, middleware.DedupOptions{BusyDelay: time.Millisecond}),
 	)
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
@@ -408,27 +408,27 @@ func TestMemoryDedupStoreLifecycle(t *testing.T) {
 	}
 }
 
-func TestRetryPolicy(t *testing.T) {
+func TestRetryOptions(t *testing.T) {
 	errDown := errors.New("down")
 	cases := []struct {
 		name       string
-		policy     middleware.RetryPolicy
+		policy     middleware.RetryOptions
 		fail       func(call int) error
 		wantCalls  int
 		wantReason string // "" = success or pass-through
 		wantErr    error
 	}{
-		{"succeeds on the third attempt", middleware.RetryPolicy{}, func(n int) error {
+		{"succeeds on the third attempt", middleware.RetryOptions{}, func(n int) error {
 			if n < 3 {
 				return errDown
 			}
 			return nil
 		}, 3, "", nil},
-		{"permanent is never retried", middleware.RetryPolicy{}, func(int) error { return pubsub.Permanent(errDown) }, 1, middleware.ReasonPermanent, errDown},
-		{"gives up after max attempts", middleware.RetryPolicy{MaxAttempts: 4}, func(int) error { return errDown }, 4, middleware.ReasonMaxAttempts, errDown},
-		{"classifier says no", middleware.RetryPolicy{Retryable: func(err error) bool { return !errors.Is(err, errDown) }}, func(int) error { return errDown }, 1, middleware.ReasonNotRetryable, errDown},
-		{"max elapsed", middleware.RetryPolicy{InitialInterval: time.Hour, MaxElapsed: time.Millisecond}, func(int) error { return errDown }, 1, middleware.ReasonMaxElapsed, errDown},
-		{"redelivery request passes through", middleware.RetryPolicy{}, func(int) error { return router.Redeliver(errDown, time.Second) }, 1, "", errDown},
+		{"permanent is never retried", middleware.RetryOptions{}, func(int) error { return pubsub.Permanent(errDown) }, 1, middleware.ReasonPermanent, errDown},
+		{"gives up after max attempts", middleware.RetryOptions{MaxAttempts: 4}, func(int) error { return errDown }, 4, middleware.ReasonMaxAttempts, errDown},
+		{"classifier says no", middleware.RetryOptions{Retryable: func(err error) bool { return !errors.Is(err, errDown) }}, func(int) error { return errDown }, 1, middleware.ReasonNotRetryable, errDown},
+		{"max elapsed", middleware.RetryOptions{InitialInterval: time.Hour, MaxElapsed: time.Millisecond}, func(int) error { return errDown }, 1, middleware.ReasonMaxElapsed, errDown},
+		{"redelivery request passes through", middleware.RetryOptions{}, func(int) error { return router.Redeliver(errDown, time.Second) }, 1, "", errDown},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -437,7 +437,7 @@ func TestRetryPolicy(t *testing.T) {
 			}
 			tc.policy.Logger = quiet
 			calls := 0
-			h := middleware.Retry(tc.policy)(func(ctx context.Context, m *pubsub.Message) error {
+			h := middleware.Retry(tc.policy).Wrap(func(ctx context.Context, m *pubsub.Message) error {
 				calls++
 				if m.Attempt != calls {
 					t.Errorf("call %d sees Attempt %d", calls, m.Attempt)
@@ -463,7 +463,7 @@ func TestRetryPolicy(t *testing.T) {
 }
 
 func TestRetryBackoffIsFullJitterUnderACap(t *testing.T) {
-	p := middleware.RetryPolicy{InitialInterval: 10 * time.Millisecond, MaxInterval: 80 * time.Millisecond, Multiplier: 2}
+	p := middleware.RetryOptions{InitialInterval: 10 * time.Millisecond, MaxInterval: 80 * time.Millisecond, Multiplier: 2}
 	for attempt, cap := range map[int]time.Duration{1: 10 * time.Millisecond, 2: 20 * time.Millisecond, 3: 40 * time.Millisecond, 4: 80 * time.Millisecond, 9: 80 * time.Millisecond} {
 		distinct := map[time.Duration]bool{}
 		lowHalf := 0
@@ -494,8 +494,8 @@ func TestRetryRedeliverModeCountsAttemptsAcrossRedeliveries(t *testing.T) {
 	var mu sync.Mutex
 	r := router.New(c, router.Options{Logger: quiet})
 	r.Use(
-		middleware.Poison(c, "orders.poison"),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 3, InitialInterval: time.Millisecond, Redeliver: true}),
+		middleware.Poison(c, "orders.poison", middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 3, InitialInterval: time.Millisecond, Redeliver: true}),
 	)
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 		mu.Lock()
@@ -524,15 +524,15 @@ func TestRetryBackoffDoesNotHoldUpShutdown(t *testing.T) {
 	failed := make(chan struct{})
 	var once sync.Once
 	retryErr := make(chan error, 1)
-	capture := func(next router.Handler) router.Handler {
+	capture := router.Middleware(func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			err := next(ctx, m)
 			retryErr <- err
 			return err
 		}
-	}
+	})
 	r := router.New(c, router.Options{ShutdownTimeout: time.Hour, Logger: quiet})
-	r.Use(capture, middleware.Retry(middleware.RetryPolicy{InitialInterval: time.Hour, MaxInterval: time.Hour}))
+	r.Use(capture, middleware.Retry(middleware.RetryOptions{InitialInterval: time.Hour, MaxInterval: time.Hour}))
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 		once.Do(func() { close(failed) })
 		return errors.New("down")
@@ -553,7 +553,7 @@ func TestRetryBackoffDoesNotHoldUpShutdown(t *testing.T) {
 }
 
 func TestRecoverReturnsPanicErrorWithStack(t *testing.T) {
-	h := middleware.Recover()(explodingHandler)
+	h := middleware.Recover().Wrap(explodingHandler)
 	err := h(context.Background(), &pubsub.Message{ID: "x"})
 	var pe *middleware.PanicError
 	if !errors.As(err, &pe) || !strings.Contains(string(pe.Stack), "explodingHandler") {
@@ -568,7 +568,7 @@ func TestTimeoutBoundsOnlyTheInnerHandler(t *testing.T) {
 	parent, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var inner context.Context
-	h := middleware.Timeout(time.Nanosecond)(func(ctx context.Context, m *pubsub.Message) error {
+	h := middleware.Timeout(time.Nanosecond).Wrap(func(ctx context.Context, m *pubsub.Message) error {
 		inner = ctx
 		<-ctx.Done()
 		return ctx.Err()
@@ -584,13 +584,13 @@ func TestTimeoutBoundsOnlyTheInnerHandler(t *testing.T) {
 
 func TestThrottleWaitsForATokenPerMessage(t *testing.T) {
 	ran := 0
-	// One token and no refill: the second message cannot get a token
-	// before its context ends.
-	h := middleware.Throttle(rate.Limit(0), 1)(func(context.Context, *pubsub.Message) error { ran++; return nil })
+	// One token and the next in an hour: the second message cannot get a
+	// token before its context ends in a minute (Wait says so at once).
+	h := middleware.Throttle(rate.Every(time.Hour), middleware.ThrottleOptions{Burst: 1})(func(context.Context, *pubsub.Message) error { ran++; return nil })
 	if err := h(context.Background(), &pubsub.Message{}); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Hour)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if err := h(ctx, &pubsub.Message{}); err == nil {
 		t.Fatal("second message ran without a token")

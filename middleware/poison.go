@@ -29,7 +29,8 @@ const (
 // maxErrorLen bounds the error text in the record (brokers limit header size).
 const maxErrorLen = 16 << 10
 
-// PoisonOptions configure Poison. Zero values mean the defaults.
+// PoisonOptions configure Poison. Zero values mean the defaults; Poison
+// panics on a negative PublishTimeout.
 type PoisonOptions struct {
 	// PublishTimeout bounds the publish to the poison topic (default 30s).
 	// It is not cut short by the router's shutdown.
@@ -98,19 +99,27 @@ func (e *ensureGroup) run(ctx context.Context, pub router.Publisher, topic, grou
 // message is not redelivered and failed forever. If a publish fails
 // otherwise, Poison returns an error, so the router nacks the message: it is
 // never dropped.
-func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Middleware {
-	var o PoisonOptions
-	if len(opts) > 0 {
-		o = opts[0]
+//
+// It panics if pub is nil, topic is empty or o.PublishTimeout is negative.
+// Its rank is router.RankPoison: outside Retry, Dedup, Timeout and Recover
+// (Use panics otherwise).
+func Poison(pub router.Publisher, topic string, o PoisonOptions) router.Ranked {
+	switch {
+	case pub == nil:
+		invalid("Poison: the publisher is nil")
+	case topic == "":
+		invalid("Poison: the poison topic is empty")
+	case o.PublishTimeout < 0:
+		invalid("Poison: PoisonOptions.PublishTimeout = %v: want 0 (default 30s) or more", o.PublishTimeout)
 	}
-	if o.PublishTimeout <= 0 {
+	if o.PublishTimeout == 0 {
 		o.PublishTimeout = 30 * time.Second
 	}
 	if o.ReaderGroup == "" {
 		o.ReaderGroup = PoisonReaderGroup
 	}
 	ensure := &ensureGroup{}
-	return func(next router.Handler) router.Handler {
+	return router.Ranked{Name: "middleware.Poison", Rank: router.RankPoison, Middleware: func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			err := next(ctx, m)
 			if err == nil || passThrough(ctx, err) {
@@ -138,7 +147,7 @@ func Poison(pub router.Publisher, topic string, opts ...PoisonOptions) router.Mi
 				"reason", pm.Metadata[MetaPoisonReason], "attempts", pm.Metadata[MetaPoisonAttempts])
 			return nil
 		}
-	}
+	}}
 }
 
 // PoisonRecord returns the message Poison publishes for m after err: a copy
@@ -214,6 +223,12 @@ func truncateText(s string, max int) string {
 }
 
 // logger returns the router's logger from ctx, or slog.Default().
+// invalid panics with an error wrapping pubsub.ErrInvalid: a middleware
+// constructor was given a value it cannot use.
+func invalid(format string, args ...any) {
+	panic(fmt.Errorf("middleware: "+format+": %w", append(args, pubsub.ErrInvalid)...))
+}
+
 func logger(ctx context.Context) *slog.Logger {
 	if info := router.Info(ctx); info != nil && info.Logger != nil {
 		return info.Logger

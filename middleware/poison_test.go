@@ -74,7 +74,7 @@ func TestPoisonFallsBackToAMinimalRecordWhenTheFullOneIsRefused(t *testing.T) {
 			routertest.Publish(t, c, "orders", &pubsub.Message{ID: "o1", Key: "k", Payload: []byte("bad"), Metadata: tc.metadata})
 			var runs atomic.Int64
 			r := router.New(c, router.Options{NackDelay: -1, Logger: quiet})
-			r.Use(middleware.Poison(pub, "orders.poison"))
+			r.Use(middleware.Poison(pub, "orders.poison", middleware.PoisonOptions{}))
 			r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 				runs.Add(1)
 				return pubsub.Permanent(tc.err)

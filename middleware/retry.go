@@ -23,16 +23,17 @@ const (
 	ReasonPanic = "panic"
 	// ReasonMaxAttempts: Retry ran out of attempts.
 	ReasonMaxAttempts = "max-attempts"
-	// ReasonMaxElapsed: Retry ran out of time (RetryPolicy.MaxElapsed).
+	// ReasonMaxElapsed: Retry ran out of time (RetryOptions.MaxElapsed).
 	ReasonMaxElapsed = "max-elapsed"
-	// ReasonNotRetryable: the RetryPolicy.Retryable classifier said no.
+	// ReasonNotRetryable: the RetryOptions.Retryable classifier said no.
 	ReasonNotRetryable = "not-retryable"
 	// ReasonFailed: the handler failed and no Retry was in the chain.
 	ReasonFailed = "failed"
 )
 
-// RetryPolicy configures Retry. Zero values mean the defaults.
-type RetryPolicy struct {
+// RetryOptions configure Retry. Zero values mean the defaults; Retry panics
+// on a negative value, naming the field.
+type RetryOptions struct {
 	// MaxAttempts is the most times the handler runs for one message,
 	// counting the first (default 5; 1 disables retries). Deliveries count:
 	// a message redelivered by the broker starts at its Message.Attempt.
@@ -82,7 +83,23 @@ func (e *RetryError) Error() string {
 // Unwrap returns the handler's last error.
 func (e *RetryError) Unwrap() error { return e.Err }
 
-func (p RetryPolicy) withDefaults() RetryPolicy {
+// validate panics on a value that no default can stand for.
+func (p RetryOptions) validate() {
+	switch {
+	case p.MaxAttempts < 0:
+		invalid("Retry: RetryOptions.MaxAttempts = %d: want 0 (default 5) or more", p.MaxAttempts)
+	case p.InitialInterval < 0:
+		invalid("Retry: RetryOptions.InitialInterval = %v: want 0 (default 100ms) or more", p.InitialInterval)
+	case p.MaxInterval < 0:
+		invalid("Retry: RetryOptions.MaxInterval = %v: want 0 (default 30s) or more", p.MaxInterval)
+	case p.Multiplier != 0 && !(p.Multiplier >= 1):
+		invalid("Retry: RetryOptions.Multiplier = %v: want 0 (default 2) or at least 1", p.Multiplier)
+	case p.MaxElapsed < 0:
+		invalid("Retry: RetryOptions.MaxElapsed = %v: want 0 (no limit) or more", p.MaxElapsed)
+	}
+}
+
+func (p RetryOptions) withDefaults() RetryOptions {
 	if p.MaxAttempts <= 0 {
 		p.MaxAttempts = 5
 	}
@@ -103,13 +120,13 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 
 // Backoff returns the wait after the given failed attempt (1-based): uniform
 // in [0, min(MaxInterval, InitialInterval×Multiplier^(attempt-1))].
-func (p RetryPolicy) Backoff(attempt int) time.Duration {
+func (p RetryOptions) Backoff(attempt int) time.Duration {
 	p = p.withDefaults()
 	return backoff.Policy{Initial: p.InitialInterval, Max: p.MaxInterval, Multiplier: p.Multiplier}.Delay(attempt)
 }
 
 // giveUp returns the reason to stop after a failed attempt, or "".
-func (p RetryPolicy) giveUp(err error, attempt int) string {
+func (p RetryOptions) giveUp(err error, attempt int) string {
 	var pe *router.PanicError
 	switch {
 	case pubsub.IsPermanent(err):
@@ -146,10 +163,14 @@ func passThrough(ctx context.Context, err error) bool {
 // The handler sees, on a retry, a copy of the message whose Attempt and
 // omnibus-attempt header carry the attempt number. With p.Redeliver (see
 // there) the attempt number is the broker's Message.Attempt.
-func Retry(p RetryPolicy) router.Middleware {
+//
+// Its rank is router.RankRetry: inside Poison, outside Dedup, Timeout and
+// Recover (Use panics otherwise).
+func Retry(p RetryOptions) router.Ranked {
+	p.validate()
 	p = p.withDefaults()
 	rd := &redeliverState{first: map[string]time.Time{}}
-	return func(next router.Handler) router.Handler {
+	return router.Ranked{Name: "middleware.Retry", Rank: router.RankRetry, Middleware: func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			err := next(ctx, m)
 			if err == nil {
@@ -175,10 +196,10 @@ func Retry(p RetryPolicy) router.Middleware {
 			}
 			return p.inProcess(ctx, next, m, err)
 		}
-	}
+	}}
 }
 
-func (p RetryPolicy) inProcess(ctx context.Context, next router.Handler, m *pubsub.Message, err error) error {
+func (p RetryOptions) inProcess(ctx context.Context, next router.Handler, m *pubsub.Message, err error) error {
 	first := time.Now()
 	attempt := max(m.Attempt, 1)
 	for {
@@ -249,7 +270,7 @@ func (s *redeliverState) forget(id string) {
 	s.mu.Unlock()
 }
 
-func (p RetryPolicy) redeliver(s *redeliverState, m *pubsub.Message, err error) error {
+func (p RetryOptions) redeliver(s *redeliverState, m *pubsub.Message, err error) error {
 	attempt := max(m.Attempt, 1)
 	first := s.firstFailure(m.ID, time.Now())
 	if reason := p.giveUp(err, attempt); reason != "" {
@@ -264,7 +285,7 @@ func (p RetryPolicy) redeliver(s *redeliverState, m *pubsub.Message, err error) 
 	return router.Redeliver(fmt.Errorf("middleware: retry: attempt %d of %d for message %q failed: %w", attempt, p.MaxAttempts, m.ID, err), wait)
 }
 
-func (p RetryPolicy) log(ctx context.Context) *slog.Logger {
+func (p RetryOptions) log(ctx context.Context) *slog.Logger {
 	if p.Logger != nil {
 		return p.Logger
 	}

@@ -232,7 +232,7 @@ func TestRelay_KilledRelayWithPostgresDedupStoreHasEveryEffectOnce(t *testing.T)
 		t.Fatal(err)
 	}
 	forms := map[string]router.Handler{
-		"dedup": middleware.Dedup(store, middleware.DedupOptions{Key: func(m *pubsub.Message) string { return "dedup/" + m.ID }})(effect("dedup")),
+		"dedup": middleware.Dedup(store, middleware.DedupOptions{Key: func(m *pubsub.Message) string { return "dedup/" + m.ID }}).Wrap(effect("dedup")),
 		"tx":    txHandler,
 	}
 	for _, m := range k.delivered {

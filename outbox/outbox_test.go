@@ -140,7 +140,7 @@ func TestPublish_RejectsBadInputNamingIt(t *testing.T) {
 		want  string
 	}{
 		{"empty topic", tx.tx, "", []*pubsub.Message{{}}, "topic is empty"},
-		{"topic with space", tx.tx, "a b", []*pubsub.Message{{}}, `topic "a b"`},
+		{"topic with NUL", tx.tx, "a\x00b", []*pubsub.Message{{}}, `topic "a\x00b" contains a NUL byte`},
 		{"nil message", tx.tx, "t", []*pubsub.Message{{}, nil}, "message 1 of 2 is nil"},
 		{"nil tx", nil, "t", []*pubsub.Message{{}}, "tx is nil"},
 		{"not a transaction", 42, "t", []*pubsub.Message{{}}, "tx is a int"},

@@ -36,7 +36,7 @@ func TestRelay_MalformedRowsGoToTheQuarantineAndTheRestGoOn(t *testing.T) {
 				},
 				func(tx *txn) error { return e.store.Publish(ctx, tx.tx, "orders", okMsg("a2")) },
 				func(tx *txn) error {
-					return tx.exec(ctx, fmt.Sprintf(`INSERT INTO %s %s VALUES ('bad topic', 'bad-topic', 'k', %s, NULL%s)`, tbl, cols, payload, created))
+					return tx.exec(ctx, fmt.Sprintf(`INSERT INTO %s %s VALUES ('', 'bad-topic', 'k', %s, NULL%s)`, tbl, cols, payload, created))
 				},
 				func(tx *txn) error {
 					return tx.exec(ctx, fmt.Sprintf(`INSERT INTO %s %s VALUES ('orders', 'too-big', 'k', %s, NULL%s)`, tbl, cols, strings.Replace(payload, "00", strings.Repeat("00", 2048), 1), created))

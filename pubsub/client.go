@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"maps"
 	"reflect"
+	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +29,8 @@ type Client struct {
 	inlineAcks        bool
 	checkMessage      func(*driver.Message) error
 	observers         []Observer
+	topicNames        nameCheck
+	groupNames        nameCheck
 
 	mu       sync.Mutex
 	closed   bool
@@ -70,6 +74,8 @@ func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
 	c.groupSends = tr.GroupSends
 	c.inlineAcks = tr.InlineAcks
 	c.checkMessage = tr.CheckMessage
+	c.topicNames = newNameCheck(c.caps.Broker, "topic", c.caps.TopicNames)
+	c.groupNames = newNameCheck(c.caps.Broker, "group", c.caps.GroupNames)
 	for _, o := range opts {
 		o(c)
 	}
@@ -97,7 +103,7 @@ type Capabilities = driver.Capabilities
 // Publish that failed with a context error. Messages whose send had not
 // started when ctx ended are never sent.
 func (c *Client) Publish(ctx context.Context, topic string, msgs ...*Message) error {
-	if err := ValidateTopic(topic); err != nil {
+	if err := c.topicNames.check(topic); err != nil {
 		return fmt.Errorf("pubsub: publish: %w", err)
 	}
 	if len(msgs) == 0 {
@@ -188,28 +194,71 @@ func (c *Client) batcher(topic string) (*batcher, error) {
 	return b, nil
 }
 
-// ValidateTopic reports whether topic (or a group name) is one every adapter
-// accepts: non-empty, at most 249 bytes, valid UTF-8, no space, NUL or other
-// control character. Publish and Subscribe check it before anything reaches
-// the broker; the error wraps ErrInvalid.
-func ValidateTopic(topic string) error {
-	if topic == "" {
-		return fmt.Errorf("topic is empty: %w", ErrInvalid)
+// ValidateTopic reports whether topic (or a group name) passes the
+// portable rule, what no broker accepts: it must not be empty, must be
+// valid UTF-8 and must not contain a NUL byte. Each broker's own limits are
+// in its Capabilities (TopicNames, GroupNames); Publish and Subscribe check
+// both before anything reaches the broker. The error wraps ErrInvalid.
+func ValidateTopic(topic string) error { return validName("topic", topic) }
+
+// validName checks the portable rule for a name of field ("topic", "group").
+func validName(field, name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%s is empty: %w", field, ErrInvalid)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%s %q is not valid UTF-8: %w", field, clip(name), ErrInvalid)
+	case strings.IndexByte(name, 0) >= 0:
+		return fmt.Errorf("%s %q contains a NUL byte: %w", field, clip(name), ErrInvalid)
 	}
-	if !utf8.ValidString(topic) {
-		return fmt.Errorf("topic %q is not valid UTF-8: %w", topic, ErrInvalid)
+	return nil
+}
+
+// clip shortens a long name for an error message, on a rune boundary.
+func clip(name string) string {
+	const n = 64
+	if len(name) <= n {
+		return name
 	}
-	if len(topic) > 249 {
-		cut := 32
-		for !utf8.RuneStart(topic[cut]) {
-			cut--
-		}
-		return fmt.Errorf("topic %q is %d bytes, over 249: %w", topic[:cut]+"...", len(topic), ErrInvalid)
+	cut := n
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
 	}
-	for _, r := range topic {
-		if r < 0x21 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
-			return fmt.Errorf("topic %q contains a space or control character: %w", topic, ErrInvalid)
-		}
+	return name[:cut] + "..."
+}
+
+// nameCheck applies the portable rule and one of the broker's NameRules.
+type nameCheck struct {
+	broker, field string
+	rule          driver.NameRule
+	re            *regexp.Regexp
+	err           error // the adapter's Pattern does not compile
+}
+
+func newNameCheck(broker, field string, rule driver.NameRule) nameCheck {
+	if broker == "" {
+		broker = "the broker"
+	}
+	nc := nameCheck{broker: broker, field: field, rule: rule}
+	if rule.Pattern != "" {
+		nc.re, nc.err = regexp.Compile(`^(?:` + rule.Pattern + `)$`)
+	}
+	return nc
+}
+
+// check returns nil if name is one the broker accepts, else an error
+// wrapping ErrInvalid that names the field, the broker and its rule.
+func (nc nameCheck) check(name string) error {
+	if err := validName(nc.field, name); err != nil {
+		return err
+	}
+	switch {
+	case nc.err != nil:
+		return fmt.Errorf("%s %q: the adapter's %s name pattern is invalid: %v: %w", nc.field, clip(name), nc.broker, nc.err, ErrInvalid)
+	case nc.rule.MaxBytes > 0 && len(name) > nc.rule.MaxBytes:
+		return fmt.Errorf("%s %q is %d bytes: %s accepts %s names of %s: %w", nc.field, clip(name), len(name), nc.broker, nc.field, nc.rule, ErrInvalid)
+	case nc.re != nil && !nc.re.MatchString(name):
+		return fmt.Errorf("%s %q: %s accepts %s names of %s: %w", nc.field, clip(name), nc.broker, nc.field, nc.rule, ErrInvalid)
 	}
 	return nil
 }
@@ -218,7 +267,7 @@ func ValidateTopic(topic string) error {
 // group compete for messages and distinct groups each get every message;
 // without it the subscription is an anonymous group of its own.
 func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeOption) (*Subscription, error) {
-	if err := ValidateTopic(topic); err != nil {
+	if err := c.topicNames.check(topic); err != nil {
 		return nil, fmt.Errorf("pubsub: subscribe: %w", err)
 	}
 	so := subscribeOptions{prefetch: 64, ackFlush: time.Millisecond}
@@ -229,8 +278,8 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 		return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, so.err)
 	}
 	if so.group != "" {
-		if err := ValidateTopic(so.group); err != nil {
-			return nil, fmt.Errorf("pubsub: subscribe to %q: group: %w", topic, err)
+		if err := c.groupNames.check(so.group); err != nil {
+			return nil, fmt.Errorf("pubsub: subscribe to %q: %w", topic, err)
 		}
 	}
 	c.mu.Lock()
@@ -262,7 +311,7 @@ func (c *Client) Subscribe(ctx context.Context, topic string, opts ...SubscribeO
 // otherwise it returns an error wrapping ErrUnsupported. It is for
 // throwaway topics: close their subscriptions first.
 func (c *Client) DeleteTopic(ctx context.Context, topic string, groups ...string) error {
-	if err := ValidateTopic(topic); err != nil {
+	if err := c.topicNames.check(topic); err != nil {
 		return fmt.Errorf("pubsub: delete topic: %w", err)
 	}
 	td, ok := c.drv.(driver.TopicDeleter)

@@ -53,13 +53,13 @@ func (c *Client) Topics(ctx context.Context) ([]TopicInfo, error) {
 // driver.Inspector return an error wrapping ErrUnsupported.
 func (c *Client) Groups(ctx context.Context, topic string, groups ...string) ([]GroupInfo, error) {
 	if topic != "" {
-		if err := ValidateTopic(topic); err != nil {
+		if err := c.topicNames.check(topic); err != nil {
 			return nil, fmt.Errorf("pubsub: list groups: %w", err)
 		}
 	}
 	for _, g := range groups {
-		if g == "" {
-			return nil, fmt.Errorf("pubsub: list groups: a group name is empty: %w", ErrInvalid)
+		if err := c.groupNames.check(g); err != nil {
+			return nil, fmt.Errorf("pubsub: list groups: %w", err)
 		}
 	}
 	in, err := c.inspector("list groups")

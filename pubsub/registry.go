@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -48,6 +49,21 @@ var capabilityNames = map[string]func(driver.Capabilities) bool{
 	"replay":       func(c driver.Capabilities) bool { return c.Replay },
 	"groups":       func(c driver.Capabilities) bool { return c.Groups },
 	"attemptcount": func(c driver.Capabilities) bool { return c.AttemptCount },
+}
+
+// OpenScheme is Open for an adapter's own Open function: it fails with an
+// error wrapping ErrInvalid, before connecting, unless rawURL's scheme is
+// one of schemes.
+func OpenScheme(ctx context.Context, rawURL string, schemes ...string) (*Client, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: open %q: cannot parse the URL: %s: %w", Redact(rawURL), parseProblem(err), ErrInvalid)
+	}
+	if !slices.Contains(schemes, u.Scheme) {
+		return nil, fmt.Errorf("pubsub: open %q: scheme %q is not this adapter's (want %s): %w",
+			Redact(rawURL), u.Scheme, strings.Join(schemes, " or "), ErrInvalid)
+	}
+	return Open(ctx, rawURL)
 }
 
 // Open connects to the broker named by rawURL's scheme (mem://, kafka://,

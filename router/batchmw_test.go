@@ -21,14 +21,14 @@ func TestHandleBatchRunsMiddlewarePerMessageOnSuccess(t *testing.T) {
 	c := newClient(t)
 	var mu sync.Mutex
 	seen := map[string]int{}
-	counter := func(next router.Handler) router.Handler {
+	counter := router.Middleware(func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			mu.Lock()
 			seen[m.ID]++
 			mu.Unlock()
 			return next(ctx, m)
 		}
-	}
+	})
 	var batched atomic.Int64
 	handled := map[string]int{}
 	all := make(chan struct{})

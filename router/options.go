@@ -36,7 +36,7 @@ type handlerConfig struct {
 	outOfOrder     bool
 	subOpts        []pubsub.SubscribeOption
 	group          string
-	mws            []Middleware
+	mws            []Layer
 	err            error
 }
 
@@ -144,8 +144,14 @@ func Subscribe(opts ...pubsub.SubscribeOption) HandlerOption {
 }
 
 // With adds middleware to this handler only, inside the router's (Use).
-func With(mw ...Middleware) HandlerOption {
-	return func(c *handlerConfig) { c.mws = append(c.mws, mw...) }
+// Handle checks the order of the whole chain as Use does.
+func With(mw ...Layer) HandlerOption {
+	return func(c *handlerConfig) {
+		if err := checkLayers("With", mw); err != nil && c.err == nil {
+			c.err = err
+		}
+		c.mws = append(c.mws, mw...)
+	}
 }
 
 func newHandlerConfig(batch bool, opts []HandlerOption) (handlerConfig, error) {

@@ -14,7 +14,8 @@
 //   - Run returns after ctx ends and every received message was acked or
 //     nacked, and the subscriptions were closed (acks flushed).
 //
-// See docs/router.md for the recommended middleware order.
+// See docs/router.md for the middleware order, which Use and Handle check
+// for omnibus's own middleware (Rank).
 package router
 
 import (
@@ -38,7 +39,9 @@ type Handler func(ctx context.Context, m *pubsub.Message) error
 type BatchHandler func(ctx context.Context, msgs []*pubsub.Message) error
 
 // Middleware wraps a Handler, like net/http middleware. Middleware given to
-// Use(a, b, c) runs as a(b(c(handler))): a is the outermost.
+// Use(a, b, c) runs as a(b(c(handler))): a is the outermost. A func literal
+// given to Use or With needs the conversion: router.Middleware(func(next
+// router.Handler) router.Handler { ... }).
 type Middleware func(Handler) Handler
 
 // Options configure a Router. Zero values mean the defaults.
@@ -69,7 +72,7 @@ type Router struct {
 	running0 chan struct{} // closed when every subscription is open
 
 	mu      sync.Mutex
-	mws     []Middleware
+	mws     []Layer
 	routes  []*route
 	running bool
 }
@@ -103,10 +106,30 @@ func (r *Router) Running() <-chan struct{} { return r.running0 }
 
 // Use adds middleware for every handler, including handlers registered
 // before the call. The first middleware given is the outermost.
-func (r *Router) Use(mw ...Middleware) {
+//
+// It panics, with an error wrapping pubsub.ErrInvalid, on a nil layer, or
+// when the chain of some handler (Use's layers, then the handler's With)
+// would run a Ranked layer outside one of lower rank, e.g. Retry outside
+// Poison; the message names the order (see Rank).
+func (r *Router) Use(mw ...Layer) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.mws = append(r.mws, mw...)
+	if err := checkLayers("Use", mw); err != nil {
+		panic(err)
+	}
+	if r.running {
+		panic(fmt.Errorf("router: Use called after Run started: %w", pubsub.ErrInvalid))
+	}
+	all := append(append([]Layer(nil), r.mws...), mw...)
+	if err := checkOrder(all); err != nil {
+		panic(err)
+	}
+	for _, rt := range r.routes {
+		if err := checkOrder(append(append([]Layer(nil), all...), rt.cfg.mws...)); err != nil {
+			panic(fmt.Errorf("router: handler %q on %q: %w", rt.name, rt.topic, err))
+		}
+	}
+	r.mws = all
 }
 
 // Handle registers h for topic under name. name identifies the handler in
@@ -120,8 +143,9 @@ func (r *Router) Use(mw ...Middleware) {
 //
 // Like net/http's Handle, it panics on a registration mistake (an empty
 // topic or name, a nil handler, an invalid option, a second handler for the
-// same topic and group, registration after Run started); the panic value
-// is an error wrapping pubsub.ErrInvalid.
+// same topic and group, registration after Run started, middleware in an
+// order that Rank forbids); the panic value is an error wrapping
+// pubsub.ErrInvalid.
 func (r *Router) Handle(topic, name string, h Handler, opts ...HandlerOption) {
 	r.add(topic, name, h, nil, opts)
 }
@@ -171,6 +195,9 @@ func (r *Router) add(topic, name string, h Handler, bh BatchHandler, opts []Hand
 	if cfg.group == "" {
 		cfg.group = name
 	}
+	if err := checkOrder(append(append([]Layer(nil), r.mws...), cfg.mws...)); err != nil {
+		fail(err)
+	}
 	for _, rt := range r.routes {
 		if rt.topic == topic && rt.name == name {
 			fail(fmt.Errorf("registered twice: %w", pubsub.ErrInvalid))
@@ -201,7 +228,7 @@ func (r *Router) Run(ctx context.Context) error {
 		return errors.New("router: Run called twice")
 	}
 	r.running = true
-	routes, mws := r.routes, append([]Middleware(nil), r.mws...)
+	routes, mws := r.routes, append([]Layer(nil), r.mws...)
 	r.mu.Unlock()
 	if r.client == nil {
 		return fmt.Errorf("router: no client: %w", pubsub.ErrInvalid)
@@ -249,7 +276,7 @@ func (r *Router) Run(ctx context.Context) error {
 			bh := rt.bh
 			leaf = func(ctx context.Context, m *pubsub.Message) error { return bh(ctx, []*pubsub.Message{m}) }
 		}
-		rt.mws = append(append([]Middleware(nil), mws...), rt.cfg.mws...)
+		rt.mws = append(append([]Layer(nil), mws...), rt.cfg.mws...)
 		rt.chain = compose(leaf, rt.mws)
 		rt.start(recvCtx, &wg)
 		r.log.Debug("router: handler started", "topic", rt.topic, "handler", rt.name, "mode", rt.cfg.mode, "concurrency", rt.cfg.concurrency)
@@ -287,13 +314,6 @@ func (r *Router) Run(ctx context.Context) error {
 	return errors.Join(runErrs...)
 }
 
-func compose(h Handler, mws []Middleware) Handler {
-	for i := len(mws) - 1; i >= 0; i-- {
-		h = mws[i](h)
-	}
-	return h
-}
-
 // call runs h, turning a panic into a *PanicError: the router's last line of
 // defence (use the Recover middleware to recover inside Retry and Poison).
 func call(h Handler, ctx context.Context, m *pubsub.Message) (err error) {
@@ -326,7 +346,7 @@ type route struct {
 	info     HandlerInfo
 	ctx      context.Context // handler context: values of Run's ctx, cancelled at the shutdown timeout
 	chain    Handler
-	mws      []Middleware // the router's and the handler's, outermost first
+	mws      []Layer // the router's and the handler's, outermost first
 	draining <-chan struct{}
 	fail     func(*route, error)
 

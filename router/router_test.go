@@ -143,7 +143,7 @@ func TestOrderedByKeyRetryingKeyDoesNotStallOtherKeys(t *testing.T) {
 			var stuckOrder []string
 			stuckDone := make(chan struct{})
 			r := router.New(c, router.Options{})
-			r.Use(middleware.Retry(middleware.RetryPolicy{MaxAttempts: 1 << 30, InitialInterval: time.Microsecond, MaxInterval: time.Microsecond}))
+			r.Use(middleware.Retry(middleware.RetryOptions{MaxAttempts: 1 << 30, InitialInterval: time.Microsecond, MaxInterval: time.Microsecond}))
 			r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 				if m.Key == "stuck" {
 					select {
@@ -424,7 +424,7 @@ func TestHandleBatchGroupsMessagesAndIsolatesAFailingOne(t *testing.T) {
 	var sizes []int
 	all := make(chan struct{})
 	r := router.New(c, router.Options{})
-	r.Use(middleware.Poison(c, "clicks.poison"))
+	r.Use(middleware.Poison(c, "clicks.poison", middleware.PoisonOptions{}))
 	r.HandleBatch("clicks", "loader", func(ctx context.Context, ms []*pubsub.Message) error {
 		mu.Lock()
 		defer mu.Unlock()

@@ -419,6 +419,11 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: opts.MaxMessageSize,
+		Broker:         "activemq",
+		GroupNames:     groupNames,
+	}
+	if opts.Flavor == FlavorClassic {
+		b.caps.TopicNames, b.caps.GroupNames = classicTopicNames, classicGroupNames
 	}
 	conn, err := b.dial(ctx, "publish")
 	if err != nil {
@@ -547,4 +552,22 @@ func (b *Broker) sleep(ctx context.Context, d time.Duration) error {
 	case <-b.done:
 		return fmt.Errorf("activemq: %w", driver.ErrClosed)
 	}
+}
+
+// groupNames: a group names a queue of the topic's address; "::" would
+// make it a fully qualified queue name, so ':' is reserved.
+var groupNames = driver.NameRule{Pattern: `[^:]+`, Allowed: `no ":" (reserved for fully qualified queue names)`}
+
+// ActiveMQ Classic's name rules: '*', '>' and ',' are destination wildcards
+// and separators, and a group is one path element of its queue's name.
+var (
+	classicTopicNames = driver.NameRule{Pattern: `[^*>,\s]+`, Allowed: `no "*", ">", "," or white space`}
+	classicGroupNames = driver.NameRule{Pattern: `[^*>,.:\s]+`, Allowed: `no ".", "*", ">", ",", ":" or white space`}
+)
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (activemq://, activemqs://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme, SchemeTLS)
 }

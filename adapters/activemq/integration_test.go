@@ -227,7 +227,7 @@ func testPoisonMiddleware(t *testing.T, f flavor) {
 	var attempts []int
 	var mu sync.Mutex
 	r := router.New(c, router.Options{})
-	r.Use(middleware.Poison(c, topic+".poison"))
+	r.Use(middleware.Poison(c, topic+".poison", middleware.PoisonOptions{}))
 	r.Handle(topic, "billing", func(ctx context.Context, m *pubsub.Message) error {
 		mu.Lock()
 		attempts = append(attempts, m.Attempt)

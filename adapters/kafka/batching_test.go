@@ -62,7 +62,7 @@ func TestPublishOfABatchIsOneProduceRequest(t *testing.T) {
 	admin := openClient(t, "")
 	topic := newTopic(t, admin, uniqueName(t, "onereq"))
 	counter := &produceCounter{}
-	b, err := kafka.New(context.Background(), kafka.Options{Brokers: strings.Split(integration.Kafka(t), ","), Dialer: counter.dial})
+	b, err := kafka.Dial(context.Background(), kafka.Options{Brokers: strings.Split(integration.Kafka(t), ","), Dialer: counter.dial})
 	if err != nil {
 		t.Fatal(err)
 	}

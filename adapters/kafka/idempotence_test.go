@@ -88,7 +88,7 @@ func TestPublishRetriedAfterALostAnswerWritesEachRecordOnce(t *testing.T) {
 	proxy := &cuttingProxy{}
 	const cuts, calls, per = 3, 30, 10
 	proxy.left.Store(cuts)
-	b, err := kafka.New(context.Background(), kafka.Options{Brokers: strings.Split(integration.Kafka(t), ","), Dialer: proxy.dial, WriteTimeout: 30 * time.Second})
+	b, err := kafka.Dial(context.Background(), kafka.Options{Brokers: strings.Split(integration.Kafka(t), ","), Dialer: proxy.dial, WriteTimeout: 30 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

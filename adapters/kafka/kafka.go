@@ -104,6 +104,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,15 +224,20 @@ type Options struct {
 // DefaultDialTimeout is the default of Options.DialTimeout (dial_timeout).
 const DefaultDialTimeout = 10 * time.Second
 
-func (o Options) withDefaults() (Options, error) {
+// checkBrokers checks Options.Brokers for Dial.
+func (o Options) checkBrokers() error {
 	if len(o.Brokers) == 0 {
-		return o, fmt.Errorf("kafka: Options.Brokers is empty: want at least one host:port: %w", driver.ErrInvalid)
+		return fmt.Errorf("kafka: Options.Brokers is empty: want at least one host:port: %w", driver.ErrInvalid)
 	}
 	for _, b := range o.Brokers {
 		if b == "" || !strings.Contains(b, ":") {
-			return o, fmt.Errorf("kafka: broker address %q: want host:port: %w", b, driver.ErrInvalid)
+			return fmt.Errorf("kafka: broker address %q: want host:port: %w", b, driver.ErrInvalid)
 		}
 	}
+	return nil
+}
+
+func (o Options) withDefaults() (Options, error) {
 	if o.ClientID == "" {
 		o.ClientID = "omnibus"
 	}
@@ -477,7 +483,7 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 	if err != nil {
 		return nil, err
 	}
-	return New(ctx, o)
+	return Dial(ctx, o)
 }
 
 // Broker is a connection to a Kafka cluster; it implements driver.Broker
@@ -486,6 +492,7 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 // CreateTopic.
 type Broker struct {
 	opts      Options
+	base      []kgo.Opt   // the options every client starts from (clientOpts)
 	cl        *kgo.Client // produce and admin
 	adm       *kadm.Client
 	maxRecord int // largest record batch the broker takes (message.max.bytes)
@@ -522,19 +529,69 @@ func (o Options) clientOpts() []kgo.Opt {
 	return opts
 }
 
-// New connects to the cluster and reads the broker's message.max.bytes
-// unless Options.MaxMessageSize is set. It fails when the cluster gives no
-// answer within DialTimeout (a port that accepts and never answers, the
-// wrong protocol), naming the brokers and the security in use.
-func New(ctx context.Context, o Options) (*Broker, error) {
+// Dial connects to the cluster at Options.Brokers with the security in
+// Options and reads the broker's message.max.bytes unless
+// Options.MaxMessageSize is set. It fails when the cluster gives no answer
+// within DialTimeout (a port that accepts and never answers, the wrong
+// protocol), naming the brokers and the security in use.
+func Dial(ctx context.Context, o Options) (*Broker, error) {
+	if err := o.checkBrokers(); err != nil {
+		return nil, err
+	}
 	o, err := o.withDefaults()
 	if err != nil {
 		return nil, err
 	}
-	b := &Broker{opts: o, log: o.Logger, maxRecord: o.MaxMessageSize}
+	return start(ctx, o, o.clientOpts())
+}
+
+// New returns a Broker on the cluster cl connects to: the producer and the
+// consumers it creates start from cl's options (cl.Opts(): seed brokers,
+// TLS, SASL, dialer, client ID), with the adapter's own producer and
+// consumer settings on top, so that they keep key order and bound every
+// wait. cl itself is not used to send or receive and stays the caller's:
+// Close does not close it. Options.Brokers, TLS, SASL and Dialer must be
+// left empty (they come from cl), and cl must not consume (no
+// ConsumerGroup, ConsumeTopics or ConsumePartitions): otherwise New returns
+// an error wrapping pubsub.ErrInvalid naming the field. Like Dial it checks
+// that the cluster answers within DialTimeout.
+func New(ctx context.Context, cl *kgo.Client, o Options) (*Broker, error) {
+	switch {
+	case cl == nil:
+		return nil, fmt.Errorf("kafka: New: the client is nil: %w", driver.ErrInvalid)
+	case len(o.Brokers) > 0:
+		return nil, fmt.Errorf("kafka: New: Options.Brokers is set: the brokers come from the client (or use Dial): %w", driver.ErrInvalid)
+	case o.TLS != nil:
+		return nil, fmt.Errorf("kafka: New: Options.TLS is set: TLS comes from the client (or use Dial): %w", driver.ErrInvalid)
+	case o.SASL != nil:
+		return nil, fmt.Errorf("kafka: New: Options.SASL is set: SASL comes from the client (or use Dial): %w", driver.ErrInvalid)
+	case o.Dialer != nil:
+		return nil, fmt.Errorf("kafka: New: Options.Dialer is set: the dialer comes from the client (or use Dial): %w", driver.ErrInvalid)
+	}
+	if g, _ := cl.OptValue(kgo.ConsumerGroup).(string); g != "" {
+		return nil, fmt.Errorf("kafka: New: the client consumes as group %q: bring a client without consumer options: %w", g, driver.ErrInvalid)
+	}
+	if ts, _ := cl.OptValue(kgo.ConsumeTopics).([]string); len(ts) > 0 {
+		return nil, fmt.Errorf("kafka: New: the client consumes topics %q: bring a client without consumer options: %w", ts, driver.ErrInvalid)
+	}
+	if ps, _ := cl.OptValue(kgo.ConsumePartitions).(map[string]map[int32]kgo.Offset); len(ps) > 0 {
+		return nil, fmt.Errorf("kafka: New: the client consumes partitions: bring a client without consumer options: %w", driver.ErrInvalid)
+	}
+	o.Brokers, _ = cl.OptValue(kgo.SeedBrokers).([]string) // for error messages
+	o, err := o.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	base := append(slices.Clone(cl.Opts()), kgo.MetadataMinAge(250*time.Millisecond))
+	return start(ctx, o, base)
+}
+
+// start connects a Broker whose clients begin with the options base.
+func start(ctx context.Context, o Options, base []kgo.Opt) (*Broker, error) {
+	b := &Broker{opts: o, log: o.Logger, maxRecord: o.MaxMessageSize, base: base}
 	// A first client proves the cluster answers and reads the record
 	// limit, which the producing client needs at creation.
-	probe, err := kgo.NewClient(append(o.clientOpts(), kgo.RequestRetries(0))...)
+	probe, err := kgo.NewClient(append(b.clientOpts(), kgo.RequestRetries(0))...)
 	if err != nil {
 		return nil, fmt.Errorf("kafka: %v: %w", err, driver.ErrInvalid)
 	}
@@ -553,7 +610,7 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 		return nil, connectError(o, err)
 	}
 	codec, _ := compressionCodec(o.Compression)
-	popts := append(o.clientOpts(),
+	popts := append(b.clientOpts(),
 		kgo.ProducerBatchCompression(codec),
 		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
 		kgo.ProducerBatchMaxBytes(int32(min(b.maxRecord, 1<<30))),
@@ -578,6 +635,9 @@ func New(ctx context.Context, o Options) (*Broker, error) {
 	b.adm = kadm.NewClient(b.cl)
 	return b, nil
 }
+
+// clientOpts returns a copy of the options every client of b starts from.
+func (b *Broker) clientOpts() []kgo.Opt { return slices.Clone(b.base) }
 
 // connectError describes a failed first contact with the cluster: the
 // brokers, the security in use (the SASL mechanism by name, TLS), and, when
@@ -656,7 +716,16 @@ func (b *Broker) Capabilities() driver.Capabilities {
 		Groups:         true,
 		AttemptCount:   false,
 		MaxMessageSize: max(b.maxRecord-recordReserve, 1),
+		Broker:         "kafka",
+		TopicNames:     topicNames,
 	}
+}
+
+// topicNames is what Kafka accepts as a topic name; group IDs are free.
+var topicNames = driver.NameRule{
+	MaxBytes: 249,
+	Pattern:  `[a-zA-Z0-9._-]*[a-zA-Z0-9_-][a-zA-Z0-9._-]*|\.{3,}`,
+	Allowed:  `ASCII letters, digits, ".", "_" and "-", not "." or ".."`,
 }
 
 // Traits implements driver.Broker: up to MaxBatch messages per SendBatch and
@@ -699,9 +768,10 @@ func (b *Broker) Close() error {
 	return nil
 }
 
-// validTopic checks a topic name as Kafka does (1 to 249 of ASCII letters,
-// digits, ".", "_" and "-"; not "." or ".."), so that a bad name is an
-// ErrInvalid error at once instead of a wait for a topic that cannot exist.
+// validTopic checks a topic name as Kafka does (topicNames: 1 to 249 of
+// ASCII letters, digits, ".", "_" and "-"; not "." or ".."), so that a bad
+// name given to CreateTopic is an ErrInvalid error at once. Publish and
+// Subscribe get the same check from the portable layer (Capabilities).
 func validTopic(topic string) error {
 	if topic == "" || len(topic) > 249 || topic == "." || topic == ".." {
 		return fmt.Errorf("kafka: topic %q: want 1 to 249 characters, not \".\" or \"..\": %w", topic, driver.ErrInvalid)
@@ -790,9 +860,6 @@ func (b *Broker) DeleteTopic(ctx context.Context, topic string, _ []string) erro
 // creates it when AutoCreate is on; otherwise a missing topic is an
 // ErrNotFound error.
 func (b *Broker) ensureTopic(ctx context.Context, topic string) error {
-	if err := validTopic(topic); err != nil {
-		return err
-	}
 	if _, ok := b.known.Load(topic); ok {
 		return nil
 	}
@@ -872,4 +939,11 @@ func (b *Broker) As(target any) bool {
 		return false
 	}
 	return true
+}
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (kafka://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme)
 }

@@ -59,7 +59,7 @@ func openLogged(ctx context.Context, rawURL string, l *slog.Logger) (*pubsub.Cli
 		return nil, err
 	}
 	o.Logger = l
-	b, err := kafka.New(ctx, o)
+	b, err := kafka.Dial(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -150,9 +150,9 @@ func TestSASLRoundTripFromOptions(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b, err := kafka.New(ctx, kafka.Options{Brokers: strings.Split(brokers, ","), SASL: m})
+			b, err := kafka.Dial(ctx, kafka.Options{Brokers: strings.Split(brokers, ","), SASL: m})
 			if err != nil {
-				t.Fatalf("New with sasl=%s: %v", mech, err)
+				t.Fatalf("Dial with sasl=%s: %v", mech, err)
 			}
 			c := pubsub.NewClient(b)
 			t.Cleanup(func() { _ = c.Close() })

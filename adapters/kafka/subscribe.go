@@ -82,7 +82,7 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 		ready:      make(chan struct{}),
 		stop:       make(chan struct{}),
 	}
-	copts := append(b.opts.clientOpts(),
+	copts := append(b.clientOpts(),
 		kgo.FetchMaxPartitionBytes(int32(max(b.opts.FetchMaxBytes, b.maxRecord+recordReserve))),
 		kgo.FetchMaxBytes(int32(max(50<<20, b.opts.FetchMaxBytes, b.maxRecord+recordReserve))),
 		kgo.FetchMaxWait(time.Second),

@@ -90,7 +90,7 @@ func TestParseURLRejectsBadInputNamingTheParameter(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			o, err := kafka.ParseURL(tc.url)
 			if err == nil {
-				_, err = kafka.New(context.Background(), o)
+				_, err = kafka.Dial(context.Background(), o)
 			}
 			if !errors.Is(err, pubsub.ErrInvalid) {
 				t.Fatalf("%s: %v, want ErrInvalid", tc.url, err)

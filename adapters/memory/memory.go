@@ -253,6 +253,7 @@ func (c *Conn) Capabilities() driver.Capabilities {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: c.b.opts.MaxMessageSize,
+		Broker:         "memory",
 	}
 }
 
@@ -606,4 +607,11 @@ func (s *sub) Close() error {
 	b.requeue(s.g, back, 0)
 	s.g.wakeReaders()
 	return nil
+}
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (mem://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme)
 }

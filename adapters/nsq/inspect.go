@@ -167,11 +167,6 @@ func (b *Broker) Topics(ctx context.Context) ([]driver.TopicInfo, error) {
 // those the topic holds that nsqd has not copied to its channels yet,
 // InFlight the in-flight ones, Members its connected clients.
 func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]driver.GroupInfo, error) {
-	if topic != "" {
-		if err := checkName("topic", topic); err != nil {
-			return nil, err
-		}
-	}
 	all, err := b.stats(ctx, topic)
 	if err != nil {
 		return nil, fmt.Errorf("nsq: list groups: %w", err)

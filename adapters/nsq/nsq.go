@@ -370,6 +370,9 @@ func Dial(ctx context.Context, addr string, opts Options) (*Broker, error) {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: opts.MaxMessageSize - envelopeHeadroom,
+		Broker:         "nsq",
+		TopicNames:     nameRule,
+		GroupNames:     nameRule,
 	}
 	if b.cfg, err = b.config(); err != nil {
 		return nil, err
@@ -496,27 +499,16 @@ func (b *Broker) checkOpen() error {
 	return nil
 }
 
-// validName reports whether s is a valid NSQ topic or channel name.
-func validName(s string) bool {
-	if len(s) > 64 {
-		return false
-	}
-	s = strings.TrimSuffix(s, "#ephemeral")
-	if len(s) < 1 {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
-			return false
-		}
-	}
-	return true
+// nameRule is what nsqd accepts as a topic or channel (group) name.
+var nameRule = driver.NameRule{
+	MaxBytes: 64,
+	Pattern:  `[.a-zA-Z0-9_-]+(#ephemeral)?`,
+	Allowed:  `a-z, A-Z, 0-9, ".", "_" and "-", possibly ending in "#ephemeral"`,
 }
 
-func checkName(what, s string) error {
-	if !validName(s) {
-		return fmt.Errorf("nsq: %s %q: want 1 to 64 characters from a-z, A-Z, 0-9, '.', '_', '-' (possibly ending in #ephemeral): %w", what, s, driver.ErrInvalid)
-	}
-	return nil
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (nsq://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme)
 }

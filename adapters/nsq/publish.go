@@ -19,9 +19,6 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if err := b.checkOpen(); err != nil {
 		return err
 	}
-	if err := checkName("topic", topic); err != nil {
-		return err
-	}
 	// Encode everything first: a message too large for nsqd fails the call
 	// before anything is sent.
 	size := 0

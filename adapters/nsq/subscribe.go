@@ -20,16 +20,11 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err := b.checkOpen(); err != nil {
 		return nil, err
 	}
-	if err := checkName("topic", topic); err != nil {
-		return nil, err
-	}
 	channel := opts.Group
 	if channel == "" {
 		var r [8]byte
 		_, _ = rand.Read(r[:])
 		channel = "omnibus-" + hex.EncodeToString(r[:]) + "#ephemeral"
-	} else if err := checkName("group (NSQ channel)", channel); err != nil {
-		return nil, err
 	}
 	inFlight := b.opts.MaxInFlight
 	if inFlight == 0 {

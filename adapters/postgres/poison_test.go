@@ -48,7 +48,7 @@ func TestPoisonRecordWithAnyErrorTextIsStoredOnce(t *testing.T) {
 			routertest.Publish(t, c, topic, &pubsub.Message{ID: "o1", Payload: []byte("x")})
 			var runs atomic.Int64
 			r := router.New(c, router.Options{NackDelay: -1, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-			r.Use(middleware.Poison(c, topic+".poison"))
+			r.Use(middleware.Poison(c, topic+".poison", middleware.PoisonOptions{}))
 			r.Handle(topic, "billing", func(context.Context, *pubsub.Message) error {
 				runs.Add(1)
 				return pubsub.Permanent(errors.New(text))

@@ -455,8 +455,16 @@ func (b *Broker) Capabilities() driver.Capabilities {
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: b.opts.MaxMessageSize,
+		Broker:         "postgres",
+		TopicNames:     nameRule,
+		GroupNames:     nameRule,
 	}
 }
+
+// nameRule bounds topic and group names so that an index entry on (topic,
+// group) stays within a B-tree page's limit (about 2.7 kB) and a topic fits
+// a NOTIFY payload.
+var nameRule = driver.NameRule{MaxBytes: 1024}
 
 // Traits implements driver.Broker: one INSERT carries up to 1000 messages,
 // four run concurrently per topic; a publish costs a statement and a commit
@@ -485,9 +493,6 @@ func validText(s string) bool { return utf8.ValidString(s) && !strings.ContainsR
 func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
 	if b.isClosed() {
 		return fmt.Errorf("postgres: publish to %q: %w", topic, driver.ErrClosed)
-	}
-	if !validText(topic) {
-		return fmt.Errorf("postgres: publish: topic %q is not valid UTF-8 or contains NUL: %w", topic, driver.ErrInvalid)
 	}
 	ids := make([]string, len(msgs))
 	keys := make([]string, len(msgs))
@@ -577,9 +582,6 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if b.isClosed() {
 		return nil, fmt.Errorf("postgres: subscribe to %q: %w", topic, driver.ErrClosed)
 	}
-	if !validText(topic) || !validText(opts.Group) {
-		return nil, fmt.Errorf("postgres: subscribe to %q: topic or group %q is not valid UTF-8 or contains NUL: %w", topic, opts.Group, driver.ErrInvalid)
-	}
 	if opts.StartFromOldest {
 		return nil, fmt.Errorf("postgres: subscribe to %q: FromOldest: a new group starts with the messages published after it registered (or the topic's backlog): %w", topic, driver.ErrUnsupported)
 	}
@@ -656,4 +658,11 @@ func (b *Broker) As(target any) bool {
 		return true
 	}
 	return false
+}
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (postgres://, postgresql://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme, SchemeAlt)
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/omnibusmq/omnibus/adapters/postgres"
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
+	"github.com/omnibusmq/omnibus/pubsub/driver"
 	"github.com/omnibusmq/omnibus/pubsub/pubsubtest"
 )
 
@@ -605,7 +606,8 @@ func TestCapabilitiesAndBothSchemes(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			caps := open(t, tc.url).Capabilities()
-			want := pubsub.Capabilities{OrderingPerKey: tc.ordering, Persistence: true, NackDelay: true, Groups: true, AttemptCount: true, MaxMessageSize: 16 << 20}
+			want := pubsub.Capabilities{OrderingPerKey: tc.ordering, Persistence: true, NackDelay: true, Groups: true, AttemptCount: true, MaxMessageSize: 16 << 20,
+				Broker: "postgres", TopicNames: driver.NameRule{MaxBytes: 1024}, GroupNames: driver.NameRule{MaxBytes: 1024}}
 			if caps != want {
 				t.Errorf("Capabilities = %+v, want %+v", caps, want)
 			}

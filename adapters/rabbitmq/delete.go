@@ -11,9 +11,6 @@ import (
 // (with their messages) and the topic's exchange are deleted. AMQP cannot
 // list an exchange's queues: queues of groups not named stay.
 func (b *Broker) DeleteTopic(ctx context.Context, topic string, groups []string) error {
-	if err := validTopic(topic); err != nil {
-		return err
-	}
 	if err := b.checkOpen(); err != nil {
 		return err
 	}

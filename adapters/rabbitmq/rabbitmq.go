@@ -455,6 +455,8 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		Groups:         true,
 		AttemptCount:   opts.QueueType == QueueQuorum,
 		MaxMessageSize: maxSize,
+		Broker:         "rabbitmq",
+		TopicNames:     topicNames,
 	}
 	b.pub.start(conn)
 	b.pool = newPubPool(b)
@@ -653,4 +655,11 @@ func (b *Broker) checkOpen() error {
 		return fmt.Errorf("rabbitmq: %w", driver.ErrClosed)
 	}
 	return nil
+}
+
+// Open connects to the broker at url and returns a portable client: the
+// same as pubsub.Open with this adapter's scheme (amqp://, amqps://); a URL of
+// another scheme is an error wrapping pubsub.ErrInvalid.
+func Open(ctx context.Context, url string) (*pubsub.Client, error) {
+	return pubsub.OpenScheme(ctx, url, Scheme, SchemeTLS)
 }

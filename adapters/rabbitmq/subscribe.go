@@ -214,9 +214,6 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err := b.checkOpen(); err != nil {
 		return nil, err
 	}
-	if err := validTopic(topic); err != nil {
-		return nil, err
-	}
 	s := &subscription{b: b, topic: topic, group: opts.Group}
 	if opts.Group == "" {
 		s.anon = true // a classic queue

@@ -74,6 +74,19 @@ func delayQueueName(queue string, ms int64) string {
 	return shorten(queue + ".delay." + strconv.FormatInt(ms, 10))
 }
 
+// topicNames is what the adapter accepts as a topic: the topic is the
+// exchange's name, at most 255 bytes and not in RabbitMQ's reserved "amq."
+// namespace. Group names are free: queue names derived from topic and group
+// longer than 255 bytes are shortened with a hash (shorten).
+var topicNames = driver.NameRule{
+	MaxBytes: maxName,
+	Pattern:  `(?s:[^a].*|a|a[^m].*|am|am[^q].*|amq|amq[^.].*)`,
+	Allowed:  `not starting with "amq." (reserved by RabbitMQ)`,
+}
+
+// validTopic checks topicNames' reserved prefix for the topology declared
+// from Options (Publish and Subscribe get the check from the portable
+// layer).
 func validTopic(topic string) error {
 	if strings.HasPrefix(topic, "amq.") {
 		return fmt.Errorf("rabbitmq: topic %q: names starting with \"amq.\" are reserved by RabbitMQ: %w", topic, driver.ErrInvalid)

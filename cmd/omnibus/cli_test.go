@@ -34,8 +34,8 @@ func TestDLQReplayMovesPoisonedBackAndEachIsProcessedOnce(t *testing.T) {
 	processed := map[string]int{}
 	handled := make(chan string, 100)
 	r := router.New(client, router.Options{})
-	r.Use(middleware.Poison(client, "orders.poison"),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 2, InitialInterval: time.Millisecond}),
+	r.Use(middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 2, InitialInterval: time.Millisecond}),
 		middleware.Dedup(middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{}), middleware.DedupOptions{}))
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {
 		mu.Lock()

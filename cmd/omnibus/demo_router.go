@@ -159,8 +159,8 @@ func runRouterDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 	r := router.New(client, router.Options{Logger: logger, ShutdownTimeout: 5 * time.Second, NackDelay: 10 * time.Millisecond})
 	r.Use(
 		middleware.CorrelationID(),
-		middleware.Poison(client, poisonT),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 4, InitialInterval: time.Millisecond, MaxInterval: 20 * time.Millisecond}),
+		middleware.Poison(client, poisonT, middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 4, InitialInterval: time.Millisecond, MaxInterval: 20 * time.Millisecond}),
 		middleware.Dedup(store, middleware.DedupOptions{Lease: 30 * time.Second, BusyDelay: 10 * time.Millisecond}),
 		middleware.Recover(),
 	)

@@ -355,6 +355,7 @@ func (dc *DoctorCmd) check(ctx context.Context) *doctorReport {
 		"ordering": rep.caps.OrderingPerKey, "persistence": rep.caps.Persistence, "nackdelay": rep.caps.NackDelay,
 		"replay": rep.caps.Replay, "groups": rep.caps.Groups, "attemptcount": rep.caps.AttemptCount,
 		"max_message_size": rep.caps.MaxMessageSize,
+		"topic_names":      rep.caps.TopicNames.String(), "group_names": rep.caps.GroupNames.String(),
 	}
 	if dc.Skip {
 		return rep
@@ -426,7 +427,9 @@ func printCapabilities(w io.Writer, caps pubsub.Capabilities) {
 	if caps.MaxMessageSize > 0 {
 		size = fmt.Sprintf("%d bytes", caps.MaxMessageSize)
 	}
-	rows = append(rows, [3]string{"max message size", size, "larger payloads are rejected with ErrInvalid"})
+	rows = append(rows, [3]string{"max message size", size, "larger payloads are rejected with ErrInvalid"},
+		[3]string{"topic names", caps.TopicNames.String(), "other topic names are rejected with ErrInvalid"},
+		[3]string{"group names", caps.GroupNames.String(), "other group names are rejected with ErrInvalid"})
 	for _, r := range rows {
 		fmt.Fprintf(tw, "  %s\t%s\t%s\n", r[0], r[1], r[2])
 	}

@@ -126,14 +126,14 @@ func New(ctx context.Context, cfg Config) (*Service, error) {
 		}
 	}
 	s.router = router.New(client, router.Options{Logger: cfg.Logger, ShutdownTimeout: 10 * time.Second})
-	var mws []router.Middleware
+	var mws []router.Layer
 	if cfg.Telemetry != nil {
 		mws = append(mws, cfg.Telemetry.Middleware())
 	}
 	mws = append(mws,
 		middleware.CorrelationID(),
-		middleware.Poison(client, s.topicPoison),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 5, InitialInterval: 20 * time.Millisecond, MaxInterval: time.Second}),
+		middleware.Poison(client, s.topicPoison, middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 5, InitialInterval: 20 * time.Millisecond, MaxInterval: time.Second}),
 		middleware.Dedup(middleware.NewMemoryDedupStore(middleware.MemoryDedupOptions{TTL: time.Hour, MaxKeys: 1_000_000}), middleware.DedupOptions{}),
 		middleware.Recover(),
 	)

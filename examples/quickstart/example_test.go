@@ -46,9 +46,9 @@ func Example() {
 	}
 
 	r := router.New(client, router.Options{Logger: slog.New(slog.DiscardHandler)})
-	r.Use(middleware.Poison(client, "orders.poison"), // give up → poison topic, with the reason
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 5}), // exponential backoff, full jitter
-		middleware.Dedup(store, middleware.DedupOptions{}),       // by message ID, marked after success
+	r.Use(middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}), // give up → poison topic, with the reason
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 5}), // exponential backoff, full jitter
+		middleware.Dedup(store, middleware.DedupOptions{}),        // by message ID, marked after success
 		middleware.Recover()) // a panic is an error, not a crash
 	r.Handle("orders.created", "billing", router.JSON(chargeOrder), router.Concurrency(32), router.OrderedByKey(), router.Group("billing"))
 	done := make(chan error, 1)

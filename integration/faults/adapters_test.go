@@ -39,7 +39,7 @@ func proxied(t *testing.T, name string) (fault, *pubsub.Client) {
 	switch name {
 	case "kafka":
 		r := faults.NewRouter(t)
-		b, err := kafka.New(context.Background(), kafka.Options{
+		b, err := kafka.Dial(context.Background(), kafka.Options{
 			Brokers: strings.Split(integration.Kafka(t), ","), Dialer: r.Dial,
 			AutoCreate: true, Partitions: 4, StartFromOldest: true, WriteTimeout: kafkaPublishTimeout,
 		})

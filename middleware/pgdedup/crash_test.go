@@ -42,16 +42,16 @@ func storeFromEnv(ctx context.Context) (*pgxpool.Pool, *pgdedup.Store, error) {
 func init() {
 	// Dedup with the durable store: a duplicate can only take effect when a
 	// consumer died between the effect and Complete.
-	pubsubtest.RegisterCrashMiddleware("pgdedup", func(ctx context.Context, _ *pubsub.Client) ([]router.Middleware, error) {
+	pubsubtest.RegisterCrashMiddleware("pgdedup", func(ctx context.Context, _ *pubsub.Client) ([]router.Layer, error) {
 		_, s, err := storeFromEnv(ctx)
 		if err != nil {
 			return nil, err
 		}
-		return []router.Middleware{middleware.Dedup(s, middleware.DedupOptions{Lease: 2 * time.Second, BusyDelay: 100 * time.Millisecond})}, nil
+		return []router.Layer{middleware.Dedup(s, middleware.DedupOptions{Lease: 2 * time.Second, BusyDelay: 100 * time.Millisecond})}, nil
 	})
 	// The transactional inbox: the effect is a row written in the inbox's
 	// own transaction; the kit's effect report runs after it commits.
-	pubsubtest.RegisterCrashMiddleware("inbox", func(ctx context.Context, _ *pubsub.Client) ([]router.Middleware, error) {
+	pubsubtest.RegisterCrashMiddleware("inbox", func(ctx context.Context, _ *pubsub.Client) ([]router.Layer, error) {
 		_, s, err := storeFromEnv(ctx)
 		if err != nil {
 			return nil, err
@@ -64,14 +64,14 @@ func init() {
 		if err != nil {
 			return nil, err
 		}
-		return []router.Middleware{func(report router.Handler) router.Handler {
+		return []router.Layer{router.Middleware(func(report router.Handler) router.Handler {
 			return func(ctx context.Context, m *pubsub.Message) error {
 				if err := inbox(ctx, m); err != nil {
 					return err
 				}
 				return report(ctx, m)
 			}
-		}}, nil
+		})}, nil
 	})
 }
 

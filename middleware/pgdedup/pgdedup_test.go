@@ -113,7 +113,7 @@ func TestClaimLifecycle(t *testing.T) {
 func TestFailedFirstAttemptIsProcessedOnRedelivery(t *testing.T) {
 	_, s := setup(t)
 	var runs, effects atomic.Int32
-	h := middleware.Dedup(s, middleware.DedupOptions{Lease: time.Minute})(func(ctx context.Context, m *pubsub.Message) error {
+	h := middleware.Dedup(s, middleware.DedupOptions{Lease: time.Minute}).Wrap(func(ctx context.Context, m *pubsub.Message) error {
 		if runs.Add(1) == 1 {
 			return errors.New("first attempt fails")
 		}
@@ -197,7 +197,7 @@ func TestConcurrentDeliveriesThroughDedupMiddlewareRunHandlerOnce(t *testing.T) 
 	var runs atomic.Int32
 	busy := make(chan error, n)
 	release := make(chan struct{})
-	h := middleware.Dedup(s, middleware.DedupOptions{Lease: time.Minute})(func(ctx context.Context, m *pubsub.Message) error {
+	h := middleware.Dedup(s, middleware.DedupOptions{Lease: time.Minute}).Wrap(func(ctx context.Context, m *pubsub.Message) error {
 		runs.Add(1)
 		<-release // held until every duplicate has returned
 		return nil

@@ -5,7 +5,7 @@
 //	tel, _ := telemetry.New(telemetry.Options{})          // global providers
 //	client, _ := pubsub.Open(ctx, url, pubsub.WithObserver(tel.Observer()))
 //	r := router.New(client, router.Options{})
-//	r.Use(tel.Middleware(), middleware.Poison(client, "orders.poison"),
+//	r.Use(tel.Middleware(), middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}),
 //		middleware.Retry(policy), tel.Attempts(), middleware.Recover())
 //
 // A span started before Publish is the parent of the "publish" span; the
@@ -171,8 +171,10 @@ type runsKey struct{}
 // Middleware is the outermost middleware: it continues the publisher's
 // trace with a "receive <topic>" consumer span and a "handle <handler>"
 // child span, and records processed/failed counts and handler duration.
-func (t *Telemetry) Middleware() router.Middleware {
-	return func(next router.Handler) router.Handler {
+// Its rank is router.RankObserve: outside Poison and Retry (Use panics
+// otherwise).
+func (t *Telemetry) Middleware() router.Ranked {
+	return router.Ranked{Name: "telemetry.Middleware", Rank: router.RankObserve, Middleware: func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			handler := router.HandlerName(ctx)
 			ctx = t.prop.Extract(ctx, carrier(m.Metadata))
@@ -203,13 +205,14 @@ func (t *Telemetry) Middleware() router.Middleware {
 			t.processed.Add(ctx, 1, attrs)
 			return nil
 		}
-	}
+	}}
 }
 
-// Attempts is an inner middleware (place it inside Retry) that counts each
-// in-process retry of a handler in omnibus.messages.retried.
-func (t *Telemetry) Attempts() router.Middleware {
-	return func(next router.Handler) router.Handler {
+// Attempts is an inner middleware that counts each in-process retry of a
+// handler in omnibus.messages.retried. Its rank is router.RankAttempt:
+// inside Retry (Use panics otherwise).
+func (t *Telemetry) Attempts() router.Ranked {
+	return router.Ranked{Name: "telemetry.Attempts", Rank: router.RankAttempt, Middleware: func(next router.Handler) router.Handler {
 		return func(ctx context.Context, m *pubsub.Message) error {
 			if runs, ok := ctx.Value(runsKey{}).(*atomic.Int64); ok {
 				if runs.Add(1) > 1 {
@@ -219,7 +222,7 @@ func (t *Telemetry) Attempts() router.Middleware {
 			}
 			return next(ctx, m)
 		}
-	}
+	}}
 }
 
 // ObserveOutboxLag registers the outbox gauges; lag is called at each

@@ -93,8 +93,8 @@ func TestMetricsCountProcessedRetriedPoisoned(t *testing.T) {
 	client := pubsub.NewClient(memory.New(memory.Options{}), pubsub.WithObserver(tel.Observer()))
 	defer client.Close()
 	r := router.New(client, router.Options{})
-	r.Use(tel.Middleware(), middleware.Poison(client, "orders.poison"),
-		middleware.Retry(middleware.RetryPolicy{MaxAttempts: 3, InitialInterval: time.Millisecond}), tel.Attempts())
+	r.Use(tel.Middleware(), middleware.Poison(client, "orders.poison", middleware.PoisonOptions{}),
+		middleware.Retry(middleware.RetryOptions{MaxAttempts: 3, InitialInterval: time.Millisecond}), tel.Attempts())
 	done := make(chan struct{}, 10)
 	calls := map[string]int{}
 	r.Handle("orders", "billing", func(ctx context.Context, m *pubsub.Message) error {

@@ -8,6 +8,23 @@
 // The contracts below are what package pubsub relies on; the conformance
 // suite in pubsub/pubsubtest proves an adapter keeps them.
 //
+// # Constructors
+//
+// Every adapter module exports Open(ctx, url) (*pubsub.Client, error), the
+// same as pubsub.Open for its own schemes (pubsub.OpenScheme), and registers
+// its schemes with pubsub.Register. An adapter that can run on a client the
+// user brings exports New(ctx, client, Options) (*Broker, error), leaving
+// the client to the caller (postgres: *pgxpool.Pool). An adapter that must
+// own and re-dial its connections takes the address instead (Dial(ctx,
+// address, Options), or New(ctx, Options) with the addresses in Options);
+// one without a network takes only Options (memory.New).
+//
+// # Names
+//
+// Capabilities.TopicNames and GroupNames say which names the broker accepts
+// beyond the portable rule (not empty, valid UTF-8, no NUL); the portable
+// layer checks them, so an adapter need not check them again.
+//
 // # Revocation
 //
 // A broker may take deliveries away from a subscription before they are
@@ -37,6 +54,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync/atomic"
 	"time"
 )
@@ -125,6 +143,41 @@ type Capabilities struct {
 	// MaxMessageSize is the largest payload the broker accepts, in bytes;
 	// 0 means no known limit.
 	MaxMessageSize int
+	// Broker names the broker in errors and `omnibus doctor` ("kafka").
+	Broker string
+	// TopicNames and GroupNames are the topic and consumer group names the
+	// broker accepts. The portable layer checks them in Publish and
+	// Subscribe, after the portable rule (see NameRule).
+	TopicNames NameRule
+	GroupNames NameRule
+}
+
+// NameRule is what a broker accepts as a topic or group name beyond the
+// portable rule that pubsub.ValidateTopic checks for every broker (not
+// empty, valid UTF-8, no NUL byte). The zero value accepts every name.
+type NameRule struct {
+	// MaxBytes is the longest name in bytes (0: no limit).
+	MaxBytes int
+	// Pattern is a regular expression (RE2 syntax) that the whole name
+	// must match ("": any name).
+	Pattern string
+	// Allowed says in words what Pattern accepts, for error messages and
+	// `omnibus doctor`.
+	Allowed string
+}
+
+// String describes the rule: "any name" for the zero value, otherwise the
+// byte limit and Allowed.
+func (r NameRule) String() string {
+	switch {
+	case r.MaxBytes == 0 && r.Allowed == "":
+		return "any name"
+	case r.MaxBytes == 0:
+		return r.Allowed
+	case r.Allowed == "":
+		return fmt.Sprintf("at most %d bytes", r.MaxBytes)
+	}
+	return fmt.Sprintf("at most %d bytes; %s", r.MaxBytes, r.Allowed)
 }
 
 // SubscriptionOptions are the portable subscription settings an adapter

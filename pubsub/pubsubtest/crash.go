@@ -50,7 +50,7 @@ const (
 // behind (outermost first). Register it under a name with
 // RegisterCrashMiddleware in an init function of the test package, so that the
 // re-executed consumer has it too, and name it in CrashOptions.Middleware.
-type CrashMiddleware func(ctx context.Context, client *pubsub.Client) ([]router.Middleware, error)
+type CrashMiddleware func(ctx context.Context, client *pubsub.Client) ([]router.Layer, error)
 
 var crashMiddleware = map[string]CrashMiddleware{}
 
