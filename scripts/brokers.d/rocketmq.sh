@@ -24,6 +24,8 @@
 ROCKETMQ_VERSION=5.3.3
 ROCKETMQ_NAMESRV_PORT=${OMNIBUS_ROCKETMQ_NAMESRV_PORT:-19876}
 ROCKETMQ_BROKER_PORT=${OMNIBUS_ROCKETMQ_BROKER_PORT:-20911}
+ROCKETMQ_PROXY_GRPC_PORT=${OMNIBUS_ROCKETMQ_PROXY_PORT:-20981}
+ROCKETMQ_PROXY_REMOTING_PORT=$((ROCKETMQ_PROXY_GRPC_PORT - 1))
 ROCKETMQ_SRC=$ROOT/scripts/brokers.d/rocketmq
 
 rocketmq_home() { echo "${OMNIBUS_ROCKETMQ_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/omnibus/rocketmq-$ROCKETMQ_VERSION}"; }
@@ -56,6 +58,30 @@ POM
     mv "$tmp" "$home"
     touch "$home/.complete"
   fi
+  # The proxy (cluster mode, a third JVM) has a dependency set of its own.
+  if ! [ -f "$home/proxy.complete" ]; then
+    command -v mvn >/dev/null || apt_install maven
+    log "downloading the RocketMQ $ROCKETMQ_VERSION proxy jars from Maven Central into $home/proxy-lib"
+    tmp="$home/proxy.download"
+    rm -rf "$home/proxy-lib" "$tmp"
+    mkdir -p "$tmp"
+    cat >"$tmp/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>omnibus</groupId><artifactId>rocketmq-proxy-jars</artifactId><version>1</version><packaging>pom</packaging>
+  <dependencies>
+    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-proxy</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+    mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
+      >"$tmp/maven.log" 2>&1 \
+      || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ proxy jars (log: $tmp/maven.log)"; }
+    [ -f "$tmp/lib/rocketmq-proxy-$ROCKETMQ_VERSION.jar" ] || die "rocketmq-proxy jar missing after the Maven download"
+    mv "$tmp/lib" "$home/proxy-lib"
+    rm -rf "$tmp"
+    touch "$home/proxy.complete"
+  fi
   # The helper classes are rebuilt when their sources change.
   if ! cmp -s "$ROCKETMQ_SRC/LoopbackHAService.java" "$home/classes.src/LoopbackHAService.java" \
      || ! cmp -s "$ROCKETMQ_SRC/Ready.java" "$home/classes.src/Ready.java"; then
@@ -73,7 +99,9 @@ rocketmq_cp() { local home; home=$(rocketmq_home); echo "$home/classes:$home/lib
 
 rocketmq_java_opts() { echo "-XX:+UseG1GC -Duser.home=$1/home -Drocketmq.home.dir=$1/home"; }
 
-rocketmq_running() { pid_alive "$1/namesrv.pid" && pid_alive "$1/broker.pid"; }
+rocketmq_proxy_cp() { local home; home=$(rocketmq_home); echo "$home/classes:$home/proxy-lib/*"; }
+
+rocketmq_running() { pid_alive "$1/namesrv.pid" && pid_alive "$1/broker.pid" && pid_alive "$1/proxy.pid"; }
 
 # rocketmq_ready DIR [SECONDS]: a message sent through the name server's
 # route to the broker and stored (SEND_OK).
@@ -81,6 +109,43 @@ rocketmq_ready() {
   # shellcheck disable=SC2046
   timeout $((${2:-20} + 30)) java -Xmx128m $(rocketmq_java_opts "$1") -cp "$(rocketmq_cp)" omnibus.Ready \
     "127.0.0.1:$ROCKETMQ_NAMESRV_PORT" "${2:-20}" >>"$1/ready.log" 2>&1
+}
+
+# rocketmq_proxy_ready DIR [SECONDS]: the same round trip through the
+# proxy (its remoting port answers route lookups with itself as the broker).
+rocketmq_proxy_ready() {
+  # shellcheck disable=SC2046
+  timeout $((${2:-20} + 30)) java -Xmx128m $(rocketmq_java_opts "$1") -cp "$(rocketmq_proxy_cp)" omnibus.Ready \
+    "127.0.0.1:$ROCKETMQ_PROXY_REMOTING_PORT" "${2:-20}" >>"$1/ready.log" 2>&1
+}
+
+rocketmq_proxy_config() {
+  cat >"$1/proxy.json" <<CONF
+{
+  "rocketMQClusterName": "OmnibusCluster",
+  "namesrvAddr": "127.0.0.1:$ROCKETMQ_NAMESRV_PORT",
+  "grpcServerPort": $ROCKETMQ_PROXY_GRPC_PORT,
+  "remotingListenPort": $ROCKETMQ_PROXY_REMOTING_PORT
+}
+CONF
+}
+
+# rocketmq_start_proxy DIR: the proxy in cluster mode, after the broker is
+# routable (started earlier it exits: it creates a system topic on the
+# cluster at boot). Its gRPC and remoting ports bind every interface (5.3.3
+# has no bind address for them).
+rocketmq_start_proxy() {
+  local dir=$1
+  pid_alive "$dir/proxy.pid" && return 0
+  rocketmq_proxy_config "$dir"
+  log "starting the rocketmq proxy on port $ROCKETMQ_PROXY_GRPC_PORT (gRPC) and $ROCKETMQ_PROXY_REMOTING_PORT (remoting)"
+  # shellcheck disable=SC2046,SC2086
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/proxy.pid" \
+    java -Xms128m -Xmx512m $(rocketmq_java_opts "$dir") -cp "$(rocketmq_proxy_cp)" \
+    org.apache.rocketmq.proxy.ProxyStartup -pm cluster -pc "$dir/proxy.json" </dev/null >"$dir/proxy.out" 2>&1 &
+  wait_for "proxy pidfile" 10 test -s "$dir/proxy.pid" || die "rocketmq proxy did not start"
+  rocketmq_proxy_ready "$dir" 240 \
+    || { tail -30 "$dir/proxy.out" "$dir/ready.log" >&2; die "rocketmq proxy not ready within 240 s"; }
 }
 
 rocketmq_configs() {
@@ -142,7 +207,7 @@ esac
 CTL
   chmod +x "$dir/ctl"
   {
-    echo "export OMNIBUS_ROCKETMQ_URL='rocketmq://127.0.0.1:$ROCKETMQ_NAMESRV_PORT?brokers=127.0.0.1:$ROCKETMQ_BROKER_PORT'"
+    echo "export OMNIBUS_ROCKETMQ_URL='rocketmq://127.0.0.1:$ROCKETMQ_PROXY_GRPC_PORT?namesrv=127.0.0.1:$ROCKETMQ_NAMESRV_PORT&brokers=127.0.0.1:$ROCKETMQ_BROKER_PORT'"
     printf 'export OMNIBUS_ROCKETMQ_CTL=%q\n' "$dir/ctl"
   } >"$dir/env"
 }
@@ -164,14 +229,16 @@ rocketmq_up() {
       || { tail -30 "$dir/namesrv.out" >&2; die "rocketmq name server not listening within 180 s"; }
   fi
   rocketmq_start_broker "$dir"
-  log "rocketmq ready: namesrv 127.0.0.1:$ROCKETMQ_NAMESRV_PORT, broker 127.0.0.1:$ROCKETMQ_BROKER_PORT"
+  rocketmq_start_proxy "$dir"
+  log "rocketmq ready: namesrv 127.0.0.1:$ROCKETMQ_NAMESRV_PORT, broker 127.0.0.1:$ROCKETMQ_BROKER_PORT, proxy port $ROCKETMQ_PROXY_GRPC_PORT"
   rocketmq_env "$dir"
 }
 
 # rocketmq_down DIR: stop the broker, then the name server, and remove the
 # store, so that the next up starts from a fresh broker state.
 rocketmq_down() {
+  stop_pid "$1/proxy.pid" "rocketmq proxy"
   stop_pid "$1/broker.pid" "rocketmq broker"
   stop_pid "$1/namesrv.pid" "rocketmq namesrv"
-  rm -rf "$1/store" "$1/home" "$1/broker.conf" "$1/namesrv.conf"
+  rm -rf "$1/store" "$1/home" "$1/broker.conf" "$1/namesrv.conf" "$1/proxy.json"
 }
