@@ -43,6 +43,10 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if _, err := b.ensureTopic(ctx, topic); err != nil {
 		return err
 	}
+	prod, err := b.producer(ctx, topic)
+	if err != nil {
+		return err
+	}
 	var (
 		wg       sync.WaitGroup
 		mu       sync.Mutex
@@ -55,7 +59,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := b.send(ctx, toRocket(topic, m)); err != nil {
+			if err := b.send(ctx, prod, toRocket(topic, m)); err != nil {
 				mu.Lock()
 				defer mu.Unlock()
 				if i < firstIdx {
@@ -69,10 +73,10 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	return firstErr
 }
 
-func (b *Broker) send(ctx context.Context, m *rmq.Message) error {
+func (b *Broker) send(ctx context.Context, prod rmq.Producer, m *rmq.Message) error {
 	ctx, cancel := context.WithTimeout(ctx, b.o.SendTimeout)
 	defer cancel()
-	res, err := b.prod.Send(ctx, m)
+	res, err := prod.Send(ctx, m)
 	if err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("%w (%v)", ctx.Err(), err)

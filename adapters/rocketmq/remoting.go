@@ -35,7 +35,7 @@ const (
 	codeGetRoute             = 105
 	codeQueryConsumerOffset  = 14
 	codeUpdateConsumerOffset = 15
-	codeGetMinOffset         = 29
+	codeGetMinOffset         = 31
 	codeGetMaxOffset         = 30
 
 	respSuccess       = 0

@@ -229,8 +229,10 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 type Broker struct {
 	o    Options
 	log  *slog.Logger
-	prod rmq.Producer
 	adm  *admin
+
+	prodMu sync.Mutex
+	prod   rmq.Producer // started by the first publish
 
 	mu     sync.Mutex
 	topics map[string]bool // topics known to be routed
@@ -245,7 +247,7 @@ func (o Options) config(group string) *rmq.Config {
 	}
 }
 
-// Dial starts a producer on the proxy.
+// Dial checks o; the producer starts with the first publish.
 func Dial(_ context.Context, o Options) (*Broker, error) {
 	if _, _, err := net.SplitHostPort(o.Endpoint); err != nil {
 		return nil, fmt.Errorf("rocketmq: Options.Endpoint %q: want host:port: %w", o.Endpoint, driver.ErrInvalid)
@@ -283,15 +285,67 @@ func Dial(_ context.Context, o Options) (*Broker, error) {
 	if b.log == nil {
 		b.log = slog.Default()
 	}
-	prod, err := rmq.NewProducer(o.config(""), rmq.WithMaxAttempts(3))
+	return b, nil
+}
+
+// producer returns the Broker's producer, started on first use with topic
+// (the client finishes its start only once it has a route to a broker).
+func (b *Broker) producer(ctx context.Context, topic string) (rmq.Producer, error) {
+	b.prodMu.Lock()
+	defer b.prodMu.Unlock()
+	if b.prod != nil {
+		return b.prod, nil
+	}
+	prod, err := rmq.NewProducer(b.o.config(""), rmq.WithMaxAttempts(3), rmq.WithTopics(topic))
 	if err != nil {
 		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
 	}
-	if err := prod.Start(); err != nil {
-		return nil, driver.Transient(fmt.Errorf("rocketmq: start producer on proxy %s: %w", o.Endpoint, err))
+	if err := start(ctx, b.o.SendTimeout, prod); err != nil {
+		return nil, fmt.Errorf("rocketmq: start producer on proxy %s: %w", b.o.Endpoint, err)
 	}
 	b.prod = prod
-	return b, nil
+	return prod, nil
+}
+
+// starter is a client of the gRPC library: Start has no deadline of its
+// own (it waits for the proxy's settings).
+type starter interface {
+	Start() error
+	GracefulStop() error
+}
+
+// start starts c within timeout (or ctx); a start that does not finish in
+// time is stopped when it does.
+func start(ctx context.Context, timeout time.Duration, c starter) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Start() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			if err = rpcErr(err); errors.Is(err, driver.ErrNotFound) {
+				return err
+			}
+			return driver.Transient(err)
+		}
+		return nil
+	case <-ctx.Done():
+		err := ctx.Err()
+		go func() {
+			if <-done == nil {
+				_ = c.GracefulStop()
+			}
+		}()
+		return err
+	case <-t.C:
+		go func() {
+			if <-done == nil {
+				_ = c.GracefulStop()
+			}
+		}()
+		return driver.Transient(fmt.Errorf("no answer within %v", timeout))
+	}
 }
 
 // Capabilities: persistence (the broker's store), nack delay
@@ -358,7 +412,13 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	b.mu.Unlock()
-	if err := b.prod.GracefulStop(); err != nil {
+	b.prodMu.Lock()
+	prod := b.prod
+	b.prodMu.Unlock()
+	if prod == nil {
+		return nil
+	}
+	if err := prod.GracefulStop(); err != nil {
 		return fmt.Errorf("rocketmq: close: %w", err)
 	}
 	return nil

@@ -86,11 +86,8 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	if err != nil {
 		return nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", group, err)
 	}
-	if err := sc.Start(); err != nil {
-		if err = rpcErr(err); errors.Is(err, driver.ErrNotFound) {
-			return nil, fmt.Errorf("rocketmq: start consumer of group %q on %q: %w", group, topic, err)
-		}
-		return nil, driver.Transient(fmt.Errorf("rocketmq: start consumer of group %q on %q: %w", group, topic, err))
+	if err := start(ctx, b.o.SendTimeout, sc); err != nil {
+		return nil, fmt.Errorf("rocketmq: start consumer of group %q on %q: %w", group, topic, err)
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
