@@ -2,10 +2,10 @@ package rocketmq
 
 import (
 	"bufio"
+	"context"
 	"crypto/hmac"
 	"crypto/sha1"
 	"encoding/base64"
-	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"

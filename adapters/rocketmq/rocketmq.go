@@ -227,9 +227,9 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 // Broker is a RocketMQ connection through a proxy: one producer, and a
 // simple consumer per subscription.
 type Broker struct {
-	o    Options
-	log  *slog.Logger
-	adm  *admin
+	o   Options
+	log *slog.Logger
+	adm *admin
 
 	prodMu sync.Mutex
 	prod   rmq.Producer // started by the first publish

@@ -1,8 +1,11 @@
 # Apache RocketMQ 5.3.3 from Maven Central jars: one name server on
 # 127.0.0.1:19876 and one broker on 127.0.0.1:20911 (remoting; it also
 # listens on 20909, its "fast" port, and 20912, its HA port, all on
-# 127.0.0.1). No proxy: the adapter speaks remoting. Sourced by
-# scripts/brokers; see the contract there.
+# 127.0.0.1), and the proxy in cluster mode (a third JVM), which the
+# adapter's gRPC client talks to: gRPC on port 20981, remoting on 20980.
+# The proxy binds those two ports on every interface (5.3.3 has no bind
+# address for them); both are below 32768. Sourced by scripts/brokers; see
+# the contract there.
 #
 # The jars (namesrv, broker and their dependencies) are fetched by Maven into
 # a cache outside the work tree ($OMNIBUS_ROCKETMQ_HOME, default
@@ -14,11 +17,12 @@
 #     port is on loopback and no network namespace is needed.
 #   - Ready: the readiness check, a real send through the name server's
 #     route to the broker (the broker's "boot success" log line comes before
-#     the name server routes to it).
+#     the name server routes to it), and then through the proxy's remoting
+#     port (the proxy exits if started before the broker is routable).
 # Broker state (store, logs, configs) lives in the state dir.
 #
-# DIR/env exports OMNIBUS_ROCKETMQ_URL (the name server, plus brokers= for
-# topic creation) and OMNIBUS_ROCKETMQ_CTL, an executable taking kill (SIGKILL
+# DIR/env exports OMNIBUS_ROCKETMQ_URL (the proxy, plus namesrv= and brokers=
+# for topic and group creation) and OMNIBUS_ROCKETMQ_CTL, an executable taking kill (SIGKILL
 # the broker), start (start it again on its store and wait until it is
 # routable) or ready.
 ROCKETMQ_VERSION=5.3.3
