@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	rmq "github.com/apache/rocketmq-clients/golang/v5"
 
@@ -47,30 +46,12 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if err != nil {
 		return err
 	}
-	var (
-		wg       sync.WaitGroup
-		mu       sync.Mutex
-		firstErr error
-		firstIdx = len(msgs)
-	)
-	sem := make(chan struct{}, 8)
-	for i, m := range msgs {
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			if err := b.send(ctx, prod, toRocket(topic, m)); err != nil {
-				mu.Lock()
-				defer mu.Unlock()
-				if i < firstIdx {
-					firstIdx = i
-					firstErr = fmt.Errorf("rocketmq: publish message %d (ID %q) to %q: %w", i, m.ID, topic, err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	return firstErr
+	return eachParallel(len(msgs), func(i int) error {
+		if err := b.send(ctx, prod, toRocket(topic, msgs[i])); err != nil {
+			return fmt.Errorf("rocketmq: publish message %d (ID %q) to %q: %w", i, msgs[i].ID, topic, err)
+		}
+		return nil
+	})
 }
 
 func (b *Broker) send(ctx context.Context, prod rmq.Producer, m *rmq.Message) error {

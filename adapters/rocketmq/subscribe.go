@@ -253,31 +253,37 @@ func (s *subscription) take(ids []driver.AckID) ([]*delivery, error) {
 	return out, nil
 }
 
-// settle runs f for each delivery, at most 8 at a time, and returns the
-// first error.
-func settle(ds []*delivery, f func(*delivery) error) error {
+// eachParallel runs f(i) for i in [0, n), at most 8 at a time, and
+// returns the error of the smallest i that failed.
+func eachParallel(n int, f func(i int) error) error {
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+		firstIdx = n
 	)
 	sem := make(chan struct{}, 8)
-	for _, d := range ds {
+	for i := range n {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer func() { <-sem; wg.Done() }()
-			if err := f(d); err != nil {
+			if err := f(i); err != nil {
 				mu.Lock()
-				if first == nil {
-					first = err
+				defer mu.Unlock()
+				if i < firstIdx {
+					firstIdx, firstErr = i, err
 				}
-				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
-	return first
+	return firstErr
+}
+
+// settle runs f for each delivery (see eachParallel).
+func settle(ds []*delivery, f func(*delivery) error) error {
+	return eachParallel(len(ds), func(i int) error { return f(ds[i]) })
 }
 
 // SendAcks acknowledges each delivery on the broker.

@@ -34,58 +34,47 @@ ROCKETMQ_SRC=$ROOT/scripts/brokers.d/rocketmq
 
 rocketmq_home() { echo "${OMNIBUS_ROCKETMQ_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/omnibus/rocketmq-$ROCKETMQ_VERSION}"; }
 
-# rocketmq_install: java, Maven, the jars and the compiled helper classes.
-rocketmq_install() {
-  local home tmp
-  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
-  home=$(rocketmq_home)
-  if ! [ -f "$home/.complete" ]; then
-    command -v mvn >/dev/null || apt_install maven
-    log "downloading RocketMQ $ROCKETMQ_VERSION jars from Maven Central into $home"
-    tmp="$home.download"
-    rm -rf "$home" "$tmp"
-    mkdir -p "$tmp"
-    cat >"$tmp/pom.xml" <<POM
+# rocketmq_fetch DIR MARKER ARTIFACT...: the runtime jars of the RocketMQ
+# artifacts (and their dependencies) into DIR; MARKER says it is complete.
+rocketmq_fetch() {
+  local dir=$1 marker=$2 tmp a deps=""
+  shift 2
+  [ -f "$marker" ] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  log "downloading RocketMQ $ROCKETMQ_VERSION jars ($*) from Maven Central into $dir"
+  tmp="$dir.download"
+  rm -rf "$dir" "$tmp"
+  mkdir -p "$tmp"
+  for a in "$@"; do
+    deps+="<dependency><groupId>org.apache.rocketmq</groupId><artifactId>$a</artifactId><version>$ROCKETMQ_VERSION</version></dependency>"
+  done
+  cat >"$tmp/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>omnibus</groupId><artifactId>rocketmq-jars</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-namesrv</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
-    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-broker</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
-  </dependencies>
+  <dependencies>$deps</dependencies>
 </project>
 POM
-    mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
-      >"$tmp/maven.log" 2>&1 \
-      || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ jars (log: $tmp/maven.log)"; }
-    [ -f "$tmp/lib/rocketmq-broker-$ROCKETMQ_VERSION.jar" ] || die "rocketmq-broker jar missing after the Maven download"
-    mv "$tmp" "$home"
-    touch "$home/.complete"
-  fi
+  mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
+    >"$tmp/maven.log" 2>&1 \
+    || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ jars (log: $tmp/maven.log)"; }
+  for a in "$@"; do
+    [ -f "$tmp/lib/$a-$ROCKETMQ_VERSION.jar" ] || die "$a jar missing after the Maven download"
+  done
+  mv "$tmp/lib" "$dir"
+  rm -rf "$tmp"
+  touch "$marker"
+}
+
+# rocketmq_install: java, Maven, the jars and the compiled helper classes.
+rocketmq_install() {
+  local home
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  home=$(rocketmq_home)
+  mkdir -p "$home"
+  rocketmq_fetch "$home/lib" "$home/.complete" rocketmq-namesrv rocketmq-broker
   # The proxy (cluster mode, a third JVM) has a dependency set of its own.
-  if ! [ -f "$home/proxy.complete" ]; then
-    command -v mvn >/dev/null || apt_install maven
-    log "downloading the RocketMQ $ROCKETMQ_VERSION proxy jars from Maven Central into $home/proxy-lib"
-    tmp="$home/proxy.download"
-    rm -rf "$home/proxy-lib" "$tmp"
-    mkdir -p "$tmp"
-    cat >"$tmp/pom.xml" <<POM
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>omnibus</groupId><artifactId>rocketmq-proxy-jars</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-proxy</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
-  </dependencies>
-</project>
-POM
-    mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
-      >"$tmp/maven.log" 2>&1 \
-      || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ proxy jars (log: $tmp/maven.log)"; }
-    [ -f "$tmp/lib/rocketmq-proxy-$ROCKETMQ_VERSION.jar" ] || die "rocketmq-proxy jar missing after the Maven download"
-    mv "$tmp/lib" "$home/proxy-lib"
-    rm -rf "$tmp"
-    touch "$home/proxy.complete"
-  fi
+  rocketmq_fetch "$home/proxy-lib" "$home/proxy.complete" rocketmq-proxy
   # The helper classes are rebuilt when their sources change.
   if ! cmp -s "$ROCKETMQ_SRC/LoopbackHAService.java" "$home/classes.src/LoopbackHAService.java" \
      || ! cmp -s "$ROCKETMQ_SRC/Ready.java" "$home/classes.src/Ready.java"; then
