@@ -65,9 +65,9 @@
 // scan adds up to a few seconds), counting an attempt. A message neither
 // acked nor nacked within invisible is delivered again, to any member.
 // After max_reconsume redeliveries the broker moves it to the dead-letter
-// topic "%DLQ%<group>". Close makes every held delivery visible again at
-// once; a consumer that dies has its held messages redelivered when their
-// invisibility ends.
+// topic "%DLQ%<group>". Close makes every held delivery visible again
+// after 1 s (as a nack does); a consumer that dies has its held messages
+// redelivered when their invisibility ends.
 //
 // Ordering per key is not promised: messages of one key are spread over
 // queues and redelivered independently.
