@@ -39,7 +39,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	if err := checkName("topic", topic, 127); err != nil {
 		return err
 	}
-	if _, err := b.ensureTopic(ctx, topic); err != nil {
+	if _, err := b.ensureTopic(ctx, topic, false); err != nil {
 		return err
 	}
 	prod, err := b.producer(ctx, topic)

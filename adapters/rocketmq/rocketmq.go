@@ -431,17 +431,21 @@ func (b *Broker) isClosed() bool {
 }
 
 // ensureTopic creates topic on the configured brokers (once per Broker) and
-// waits until the name servers route it; it returns the route. Without
-// brokers it does nothing.
-func (b *Broker) ensureTopic(ctx context.Context, topic string) ([]queueRoute, error) {
+// waits until the name servers route it. It returns the route when
+// needRoute, or when it had to wait for one. Without brokers it does
+// nothing.
+func (b *Broker) ensureTopic(ctx context.Context, topic string, needRoute bool) ([]queueRoute, error) {
 	if len(b.o.Brokers) == 0 {
+		return nil, nil
+	}
+	b.mu.Lock()
+	known := b.topics[topic]
+	b.mu.Unlock()
+	if known && !needRoute {
 		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.SendTimeout)
 	defer cancel()
-	b.mu.Lock()
-	known := b.topics[topic]
-	b.mu.Unlock()
 	if !known {
 		for _, addr := range b.o.Brokers {
 			if err := b.adm.createTopic(ctx, addr, topic, b.o.Queues); err != nil {

@@ -63,7 +63,7 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	} else if err := checkName("group", group, 120); err != nil {
 		return nil, err
 	}
-	routes, err := b.ensureTopic(ctx, topic)
+	routes, err := b.ensureTopic(ctx, topic, true)
 	if err != nil {
 		return nil, err
 	}
