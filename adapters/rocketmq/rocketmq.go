@@ -67,7 +67,11 @@
 // After max_reconsume redeliveries the broker moves it to the dead-letter
 // topic "%DLQ%<group>". Close makes every held delivery visible again
 // after 1 s (as a nack does); a consumer that dies has its held messages
-// redelivered when their invisibility ends.
+// redelivered when their invisibility ends. Close cancels the subscription's
+// long poll (up to 10 s) in flight: the proxy does not withdraw it, so a
+// message published to the group in those seconds is taken by the closed
+// subscription and delivered to the group only after invisible (seen: 35 s
+// with the default 30 s).
 //
 // Ordering per key is not promised: messages of one key are spread over
 // queues and redelivered independently.
