@@ -1,111 +1,122 @@
-// Package rocketmq is the omnibus adapter for Apache RocketMQ (name server
-// and broker, over the remoting protocol, on
-// github.com/apache/rocketmq-client-go/v2), behind rocketmq:// URLs:
+// Package rocketmq is the omnibus adapter for Apache RocketMQ 5 through its
+// proxy, on the gRPC client github.com/apache/rocketmq-clients/golang/v5,
+// behind rocketmq:// URLs:
 //
-//	rocketmq://127.0.0.1:9876                          one name server
-//	rocketmq://10.0.0.5:9876,10.0.0.6:9876?brokers=10.0.0.7:10911&queues=8
+//	rocketmq://127.0.0.1:8081                                   one proxy
+//	rocketmq://10.0.0.5:8081?namesrv=10.0.0.6:9876&brokers=10.0.0.7:10911&queues=8
 //
-// The hosts are name server addresses; brokers lists broker addresses where
-// the adapter creates topics (and consumer groups' retry topics).
+// The host is the proxy's gRPC endpoint. namesrv and brokers are optional:
+// with both, the adapter creates topics and consumer groups itself over
+// RocketMQ's remoting protocol (the gRPC API has no administration).
+//
+// Why the gRPC client: the remoting client (rocketmq-client-go/v2, v2.1.2
+// and its 2025 snapshot) has data races inside itself under go test -race
+// (rmqClient.close written by Shutdown while a broker-triggered rebalance
+// reads it in InvokeSync), and its push consumer rebalances queues by
+// client-side offsets, so acknowledged messages come again to another
+// member after a rebalance or a restart. The proxy's simple consumer
+// ("pop") keeps acknowledgements per message on the broker instead.
 //
 // # Model
 //
 // A topic is a RocketMQ topic (1 to 127 characters from a-z, A-Z, 0-9, '_'
-// and '-'); a consumer group is a RocketMQ consumer group in clustering mode
-// (same rule, at most 120 characters): every group gets each message, the
-// members of one group share the topic's queues. An anonymous subscription
-// (no Group) is a group "omnibus-anon-<random>" of its own.
+// and '-'); a consumer group is a RocketMQ consumer group (same rule, at
+// most 120 characters): every group gets each message, the members of one
+// group share them message by message. An anonymous subscription (no Group)
+// is a group "omnibus-anon-<random>" of its own.
 //
-// With brokers set, the first Publish or Subscribe on a topic creates it on
-// every listed broker with queues read and write queues, and Subscribe
-// creates the group's retry topic "%RETRY%<group>", then waits until the
-// name server routes both (so the client's 20–30 s route timers are not on
-// the path). Without brokers, Publish relies on the broker's
-// autoCreateTopicEnable, and Subscribe to a topic the name server does not
-// know fails with an error wrapping driver.ErrNotFound.
-//
-// A new group starts at the newest offset (start=newest) or the oldest
-// (start=oldest, or pubsub.FromOldest()). The broker overrides "newest" for a
-// queue whose first message is still in its memory: such a group then starts
-// at that queue's first offset, so on a young topic a new group can also get
-// messages published before it existed.
+// With namesrv and brokers set, the first Publish or Subscribe on a topic
+// creates it on every listed broker with queues queues (message type
+// NORMAL) and waits until the name server routes it, before the proxy is
+// asked about it (the proxy caches "no such topic" for a while). Subscribe
+// also creates the group with max_reconsume retries and, for a group
+// without a position, sets its start on every queue: the queue's end
+// (start=newest, the default) or its first message (start=oldest, or
+// pubsub.FromOldest()). So a new group gets exactly what is published
+// after Subscribe returns, or everything still stored.
+// Without them, topics and groups must exist (the broker's
+// autoCreateSubscriptionGroup creates groups with 16 retries), Publish or
+// Subscribe on an unknown topic fails with driver.ErrNotFound, and a new
+// group starts where the broker puts it (the newest message, or the first
+// one while the queue's first message is still in memory).
 //
 // # Messages
 //
-// Payload is the RocketMQ body. ID is the property "omnibus-id" and one of
-// the message's RocketMQ keys (for lookup by key); Key is the property
-// "omnibus-key" and the sharding key; metadata entries are properties
-// prefixed "omnibus-m-". Property names and values must not contain the
-// bytes 0x01 or 0x02 (RocketMQ's separators): Publish rejects them naming
-// the field. PublishedAt is the broker's store time; Attempt is
-// ReconsumeTimes + 1. A message from another publisher has its RocketMQ
-// message ID as ID and no Key or metadata.
+// Payload is the RocketMQ body. ID is the property "omnibus-id" and the
+// message's RocketMQ key (for lookup by key); Key is the property
+// "omnibus-key"; metadata entries are properties prefixed "omnibus-m-".
+// PublishedAt is the message's born time; Attempt is the delivery attempt
+// the broker counts. A message from another publisher has its RocketMQ
+// message ID as ID and no Key or metadata. The gRPC client sends at most
+// 2 MiB per message (MaxMessageSize is 2 MiB less room for properties).
 //
 // # Publishing
 //
-// Messages without a Key go out as RocketMQ batches (SendSync, at most
-// max_batch_bytes each); messages with a Key go out one by one (SendSync)
-// through a hash queue selector on the Key, in order per key, so that all
-// messages of a key land in one queue. Publish returns once the broker
-// answered SEND_OK for every message (flush and replication as the broker
-// is configured).
+// Each message is one Send, answered by the broker once stored (flush and
+// replication as the broker is configured); a batch goes out as concurrent
+// sends.
 //
 // # Receiving
 //
-// Each subscription is a push consumer (concurrently consuming, one message
-// per callback). A delivery is held by its callback until Ack (the callback
-// returns ConsumeSuccess) or Nack (ConsumeRetryLater), so acks are per
-// message with no head-of-line blocking; the consumer commits offsets up to
-// the oldest unacknowledged message every 5 s and on Close. Nack(d) uses the
-// broker's delay levels (1s 5s 10s 30s 1m 2m 3m 4m 5m 6m 7m 8m 9m 10m 20m
-// 30m 1h 2h): the smallest level at least d (a delay of 0 is 1 s, more than
-// 2 h is 2 h). After max_reconsume nacks the broker moves the message to
-// the dead-letter topic "%DLQ%<group>". Close hands every delivery it still
-// holds back to the broker (redelivered after 1 s, with its attempt counted;
-// the client sends them back while it shuts down, so the committed offset
-// can stay at the first of them and acked deliveries after it in its queue
-// come again);
-// a consumer that dies has its unacknowledged messages redelivered to the
-// group from the last committed offset. At most prefetch deliveries are held
-// per subscription topic.
+// Each subscription is a simple consumer: a loop receives up to prefetch
+// messages, each invisible to the group for invisible (default 30 s) while
+// the application holds it. Ack acknowledges the one message on the broker;
+// Nack(d) makes it visible again after d (at least 1 s; the broker's revive
+// scan adds up to a few seconds), counting an attempt. A message neither
+// acked nor nacked within invisible is delivered again, to any member.
+// After max_reconsume redeliveries the broker moves it to the dead-letter
+// topic "%DLQ%<group>". Close makes every held delivery visible again
+// after 1 s (as a nack does); a consumer that dies has its held messages
+// redelivered when their invisibility ends. Close cancels the subscription's
+// long poll (up to 10 s) in flight: the proxy does not withdraw it, so a
+// message published to the group in those seconds is taken by the closed
+// subscription and delivered to the group only after invisible (seen: 35 s
+// with the default 30 s).
 //
-// Ordering per key is not promised: RocketMQ keeps it only with an orderly
-// consumer, which blocks a queue while one of its messages waits for a
-// retry; this adapter consumes concurrently.
+// Ordering per key is not promised: messages of one key are spread over
+// queues and redelivered independently.
+//
+// # Transport
+//
+// The client library dials the proxy with TLS, without verifying the
+// proxy's certificate, unless the process's environment has
+// rocketmq.client.enableSsl=false (plaintext); that choice is
+// process-wide and read at start. The client's own log goes to
+// $rocketmq.client.logRoot (default: omnibus-rocketmq-client under the
+// temporary directory) at level $rocketmq.client.logLevel (default error).
 //
 // # URL parameters
 //
-//	brokers=H:P[,H:P]     broker addresses where topics and retry topics are created (default none)
+//	namesrv=H:P[,H:P]     name servers, for topic routes (with brokers)
+//	brokers=H:P[,H:P]     broker addresses where topics and groups are created (default none)
 //	queues=N              queues of a created topic, 1..256 (default 4)
 //	start=newest|oldest   where a new group starts (default newest; see above)
-//	max_reconsume=N       nacks before the broker dead-letters a message, 1..16 (default 16)
-//	prefetch=N            deliveries held per subscription topic, 1..1000 (default 64)
-//	send_timeout=D        one SendSync, and topic creation (default 10s)
-//	max_batch_bytes=N     largest batch body (default 3 MiB; the broker's maxMessageSize is 4 MiB)
+//	max_reconsume=N       redeliveries before the broker dead-letters a message, 1..16 (default 16)
+//	prefetch=N            deliveries held per subscription, 1..1000 (default 64)
+//	invisible=D           how long a held delivery stays hidden from the group, 10s..12h (default 30s)
+//	send_timeout=D        one Send, one administrative request, topic routing (default 10s)
 //	access_key=S, secret_key=S   ACL credentials (the secret is never printed)
-//	instance=S            instance name prefix of the clients (default "omnibus")
 //
 // An unknown parameter, or a bad value, is an error naming it.
 package rocketmq
 
 import (
 	"context"
-
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
 	"time"
 
-	rmq "github.com/apache/rocketmq-client-go/v2"
-	"github.com/apache/rocketmq-client-go/v2/admin"
-	"github.com/apache/rocketmq-client-go/v2/primitive"
-	"github.com/apache/rocketmq-client-go/v2/producer"
-	"github.com/apache/rocketmq-client-go/v2/rlog"
-	"github.com/google/uuid"
+	rmq "github.com/apache/rocketmq-clients/golang/v5"
+	"github.com/apache/rocketmq-clients/golang/v5/credentials"
+	v2 "github.com/apache/rocketmq-clients/golang/v5/protocol/v2"
 
 	"github.com/omnibusmq/omnibus/pubsub"
 	"github.com/omnibusmq/omnibus/pubsub/driver"
@@ -115,7 +126,15 @@ import (
 const Scheme = "rocketmq"
 
 func init() {
-	rlog.SetLogLevel("error")
+	// The client logs to a file from its own init; unless the process
+	// chose otherwise, errors only, under the temporary directory.
+	if os.Getenv("rocketmq.client.logRoot") == "" {
+		_ = os.Setenv("rocketmq.client.logRoot", filepath.Join(os.TempDir(), "omnibus-rocketmq-client"))
+	}
+	if os.Getenv("rocketmq.client.logLevel") == "" {
+		_ = os.Setenv("rocketmq.client.logLevel", "error")
+	}
+	rmq.ResetLogger()
 	pubsub.Register(Scheme, openURL)
 }
 
@@ -127,24 +146,24 @@ const (
 	propEmpty    = "omnibus-empty" // "1": the payload is empty (RocketMQ refuses an empty body)
 )
 
-// maxMessageSize is the broker's default maxMessageSize (4 MiB) minus room
-// for properties.
-const maxMessageSize = 4<<20 - 64<<10
+// maxMessageSize is the gRPC client's send limit (2 MiB) minus room for
+// properties.
+const maxMessageSize = 2<<20 - 64<<10
 
 // Options configure a Broker. Zero values mean the documented defaults.
 type Options struct {
-	NameServers   []string
-	Brokers       []string
-	Queues        int
-	StartOldest   bool
-	MaxReconsume  int
-	Prefetch      int
-	SendTimeout   time.Duration
-	MaxBatchBytes int
-	AccessKey     string
-	SecretKey     string
-	Instance      string
-	Logger        *slog.Logger
+	Endpoint     string   // the proxy's gRPC address, host:port
+	NameServers  []string // for topic routes, with Brokers
+	Brokers      []string // where topics and groups are created
+	Queues       int
+	StartOldest  bool
+	MaxReconsume int
+	Prefetch     int
+	Invisible    time.Duration
+	SendTimeout  time.Duration
+	AccessKey    string
+	SecretKey    string
+	Logger       *slog.Logger
 }
 
 var nameRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
@@ -154,6 +173,17 @@ func checkName(what, s string, max int) error {
 		return fmt.Errorf("rocketmq: %s %q: want 1 to %d characters from a-z, A-Z, 0-9, '_' and '-': %w", what, s, max, driver.ErrInvalid)
 	}
 	return nil
+}
+
+func splitHosts(what, s string) ([]string, error) {
+	var out []string
+	for _, h := range strings.Split(s, ",") {
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			return nil, fmt.Errorf("rocketmq: %s %q: want host:port: %w", what, h, driver.ErrInvalid)
+		}
+		out = append(out, h)
+	}
+	return out, nil
 }
 
 func openURL(ctx context.Context, raw string) (driver.Broker, error) {
@@ -167,59 +197,72 @@ func openURL(ctx context.Context, raw string) (driver.Broker, error) {
 	if u.User != nil {
 		return nil, fmt.Errorf("rocketmq: credentials in the URL's user info: use access_key and secret_key: %w", driver.ErrInvalid)
 	}
-	o := Options{}
-	for _, h := range strings.Split(u.Host, ",") {
-		if _, _, err := net.SplitHostPort(h); err != nil {
-			return nil, fmt.Errorf("rocketmq: name server %q: want host:port: %w", h, driver.ErrInvalid)
-		}
-		o.NameServers = append(o.NameServers, h)
+	o := Options{Endpoint: u.Host}
+	if _, _, err := net.SplitHostPort(u.Host); err != nil {
+		return nil, fmt.Errorf("rocketmq: proxy endpoint %q: want host:port: %w", u.Host, driver.ErrInvalid)
 	}
 	p := driver.NewParams(Scheme, u.Query())
-	if b := p.String("brokers", ""); b != "" {
-		o.Brokers = strings.Split(b, ",")
-	}
+	ns := p.String("namesrv", "")
+	bs := p.String("brokers", "")
 	o.Queues = p.Int("queues", 4, 1, 256)
 	o.StartOldest = p.Enum("start", "newest", "newest", "oldest") == "oldest"
 	o.MaxReconsume = p.Int("max_reconsume", 16, 1, 16)
 	o.Prefetch = p.Int("prefetch", 64, 1, 1000)
+	o.Invisible = p.Duration("invisible", 30*time.Second)
 	o.SendTimeout = p.Duration("send_timeout", 10*time.Second)
-	o.MaxBatchBytes = p.Int("max_batch_bytes", 3<<20, 1024, 4<<20)
 	o.AccessKey = p.String("access_key", "")
 	o.SecretKey = p.String("secret_key", "")
-	o.Instance = p.String("instance", "omnibus")
 	if err := p.Err(); err != nil {
 		return nil, err
+	}
+	if ns != "" {
+		if o.NameServers, err = splitHosts("namesrv", ns); err != nil {
+			return nil, err
+		}
+	}
+	if bs != "" {
+		if o.Brokers, err = splitHosts("brokers", bs); err != nil {
+			return nil, err
+		}
 	}
 	return Dial(ctx, o)
 }
 
-// Broker is a RocketMQ connection: one producer, one admin client, and a
-// push consumer per subscription.
+// Broker is a RocketMQ connection through a proxy: one producer, and a
+// simple consumer per subscription.
 type Broker struct {
-	o        Options
-	log      *slog.Logger
-	resolver primitive.NsResolver
-	prod     rmq.Producer
-	adm      admin.Admin
+	o   Options
+	log *slog.Logger
+	adm *admin
+
+	prodMu sync.Mutex
+	prod   rmq.Producer // started by the first publish
 
 	mu     sync.Mutex
 	topics map[string]bool // topics known to be routed
 	closed bool
 }
 
-func (o Options) credentials() primitive.Credentials {
-	return primitive.Credentials{AccessKey: o.AccessKey, SecretKey: o.SecretKey}
+func (o Options) config(group string) *rmq.Config {
+	return &rmq.Config{
+		Endpoint:      o.Endpoint,
+		ConsumerGroup: group,
+		Credentials:   &credentials.SessionCredentials{AccessKey: o.AccessKey, AccessSecret: o.SecretKey},
+	}
 }
 
-// Dial starts a producer and an admin client on the name servers.
+// Dial checks o; the producer starts with the first publish.
 func Dial(_ context.Context, o Options) (*Broker, error) {
-	if len(o.NameServers) == 0 {
-		return nil, fmt.Errorf("rocketmq: Options.NameServers is empty: %w", driver.ErrInvalid)
+	if _, _, err := net.SplitHostPort(o.Endpoint); err != nil {
+		return nil, fmt.Errorf("rocketmq: Options.Endpoint %q: want host:port: %w", o.Endpoint, driver.ErrInvalid)
 	}
-	for _, b := range o.Brokers {
+	for _, b := range append(append([]string(nil), o.Brokers...), o.NameServers...) {
 		if _, _, err := net.SplitHostPort(b); err != nil {
-			return nil, fmt.Errorf("rocketmq: Options.Brokers: %q: want host:port: %w", b, driver.ErrInvalid)
+			return nil, fmt.Errorf("rocketmq: Options.Brokers/NameServers: %q: want host:port: %w", b, driver.ErrInvalid)
 		}
+	}
+	if (len(o.Brokers) == 0) != (len(o.NameServers) == 0) {
+		return nil, fmt.Errorf("rocketmq: namesrv and brokers go together (topic creation needs both): %w", driver.ErrInvalid)
 	}
 	if (o.AccessKey == "") != (o.SecretKey == "") {
 		return nil, fmt.Errorf("rocketmq: access_key and secret_key go together: %w", driver.ErrInvalid)
@@ -233,79 +276,114 @@ func Dial(_ context.Context, o Options) (*Broker, error) {
 	if o.Prefetch == 0 {
 		o.Prefetch = 64
 	}
-	if o.MaxBatchBytes == 0 {
-		o.MaxBatchBytes = 3 << 20
-	}
-	if o.Instance == "" {
-		o.Instance = "omnibus"
-	}
-	if err := driver.DefaultDurations("rocketmq", driver.DurationOption{Name: "SendTimeout", Value: &o.SendTimeout, Default: 10 * time.Second}); err != nil {
+	if err := driver.DefaultDurations("rocketmq",
+		driver.DurationOption{Name: "SendTimeout", Value: &o.SendTimeout, Default: 10 * time.Second},
+		driver.DurationOption{Name: "Invisible", Value: &o.Invisible, Default: 30 * time.Second},
+	); err != nil {
 		return nil, err
 	}
-	b := &Broker{o: o, log: o.Logger, topics: map[string]bool{}}
+	if o.Invisible < 10*time.Second || o.Invisible > 12*time.Hour {
+		return nil, fmt.Errorf("rocketmq: invisible %v: want 10s to 12h (the proxy's range): %w", o.Invisible, driver.ErrInvalid)
+	}
+	b := &Broker{o: o, log: o.Logger, topics: map[string]bool{}, adm: &admin{ak: o.AccessKey, sk: o.SecretKey}}
 	if b.log == nil {
 		b.log = slog.Default()
 	}
-	b.resolver = primitive.NewPassthroughResolver(o.NameServers)
-	popts := []producer.Option{
-		producer.WithNsResolver(b.resolver),
-		producer.WithGroupName("omnibus-producer"),
-		producer.WithInstanceName(o.Instance + "-" + strings.ReplaceAll(uuid.NewString(), "-", "")),
-		producer.WithQueueSelector(producer.NewHashQueueSelector()),
-		producer.WithSendMsgTimeout(o.SendTimeout),
-		producer.WithRetry(2),
-		producer.WithDefaultTopicQueueNums(o.Queues),
-	}
-	aopts := []admin.AdminOption{admin.WithResolver(b.resolver)}
-	if o.AccessKey != "" {
-		popts = append(popts, producer.WithCredentials(o.credentials()))
-		aopts = append(aopts, admin.WithCredentials(o.credentials()))
-	}
-	prod, err := rmq.NewProducer(popts...)
-	if err != nil {
-		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
-	}
-	if err := prod.Start(); err != nil {
-		return nil, fmt.Errorf("rocketmq: start producer: %w", err)
-	}
-	b.prod = prod
-	adm, err := admin.NewAdmin(aopts...)
-	if err != nil {
-		_ = prod.Shutdown()
-		return nil, fmt.Errorf("rocketmq: new admin client: %w", err)
-	}
-	b.adm = adm
 	return b, nil
 }
 
-// Capabilities: persistence (the broker's store), nack delay (delay levels),
-// attempt count, groups and replay of a new group from the oldest offset.
+// producer returns the Broker's producer, started on first use with topic
+// (the client finishes its start only once it has a route to a broker).
+func (b *Broker) producer(ctx context.Context, topic string) (rmq.Producer, error) {
+	b.prodMu.Lock()
+	defer b.prodMu.Unlock()
+	if b.prod != nil {
+		return b.prod, nil
+	}
+	prod, err := rmq.NewProducer(b.o.config(""), rmq.WithMaxAttempts(3), rmq.WithTopics(topic))
+	if err != nil {
+		return nil, fmt.Errorf("rocketmq: new producer: %w", err)
+	}
+	if err := start(ctx, b.o.SendTimeout, prod); err != nil {
+		return nil, fmt.Errorf("rocketmq: start producer on proxy %s: %w", b.o.Endpoint, err)
+	}
+	b.prod = prod
+	return prod, nil
+}
+
+// starter is a client of the gRPC library: Start has no deadline of its
+// own (it waits for the proxy's settings).
+type starter interface {
+	Start() error
+	GracefulStop() error
+}
+
+// start starts c within timeout (or ctx); a start that does not finish in
+// time is stopped when it does.
+func start(ctx context.Context, timeout time.Duration, c starter) error {
+	done := make(chan error, 1)
+	go func() { done <- c.Start() }()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			if err = rpcErr(err); errors.Is(err, driver.ErrNotFound) {
+				return err
+			}
+			return driver.Transient(err)
+		}
+		return nil
+	case <-ctx.Done():
+		err := ctx.Err()
+		go func() {
+			if <-done == nil {
+				_ = c.GracefulStop()
+			}
+		}()
+		return err
+	case <-t.C:
+		go func() {
+			if <-done == nil {
+				_ = c.GracefulStop()
+			}
+		}()
+		return driver.Transient(fmt.Errorf("no answer within %v", timeout))
+	}
+}
+
+// Capabilities: persistence (the broker's store), nack delay
+// (ChangeInvisibleDuration), attempt count, groups, and replay of a new
+// group from the oldest message when the adapter sets groups' start
+// (namesrv and brokers given).
 func (b *Broker) Capabilities() driver.Capabilities {
 	return driver.Capabilities{
 		Persistence:    true,
 		NackDelay:      true,
-		Replay:         true,
+		Replay:         len(b.o.Brokers) > 0,
 		Groups:         true,
 		AttemptCount:   true,
 		MaxMessageSize: maxMessageSize,
 	}
 }
 
-// Traits: acks are local bookkeeping (a channel send to the callback that
-// holds the delivery).
+// Traits: each send and each ack is one request to the proxy.
 func (b *Broker) Traits() driver.Traits {
 	return driver.Traits{
 		MaxSendBatch:       256,
 		MaxConcurrentSends: 4,
-		InlineAcks:         true,
 		CheckMessage:       checkMessage,
 	}
 }
 
+// checkMessage rejects what the proxy refuses in properties: control
+// characters in names and values, and empty names.
 func checkMessage(m *driver.Message) error {
 	bad := func(field, v string) error {
-		if strings.ContainsAny(v, "\x01\x02") {
-			return fmt.Errorf("rocketmq: %s contains byte 0x01 or 0x02 (RocketMQ's property separators): %w", field, driver.ErrInvalid)
+		for _, r := range v {
+			if r < 0x20 || r == 0x7f {
+				return fmt.Errorf("rocketmq: %s contains a control character (the proxy refuses them in properties): %w", field, driver.ErrInvalid)
+			}
 		}
 		return nil
 	}
@@ -329,7 +407,7 @@ func checkMessage(m *driver.Message) error {
 	return nil
 }
 
-// Close shuts the producer and the admin client down.
+// Close stops the producer.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -338,11 +416,13 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	b.mu.Unlock()
-	err := b.prod.Shutdown()
-	if aerr := b.adm.Close(); err == nil {
-		err = aerr
+	b.prodMu.Lock()
+	prod := b.prod
+	b.prodMu.Unlock()
+	if prod == nil {
+		return nil
 	}
-	if err != nil {
+	if err := prod.GracefulStop(); err != nil {
 		return fmt.Errorf("rocketmq: close: %w", err)
 	}
 	return nil
@@ -355,51 +435,67 @@ func (b *Broker) isClosed() bool {
 }
 
 // ensureTopic creates topic on the configured brokers (once per Broker) and
-// waits until the name server routes it. Without brokers it only checks
-// the route when mustExist.
-func (b *Broker) ensureTopic(ctx context.Context, topic string, queues int, mustExist bool) error {
+// waits until the name servers route it. It returns the route when
+// needRoute, or when it had to wait for one. Without brokers it does
+// nothing.
+func (b *Broker) ensureTopic(ctx context.Context, topic string, needRoute bool) ([]queueRoute, error) {
+	if len(b.o.Brokers) == 0 {
+		return nil, nil
+	}
 	b.mu.Lock()
 	known := b.topics[topic]
 	b.mu.Unlock()
-	if known {
-		return nil
-	}
-	if len(b.o.Brokers) == 0 && !mustExist {
-		return nil
+	if known && !needRoute {
+		return nil, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, b.o.SendTimeout)
 	defer cancel()
-	for _, addr := range b.o.Brokers {
-		err := b.adm.CreateTopic(ctx, admin.WithTopicCreate(topic), admin.WithBrokerAddrCreate(addr),
-			admin.WithReadQueueNums(queues), admin.WithWriteQueueNums(queues))
-		if err != nil {
-			return driver.Transient(fmt.Errorf("rocketmq: create topic %q on broker %s: %w", topic, addr, err))
+	if !known {
+		for _, addr := range b.o.Brokers {
+			if err := b.adm.createTopic(ctx, addr, topic, b.o.Queues); err != nil {
+				return nil, driver.Transient(fmt.Errorf("rocketmq: create topic %q on broker %s: %w", topic, addr, err))
+			}
 		}
 	}
-	// The broker registers a new topic with the name server at once, but
+	// The broker registers a new topic with the name servers at once, but
 	// asynchronously: poll the route.
-	wait := 50 * time.Millisecond
+	wait := 20 * time.Millisecond
+	var last error
 	for {
-		mqs, err := b.adm.FetchPublishMessageQueues(ctx, topic)
-		if err == nil && len(mqs) > 0 {
-			break
-		}
-		if len(b.o.Brokers) == 0 {
-			return fmt.Errorf("rocketmq: topic %q has no route on the name servers (set brokers= to create topics): %w", topic, driver.ErrNotFound)
+		for _, ns := range b.o.NameServers {
+			routes, err := b.adm.route(ctx, ns, topic)
+			if err == nil && len(routes) > 0 {
+				b.mu.Lock()
+				b.topics[topic] = true
+				b.mu.Unlock()
+				return routes, nil
+			}
+			if err != nil {
+				last = err
+			}
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return driver.Transient(fmt.Errorf("rocketmq: topic %q created but not routed by the name servers within %v: %w", topic, b.o.SendTimeout, ctx.Err()))
+			return nil, driver.Transient(fmt.Errorf("rocketmq: topic %q not routed by the name servers within %v (last: %v): %w", topic, b.o.SendTimeout, last, ctx.Err()))
 		case <-t.C:
 		}
-		wait = min(2*wait, time.Second)
+		wait = min(2*wait, 500*time.Millisecond)
 	}
-	b.mu.Lock()
-	b.topics[topic] = true
-	b.mu.Unlock()
-	return nil
+}
+
+// rpcErr maps the client's status errors: an unknown topic or group is
+// driver.ErrNotFound.
+func rpcErr(err error) error {
+	var st *rmq.ErrRpcStatus
+	if errors.As(err, &st) {
+		switch v2.Code(st.Code) {
+		case v2.Code_TOPIC_NOT_FOUND, v2.Code_CONSUMER_GROUP_NOT_FOUND:
+			return fmt.Errorf("%w: %w", err, driver.ErrNotFound)
+		}
+	}
+	return err
 }
 
 var errClosedBroker = fmt.Errorf("rocketmq: broker closed: %w", driver.ErrClosed)

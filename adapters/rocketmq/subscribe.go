@@ -2,68 +2,53 @@ package rocketmq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	rmq "github.com/apache/rocketmq-client-go/v2"
-	"github.com/apache/rocketmq-client-go/v2/consumer"
-	"github.com/apache/rocketmq-client-go/v2/primitive"
+	rmq "github.com/apache/rocketmq-clients/golang/v5"
+	v2 "github.com/apache/rocketmq-clients/golang/v5/protocol/v2"
 	"github.com/google/uuid"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
 
-// delayLevels are the broker's default messageDelayLevel: level i+1 waits
-// delayLevels[i].
-var delayLevels = []time.Duration{
-	time.Second, 5 * time.Second, 10 * time.Second, 30 * time.Second,
-	time.Minute, 2 * time.Minute, 3 * time.Minute, 4 * time.Minute, 5 * time.Minute,
-	6 * time.Minute, 7 * time.Minute, 8 * time.Minute, 9 * time.Minute, 10 * time.Minute,
-	20 * time.Minute, 30 * time.Minute, time.Hour, 2 * time.Hour,
-}
+// awaitDuration is the long poll of one Receive (the proxy needs at least
+// 5 s).
+const awaitDuration = 10 * time.Second
 
-// delayLevel is the smallest delay level that waits at least d (the
-// largest level for longer delays).
-func delayLevel(d time.Duration) int {
-	for i, l := range delayLevels {
-		if l >= d {
-			return i + 1
-		}
-	}
-	return len(delayLevels)
-}
+// minNackDelay is the shortest invisibility a nack sets.
+const minNackDelay = time.Second
 
-// outcome is what the application decided for a delivery: ack, or a nack
-// with a delay level.
-type outcome struct {
-	ack   bool
-	level int
-}
+// maxNackDelay is the longest (the proxy's maximum invisible time).
+const maxNackDelay = 12 * time.Hour
 
-// delivery is a message held by the consumer callback until its outcome.
+// delivery is a message the subscription holds until Ack or Nack.
 type delivery struct {
-	done   atomic.Bool
-	result chan outcome // buffered 1
+	mv   *rmq.MessageView
+	done atomic.Bool
 }
 
 type subscription struct {
-	b        *Broker
-	topic    string
-	group    string
-	pc       rmq.PushConsumer
-	msgs     chan *driver.Message
-	closed   chan struct{}
-	closeMu  sync.Mutex
+	b      *Broker
+	topic  string
+	group  string
+	sc     rmq.SimpleConsumer
+	msgs   chan *driver.Message // cap prefetch
+	credit chan struct{}        // one token per free prefetch slot
+	cancel context.CancelFunc   // stops the receive loop
+	loop   chan struct{}        // closed when the receive loop returned
+	closed chan struct{}
+
+	mu       sync.Mutex
 	isClosed bool
-	// inflight is read-held by every running callback; Close write-locks
-	// it to wait until every callback has returned its outcome.
-	inflight sync.RWMutex
+	held     map[*delivery]struct{}
 }
 
-// OpenSubscription starts a push consumer for the group (or a private
+// OpenSubscription starts a simple consumer for the group (or a private
 // anonymous group) on topic.
 func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver.SubscriptionOptions) (driver.Subscription, error) {
 	if b.isClosed() {
@@ -78,113 +63,131 @@ func (b *Broker) OpenSubscription(ctx context.Context, topic string, opts driver
 	} else if err := checkName("group", group, 120); err != nil {
 		return nil, err
 	}
-	if err := b.ensureTopic(ctx, topic, b.o.Queues, true); err != nil {
+	routes, err := b.ensureTopic(ctx, topic, true)
+	if err != nil {
 		return nil, err
 	}
 	if len(b.o.Brokers) > 0 {
-		// The retry topic the broker would create on the first nack: made
-		// now, so that the consumer routes it from its start.
-		if err := b.ensureTopic(ctx, "%RETRY%"+group, 1, true); err != nil {
-			return nil, err
+		actx, cancel := context.WithTimeout(ctx, b.o.SendTimeout)
+		defer cancel()
+		for _, addr := range b.o.Brokers {
+			if err := b.adm.createGroup(actx, addr, group, b.o.MaxReconsume); err != nil {
+				return nil, driver.Transient(fmt.Errorf("rocketmq: create group %q on broker %s: %w", group, addr, err))
+			}
+		}
+		if err := b.adm.startGroupAt(actx, routes, topic, group, opts.StartFromOldest || b.o.StartOldest); err != nil {
+			return nil, driver.Transient(fmt.Errorf("rocketmq: %w", err))
 		}
 	}
-	// Each consumer has a client instance of its own (a client registers
-	// a group once).
-	instance := b.o.Instance + "-" + strings.ReplaceAll(uuid.NewString(), "-", "")
-	// "Newest" is a timestamp: the queue offsets of messages stored from
-	// one second before this call (by the broker's clock), looked up when
-	// the consumer first balances its queues. (ConsumeFromLastOffset would
-	// read each queue's end at that later moment and skip what was
-	// published in between.)
-	from := consumer.ConsumeFromTimestamp
-	if opts.StartFromOldest || b.o.StartOldest {
-		from = consumer.ConsumeFromFirstOffset
-	}
-	copts := []consumer.Option{
-		consumer.WithNsResolver(b.resolver),
-		consumer.WithGroupName(group),
-		consumer.WithInstance(instance),
-		consumer.WithConsumerModel(consumer.Clustering),
-		consumer.WithConsumeFromWhere(from),
-		consumer.WithConsumeTimestamp(time.Now().UTC().Add(-time.Second).Format("20060102150405")),
-		consumer.WithConsumeMessageBatchMaxSize(1),
-		consumer.WithMaxReconsumeTimes(int32(b.o.MaxReconsume)),
-		consumer.WithConsumeGoroutineNums(b.o.Prefetch),
-		consumer.WithPullBatchSize(32),
-	}
-	if b.o.AccessKey != "" {
-		copts = append(copts, consumer.WithCredentials(b.o.credentials()))
-	}
-	pc, err := rmq.NewPushConsumer(copts...)
+	sc, err := rmq.NewSimpleConsumer(b.o.config(group),
+		rmq.WithSimpleAwaitDuration(awaitDuration),
+		rmq.WithSimpleSubscriptionExpressions(map[string]*rmq.FilterExpression{topic: rmq.SUB_ALL}),
+	)
 	if err != nil {
 		return nil, fmt.Errorf("rocketmq: new consumer for group %q: %w", group, err)
 	}
+	if err := start(ctx, b.o.SendTimeout, sc); err != nil {
+		return nil, fmt.Errorf("rocketmq: start consumer of group %q on %q: %w", group, topic, err)
+	}
+	lctx, cancel := context.WithCancel(context.Background())
 	s := &subscription{
-		b: b, topic: topic, group: group, pc: pc,
-		msgs:   make(chan *driver.Message),
+		b: b, topic: topic, group: group, sc: sc,
+		msgs:   make(chan *driver.Message, b.o.Prefetch),
+		credit: make(chan struct{}, b.o.Prefetch),
+		cancel: cancel,
+		loop:   make(chan struct{}),
 		closed: make(chan struct{}),
+		held:   map[*delivery]struct{}{},
 	}
-	if err := pc.Subscribe(topic, consumer.MessageSelector{}, s.consume); err != nil {
-		return nil, fmt.Errorf("rocketmq: subscribe group %q to %q: %w", group, topic, err)
+	for range b.o.Prefetch {
+		s.credit <- struct{}{}
 	}
-	if err := pc.Start(); err != nil {
-		return nil, driver.Transient(fmt.Errorf("rocketmq: start consumer of group %q on %q: %w", group, topic, err))
-	}
+	go s.receiveLoop(lctx)
 	return s, nil
 }
 
-// consume is the push consumer's callback (one message per call): it hands
-// the message to ReceiveBatch and waits for its ack or nack, or for Close.
-func (s *subscription) consume(ctx context.Context, ms ...*primitive.MessageExt) (consumer.ConsumeResult, error) {
-	if !s.inflight.TryRLock() {
-		// Close has begun: the message goes back to the broker.
-		return s.retry(ctx, 1), nil
-	}
-	defer s.inflight.RUnlock()
-	for _, me := range ms {
-		d := &delivery{result: make(chan outcome, 1)}
-		m := fromRocket(s.topic, me)
-		m.AckID = d
+// receiveLoop receives as many messages as there are free prefetch slots
+// (at most 32 a call) until Close.
+func (s *subscription) receiveLoop(ctx context.Context) {
+	defer close(s.loop)
+	backoff := 100 * time.Millisecond
+	for {
 		select {
-		case s.msgs <- m:
-		case <-s.closed:
-			return s.retry(ctx, 1), nil
+		case <-s.credit:
+		case <-ctx.Done():
+			return
 		}
-		select {
-		case o := <-d.result:
-			if !o.ack {
-				return s.retry(ctx, o.level), nil
+		n := 1
+	take:
+		for n < 32 {
+			select {
+			case <-s.credit:
+				n++
+			default:
+				break take
 			}
-		case <-s.closed:
-			return s.retry(ctx, 1), nil
+		}
+		mvs, err := s.sc.Receive(ctx, int32(n), s.b.o.Invisible)
+		for range n - len(mvs) {
+			s.credit <- struct{}{}
+		}
+		if ctx.Err() != nil {
+			// Messages the proxy handed over as the loop stopped come
+			// back when their invisibility ends.
+			return
+		}
+		if err != nil {
+			var st *rmq.ErrRpcStatus
+			if errors.As(err, &st) && v2.Code(st.Code) == v2.Code_MESSAGE_NOT_FOUND {
+				backoff = 100 * time.Millisecond
+				continue
+			}
+			s.b.log.Warn("rocketmq: receive failed; retrying", "group", s.group, "topic", s.topic, "err", err, "retry_in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(2*backoff, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		for _, mv := range mvs {
+			d := &delivery{mv: mv}
+			m := fromRocket(s.topic, mv)
+			m.AckID = d
+			s.mu.Lock()
+			s.held[d] = struct{}{}
+			s.mu.Unlock()
+			s.msgs <- m // never blocks: one slot per credit
 		}
 	}
-	return consumer.ConsumeSuccess, nil
 }
 
-func (s *subscription) retry(ctx context.Context, level int) consumer.ConsumeResult {
-	if cc, ok := primitive.GetConcurrentlyCtx(ctx); ok {
-		cc.DelayLevelWhenNextConsume = level
-	}
-	return consumer.ConsumeRetryLater
-}
-
-func fromRocket(topic string, me *primitive.MessageExt) *driver.Message {
+func fromRocket(topic string, mv *rmq.MessageView) *driver.Message {
+	props := mv.GetProperties()
 	m := &driver.Message{
-		Topic:       topic,
-		Payload:     me.Body,
-		ID:          me.GetProperty(propID),
-		Key:         me.GetProperty(propKey),
-		Attempt:     int(me.ReconsumeTimes) + 1,
-		PublishedAt: time.UnixMilli(me.BornTimestamp),
+		Topic:   topic,
+		Payload: mv.GetBody(),
+		ID:      props[propID],
+		Key:     props[propKey],
+		Attempt: int(mv.GetDeliveryAttempt()),
+	}
+	if t := mv.GetBornTimestamp(); t != nil {
+		m.PublishedAt = *t
+	}
+	if m.Attempt < 1 {
+		m.Attempt = 1
 	}
 	if m.ID == "" {
-		m.ID = me.MsgId
+		m.ID = mv.GetMessageId()
 	}
-	if me.GetProperty(propEmpty) == "1" {
+	if props[propEmpty] == "1" {
 		m.Payload = nil
 	}
-	for k, v := range me.GetProperties() {
+	for k, v := range props {
 		if name, ok := strings.CutPrefix(k, propMetaPref); ok {
 			if m.Metadata == nil {
 				m.Metadata = map[string]string{}
@@ -222,51 +225,141 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 	return out, nil
 }
 
-func (s *subscription) settle(ids []driver.AckID, o outcome) error {
+// take claims the deliveries behind ids (each once) and frees their
+// prefetch slots.
+func (s *subscription) take(ids []driver.AckID) ([]*delivery, error) {
+	var ds []*delivery
 	for _, id := range ids {
 		d, ok := id.(*delivery)
 		if !ok {
-			return fmt.Errorf("rocketmq: ack ID of type %T: %w", id, driver.ErrInvalid)
+			return nil, fmt.Errorf("rocketmq: ack ID of type %T: %w", id, driver.ErrInvalid)
 		}
+		ds = append(ds, d)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.isClosed {
+		return nil, s.errClosed()
+	}
+	out := ds[:0]
+	for _, d := range ds {
 		if d.done.Swap(true) {
 			continue
 		}
-		d.result <- o
+		delete(s.held, d)
+		out = append(out, d)
+		s.credit <- struct{}{}
 	}
-	return nil
+	return out, nil
 }
 
-// SendAcks releases each delivery's callback with ConsumeSuccess.
-func (s *subscription) SendAcks(_ context.Context, ids []driver.AckID) error {
-	return s.settle(ids, outcome{ack: true})
+// eachParallel runs f(i) for i in [0, n), at most 8 at a time, and
+// returns the error of the smallest i that failed.
+func eachParallel(n int, f func(i int) error) error {
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		firstErr error
+		firstIdx = n
+	)
+	sem := make(chan struct{}, 8)
+	for i := range n {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			if err := f(i); err != nil {
+				mu.Lock()
+				defer mu.Unlock()
+				if i < firstIdx {
+					firstIdx, firstErr = i, err
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return firstErr
 }
 
-// SendNacks releases each delivery's callback with ConsumeRetryLater at
-// the smallest delay level of at least delay.
+// settle runs f for each delivery (see eachParallel).
+func settle(ds []*delivery, f func(*delivery) error) error {
+	return eachParallel(len(ds), func(i int) error { return f(ds[i]) })
+}
+
+// SendAcks acknowledges each delivery on the broker.
+func (s *subscription) SendAcks(ctx context.Context, ids []driver.AckID) error {
+	ds, err := s.take(ids)
+	if err != nil {
+		return err
+	}
+	return settle(ds, func(d *delivery) error {
+		actx, cancel := context.WithTimeout(ctx, s.b.o.SendTimeout)
+		defer cancel()
+		if err := s.sc.Ack(actx, d.mv); err != nil {
+			return driver.Transient(fmt.Errorf("rocketmq: ack message %s of group %q: %w", d.mv.GetMessageId(), s.group, rpcErr(err)))
+		}
+		return nil
+	})
+}
+
+// SendNacks makes each delivery visible to the group again after delay
+// (at least 1 s, at most 12 h).
 func (s *subscription) SendNacks(_ context.Context, ids []driver.AckID, delay time.Duration) error {
-	if delay > delayLevels[len(delayLevels)-1] {
-		s.b.log.Warn("rocketmq: nack delay above the broker's largest delay level; using 2h", "delay", delay, "group", s.group)
+	if delay > maxNackDelay {
+		s.b.log.Warn("rocketmq: nack delay above the proxy's largest invisible time; using 12h", "delay", delay, "group", s.group)
 	}
-	return s.settle(ids, outcome{level: delayLevel(delay)})
+	delay = min(max(delay, minNackDelay), maxNackDelay)
+	ds, err := s.take(ids)
+	if err != nil {
+		return err
+	}
+	return settle(ds, func(d *delivery) error {
+		if err := s.sc.ChangeInvisibleDuration(d.mv, delay); err != nil {
+			return driver.Transient(fmt.Errorf("rocketmq: nack message %s of group %q: %w", d.mv.GetMessageId(), s.group, rpcErr(err)))
+		}
+		return nil
+	})
 }
 
-// Close hands held deliveries back (ConsumeRetryLater, 1 s) and shuts the
-// consumer down, committing its offsets.
+// Close stops receiving, makes every held delivery visible to the group
+// again, and stops the consumer.
 func (s *subscription) Close() error {
-	s.closeMu.Lock()
+	s.mu.Lock()
 	if s.isClosed {
-		s.closeMu.Unlock()
+		s.mu.Unlock()
 		return nil
 	}
 	s.isClosed = true
 	close(s.closed)
-	s.closeMu.Unlock()
-	// Every callback returns (acked deliveries with ConsumeSuccess, the
-	// others with ConsumeRetryLater) before the consumer commits its
-	// offsets and shuts down.
-	s.inflight.Lock()
-	defer s.inflight.Unlock()
-	if err := s.pc.Shutdown(); err != nil {
+	held := make([]*delivery, 0, len(s.held))
+	for d := range s.held {
+		if !d.done.Swap(true) {
+			held = append(held, d)
+		}
+	}
+	s.held = nil
+	s.mu.Unlock()
+	s.cancel()
+	<-s.loop
+	// Deliveries the loop queued after the snapshot above.
+	for {
+		select {
+		case m := <-s.msgs:
+			if d := m.AckID.(*delivery); !d.done.Swap(true) {
+				held = append(held, d)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	err := settle(held, func(d *delivery) error {
+		return s.sc.ChangeInvisibleDuration(d.mv, minNackDelay)
+	})
+	if err != nil {
+		s.b.log.Warn("rocketmq: close: a held delivery comes back only when its invisibility ends", "group", s.group, "err", err)
+	}
+	if err := s.sc.GracefulStop(); err != nil {
 		return fmt.Errorf("rocketmq: close consumer of group %q: %w", s.group, err)
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/omnibusmq/omnibus/pubsub/driver"
 )
@@ -14,14 +13,17 @@ func TestBadURLIsAnErrorNamingTheParameter(t *testing.T) {
 	cases := []struct {
 		name, url, want string
 	}{
-		{"unknown parameter", "rocketmq://127.0.0.1:9876?queus=4", "queus"},
-		{"queues out of range", "rocketmq://127.0.0.1:9876?queues=0", "queues"},
-		{"bad start", "rocketmq://127.0.0.1:9876?start=middle", "start"},
-		{"bad duration", "rocketmq://127.0.0.1:9876?send_timeout=soon", "send_timeout"},
-		{"name server without port", "rocketmq://127.0.0.1", "name server"},
-		{"user info", "rocketmq://ak:sk@127.0.0.1:9876", "access_key"},
-		{"secret without key", "rocketmq://127.0.0.1:9876?secret_key=hunter2", "access_key and secret_key"},
-		{"broker without port", "rocketmq://127.0.0.1:9876?brokers=10.0.0.1", "Brokers"},
+		{"unknown parameter", "rocketmq://127.0.0.1:8081?queus=4", "queus"},
+		{"queues out of range", "rocketmq://127.0.0.1:8081?queues=0", "queues"},
+		{"bad start", "rocketmq://127.0.0.1:8081?start=middle", "start"},
+		{"bad duration", "rocketmq://127.0.0.1:8081?send_timeout=soon", "send_timeout"},
+		{"invisible below the proxy's minimum", "rocketmq://127.0.0.1:8081?invisible=5s", "invisible"},
+		{"proxy without port", "rocketmq://127.0.0.1", "proxy endpoint"},
+		{"user info", "rocketmq://ak:sk@127.0.0.1:8081", "access_key"},
+		{"secret without key", "rocketmq://127.0.0.1:8081?secret_key=hunter2", "access_key and secret_key"},
+		{"broker without port", "rocketmq://127.0.0.1:8081?namesrv=127.0.0.1:9876&brokers=10.0.0.1", "brokers"},
+		{"name server without port", "rocketmq://127.0.0.1:8081?namesrv=10.0.0.1&brokers=127.0.0.1:10911", "namesrv"},
+		{"brokers without name servers", "rocketmq://127.0.0.1:8081?brokers=127.0.0.1:10911", "namesrv and brokers"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -39,29 +41,14 @@ func TestBadURLIsAnErrorNamingTheParameter(t *testing.T) {
 	}
 }
 
-func TestNackDelayRoundsUpToADelayLevel(t *testing.T) {
-	cases := []struct {
-		delay time.Duration
-		level int
-	}{
-		{0, 1}, {time.Second, 1}, {1500 * time.Millisecond, 2}, {5 * time.Second, 2},
-		{31 * time.Second, 5}, {2 * time.Hour, 18}, {5 * time.Hour, 18},
-	}
-	for _, tc := range cases {
-		if got := delayLevel(tc.delay); got != tc.level {
-			t.Errorf("delayLevel(%v) = %d, want %d", tc.delay, got, tc.level)
-		}
-	}
-}
-
-func TestPropertySeparatorsAreRejected(t *testing.T) {
+func TestControlCharactersInPropertiesAreRejected(t *testing.T) {
 	cases := []struct {
 		name string
 		m    driver.Message
 		want string
 	}{
 		{"ID", driver.Message{ID: "a\x01b"}, "ID"},
-		{"Key", driver.Message{Key: "a\x02b"}, "Key"},
+		{"Key", driver.Message{Key: "a\nb"}, "Key"},
 		{"metadata name", driver.Message{Metadata: map[string]string{"a\x01": "v"}}, "metadata name"},
 		{"metadata value", driver.Message{Metadata: map[string]string{"n": "v\x02"}}, `metadata "n" value`},
 		{"empty metadata name", driver.Message{Metadata: map[string]string{"": "v"}}, "empty"},

@@ -1,8 +1,11 @@
 # Apache RocketMQ 5.3.3 from Maven Central jars: one name server on
 # 127.0.0.1:19876 and one broker on 127.0.0.1:20911 (remoting; it also
 # listens on 20909, its "fast" port, and 20912, its HA port, all on
-# 127.0.0.1). No proxy: the adapter speaks remoting. Sourced by
-# scripts/brokers; see the contract there.
+# 127.0.0.1), and the proxy in cluster mode (a third JVM), which the
+# adapter's gRPC client talks to: gRPC on port 20981, remoting on 20980.
+# The proxy binds those two ports on every interface (5.3.3 has no bind
+# address for them); both are below 32768. Sourced by scripts/brokers; see
+# the contract there.
 #
 # The jars (namesrv, broker and their dependencies) are fetched by Maven into
 # a cache outside the work tree ($OMNIBUS_ROCKETMQ_HOME, default
@@ -14,48 +17,64 @@
 #     port is on loopback and no network namespace is needed.
 #   - Ready: the readiness check, a real send through the name server's
 #     route to the broker (the broker's "boot success" log line comes before
-#     the name server routes to it).
+#     the name server routes to it), and then through the proxy's remoting
+#     port (the proxy exits if started before the broker is routable).
 # Broker state (store, logs, configs) lives in the state dir.
 #
-# DIR/env exports OMNIBUS_ROCKETMQ_URL (the name server, plus brokers= for
-# topic creation) and OMNIBUS_ROCKETMQ_CTL, an executable taking kill (SIGKILL
+# DIR/env exports OMNIBUS_ROCKETMQ_URL (the proxy, plus namesrv= and brokers=
+# for topic and group creation) and OMNIBUS_ROCKETMQ_CTL, an executable taking kill (SIGKILL
 # the broker), start (start it again on its store and wait until it is
 # routable) or ready.
 ROCKETMQ_VERSION=5.3.3
 ROCKETMQ_NAMESRV_PORT=${OMNIBUS_ROCKETMQ_NAMESRV_PORT:-19876}
 ROCKETMQ_BROKER_PORT=${OMNIBUS_ROCKETMQ_BROKER_PORT:-20911}
+ROCKETMQ_PROXY_GRPC_PORT=${OMNIBUS_ROCKETMQ_PROXY_PORT:-20981}
+ROCKETMQ_PROXY_REMOTING_PORT=$((ROCKETMQ_PROXY_GRPC_PORT - 1))
 ROCKETMQ_SRC=$ROOT/scripts/brokers.d/rocketmq
 
 rocketmq_home() { echo "${OMNIBUS_ROCKETMQ_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/omnibus/rocketmq-$ROCKETMQ_VERSION}"; }
 
-# rocketmq_install: java, Maven, the jars and the compiled helper classes.
-rocketmq_install() {
-  local home tmp
-  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
-  home=$(rocketmq_home)
-  if ! [ -f "$home/.complete" ]; then
-    command -v mvn >/dev/null || apt_install maven
-    log "downloading RocketMQ $ROCKETMQ_VERSION jars from Maven Central into $home"
-    tmp="$home.download"
-    rm -rf "$home" "$tmp"
-    mkdir -p "$tmp"
-    cat >"$tmp/pom.xml" <<POM
+# rocketmq_fetch DIR MARKER ARTIFACT...: the runtime jars of the RocketMQ
+# artifacts (and their dependencies) into DIR; MARKER says it is complete.
+rocketmq_fetch() {
+  local dir=$1 marker=$2 tmp a deps=""
+  shift 2
+  [ -f "$marker" ] && return 0
+  command -v mvn >/dev/null || apt_install maven
+  log "downloading RocketMQ $ROCKETMQ_VERSION jars ($*) from Maven Central into $dir"
+  tmp="$dir.download"
+  rm -rf "$dir" "$tmp"
+  mkdir -p "$tmp"
+  for a in "$@"; do
+    deps+="<dependency><groupId>org.apache.rocketmq</groupId><artifactId>$a</artifactId><version>$ROCKETMQ_VERSION</version></dependency>"
+  done
+  cat >"$tmp/pom.xml" <<POM
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>omnibus</groupId><artifactId>rocketmq-jars</artifactId><version>1</version><packaging>pom</packaging>
-  <dependencies>
-    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-namesrv</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
-    <dependency><groupId>org.apache.rocketmq</groupId><artifactId>rocketmq-broker</artifactId><version>$ROCKETMQ_VERSION</version></dependency>
-  </dependencies>
+  <dependencies>$deps</dependencies>
 </project>
 POM
-    mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
-      >"$tmp/maven.log" 2>&1 \
-      || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ jars (log: $tmp/maven.log)"; }
-    [ -f "$tmp/lib/rocketmq-broker-$ROCKETMQ_VERSION.jar" ] || die "rocketmq-broker jar missing after the Maven download"
-    mv "$tmp" "$home"
-    touch "$home/.complete"
-  fi
+  mvn -q -B -f "$tmp/pom.xml" dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$tmp/lib" \
+    >"$tmp/maven.log" 2>&1 \
+    || { tail -30 "$tmp/maven.log" >&2; die "maven could not fetch the RocketMQ jars (log: $tmp/maven.log)"; }
+  for a in "$@"; do
+    [ -f "$tmp/lib/$a-$ROCKETMQ_VERSION.jar" ] || die "$a jar missing after the Maven download"
+  done
+  mv "$tmp/lib" "$dir"
+  rm -rf "$tmp"
+  touch "$marker"
+}
+
+# rocketmq_install: java, Maven, the jars and the compiled helper classes.
+rocketmq_install() {
+  local home
+  command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+  home=$(rocketmq_home)
+  mkdir -p "$home"
+  rocketmq_fetch "$home/lib" "$home/.complete" rocketmq-namesrv rocketmq-broker
+  # The proxy (cluster mode, a third JVM) has a dependency set of its own.
+  rocketmq_fetch "$home/proxy-lib" "$home/proxy.complete" rocketmq-proxy
   # The helper classes are rebuilt when their sources change.
   if ! cmp -s "$ROCKETMQ_SRC/LoopbackHAService.java" "$home/classes.src/LoopbackHAService.java" \
      || ! cmp -s "$ROCKETMQ_SRC/Ready.java" "$home/classes.src/Ready.java"; then
@@ -73,7 +92,9 @@ rocketmq_cp() { local home; home=$(rocketmq_home); echo "$home/classes:$home/lib
 
 rocketmq_java_opts() { echo "-XX:+UseG1GC -Duser.home=$1/home -Drocketmq.home.dir=$1/home"; }
 
-rocketmq_running() { pid_alive "$1/namesrv.pid" && pid_alive "$1/broker.pid"; }
+rocketmq_proxy_cp() { local home; home=$(rocketmq_home); echo "$home/classes:$home/proxy-lib/*"; }
+
+rocketmq_running() { pid_alive "$1/namesrv.pid" && pid_alive "$1/broker.pid" && pid_alive "$1/proxy.pid"; }
 
 # rocketmq_ready DIR [SECONDS]: a message sent through the name server's
 # route to the broker and stored (SEND_OK).
@@ -81,6 +102,43 @@ rocketmq_ready() {
   # shellcheck disable=SC2046
   timeout $((${2:-20} + 30)) java -Xmx128m $(rocketmq_java_opts "$1") -cp "$(rocketmq_cp)" omnibus.Ready \
     "127.0.0.1:$ROCKETMQ_NAMESRV_PORT" "${2:-20}" >>"$1/ready.log" 2>&1
+}
+
+# rocketmq_proxy_ready DIR [SECONDS]: the same round trip through the
+# proxy (its remoting port answers route lookups with itself as the broker).
+rocketmq_proxy_ready() {
+  # shellcheck disable=SC2046
+  timeout $((${2:-20} + 30)) java -Xmx128m $(rocketmq_java_opts "$1") -cp "$(rocketmq_proxy_cp)" omnibus.Ready \
+    "127.0.0.1:$ROCKETMQ_PROXY_REMOTING_PORT" "${2:-20}" >>"$1/ready.log" 2>&1
+}
+
+rocketmq_proxy_config() {
+  cat >"$1/proxy.json" <<CONF
+{
+  "rocketMQClusterName": "OmnibusCluster",
+  "namesrvAddr": "127.0.0.1:$ROCKETMQ_NAMESRV_PORT",
+  "grpcServerPort": $ROCKETMQ_PROXY_GRPC_PORT,
+  "remotingListenPort": $ROCKETMQ_PROXY_REMOTING_PORT
+}
+CONF
+}
+
+# rocketmq_start_proxy DIR: the proxy in cluster mode, after the broker is
+# routable (started earlier it exits: it creates a system topic on the
+# cluster at boot). Its gRPC and remoting ports bind every interface (5.3.3
+# has no bind address for them).
+rocketmq_start_proxy() {
+  local dir=$1
+  pid_alive "$dir/proxy.pid" && return 0
+  rocketmq_proxy_config "$dir"
+  log "starting the rocketmq proxy on port $ROCKETMQ_PROXY_GRPC_PORT (gRPC) and $ROCKETMQ_PROXY_REMOTING_PORT (remoting)"
+  # shellcheck disable=SC2046,SC2086
+  setsid bash -c 'echo $$ >"$1"; shift; exec "$@"' _ "$dir/proxy.pid" \
+    java -Xms128m -Xmx512m $(rocketmq_java_opts "$dir") -cp "$(rocketmq_proxy_cp)" \
+    org.apache.rocketmq.proxy.ProxyStartup -pm cluster -pc "$dir/proxy.json" </dev/null >"$dir/proxy.out" 2>&1 &
+  wait_for "proxy pidfile" 10 test -s "$dir/proxy.pid" || die "rocketmq proxy did not start"
+  rocketmq_proxy_ready "$dir" 240 \
+    || { tail -30 "$dir/proxy.out" "$dir/ready.log" >&2; die "rocketmq proxy not ready within 240 s"; }
 }
 
 rocketmq_configs() {
@@ -142,7 +200,7 @@ esac
 CTL
   chmod +x "$dir/ctl"
   {
-    echo "export OMNIBUS_ROCKETMQ_URL='rocketmq://127.0.0.1:$ROCKETMQ_NAMESRV_PORT?brokers=127.0.0.1:$ROCKETMQ_BROKER_PORT'"
+    echo "export OMNIBUS_ROCKETMQ_URL='rocketmq://127.0.0.1:$ROCKETMQ_PROXY_GRPC_PORT?namesrv=127.0.0.1:$ROCKETMQ_NAMESRV_PORT&brokers=127.0.0.1:$ROCKETMQ_BROKER_PORT'"
     printf 'export OMNIBUS_ROCKETMQ_CTL=%q\n' "$dir/ctl"
   } >"$dir/env"
 }
@@ -164,14 +222,16 @@ rocketmq_up() {
       || { tail -30 "$dir/namesrv.out" >&2; die "rocketmq name server not listening within 180 s"; }
   fi
   rocketmq_start_broker "$dir"
-  log "rocketmq ready: namesrv 127.0.0.1:$ROCKETMQ_NAMESRV_PORT, broker 127.0.0.1:$ROCKETMQ_BROKER_PORT"
+  rocketmq_start_proxy "$dir"
+  log "rocketmq ready: namesrv 127.0.0.1:$ROCKETMQ_NAMESRV_PORT, broker 127.0.0.1:$ROCKETMQ_BROKER_PORT, proxy port $ROCKETMQ_PROXY_GRPC_PORT"
   rocketmq_env "$dir"
 }
 
 # rocketmq_down DIR: stop the broker, then the name server, and remove the
 # store, so that the next up starts from a fresh broker state.
 rocketmq_down() {
+  stop_pid "$1/proxy.pid" "rocketmq proxy"
   stop_pid "$1/broker.pid" "rocketmq broker"
   stop_pid "$1/namesrv.pid" "rocketmq namesrv"
-  rm -rf "$1/store" "$1/home" "$1/broker.conf" "$1/namesrv.conf"
+  rm -rf "$1/store" "$1/home" "$1/broker.conf" "$1/namesrv.conf" "$1/proxy.json"
 }
