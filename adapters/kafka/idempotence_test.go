@@ -26,8 +26,9 @@ import (
 // as the broker's answer arrives, before the client reads it: the record
 // is in the log and the client cannot know.
 type cuttingProxy struct {
-	left atomic.Int32 // cuts still to make
-	done atomic.Int32 // cuts made
+	left     atomic.Int32 // cuts still to make
+	done     atomic.Int32 // cuts made
+	produces atomic.Int64 // produce requests written
 }
 
 func (p *cuttingProxy) dial(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -55,8 +56,11 @@ func (c *cuttingConn) Write(b []byte) (int, error) {
 		size := int(binary.BigEndian.Uint32(b))
 		key := int16(binary.BigEndian.Uint16(b[4:]))
 		c.remaining = 4 + size
-		if key == 0 && !c.produced && c.p.left.Add(-1) >= 0 { // 0: Produce
-			c.produced = true
+		if key == 0 { // Produce
+			c.p.produces.Add(1)
+			if !c.produced && c.p.left.Add(-1) >= 0 {
+				c.produced = true
+			}
 		}
 	}
 	c.remaining = max(c.remaining-len(b), 0)
