@@ -46,7 +46,7 @@ func runPublishers(b *testing.B, per int, send func(ctx context.Context, n int) 
 	var wg sync.WaitGroup
 	errs := make(chan error, pgPublishers)
 	b.ResetTimer()
-	cpu0 := processCPU()
+	cpu0 := integration.ProcessCPU()
 	start := time.Now()
 	for w := 0; w < pgPublishers; w++ {
 		wg.Add(1)
@@ -73,7 +73,7 @@ func runPublishers(b *testing.B, per int, send func(ctx context.Context, n int) 
 		b.Fatal(err)
 	}
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msg/s")
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64((integration.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 }
 
 // rawQueue is the hand-written baseline: a queue table of one topic and

@@ -342,7 +342,7 @@ type mark struct {
 	broker time.Duration
 }
 
-func begin() mark { return mark{time.Now(), processCPU(), brokerCPU()} }
+func begin() mark { return mark{time.Now(), integration.ProcessCPU(), brokerCPU()} }
 
 // report records msg/s, the client's CPU time per message (user+sys of the
 // whole test process, so every goroutine of the library is counted) and,
@@ -351,7 +351,7 @@ func report(b *testing.B, start mark) float64 {
 	el := time.Since(start.t)
 	rate := float64(b.N) / el.Seconds()
 	b.ReportMetric(rate, "msg/s")
-	if cpu := processCPU(); cpu > 0 {
+	if cpu := integration.ProcessCPU(); cpu > 0 {
 		b.ReportMetric(float64((cpu-start.cpu).Microseconds())/float64(b.N), "cpu-µs/msg")
 	}
 	if cpu := brokerCPU(); cpu > 0 && start.broker > 0 {

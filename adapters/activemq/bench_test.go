@@ -34,6 +34,7 @@ import (
 	amqp "github.com/Azure/go-amqp"
 
 	"github.com/omnibusmq/omnibus/adapters/activemq"
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -51,7 +52,7 @@ func report(b *testing.B, name string, start time.Time, cpu0 time.Duration) {
 	el := time.Since(start)
 	rate := float64(b.N) / el.Seconds()
 	b.ReportMetric(rate, "msg/s")
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64((integration.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 	b.ReportMetric(0, "ns/op")
 	lastRate.Store(name, rate)
 }
@@ -221,7 +222,7 @@ func benchPublish(b *testing.B, f flavor) {
 				b.Fatal(err)
 			}
 			ctx := context.Background()
-			cpu0, start := processCPU(), time.Now()
+			cpu0, start := integration.ProcessCPU(), time.Now()
 			shard(b, b.N, per, func(first, size int) error {
 				msgs := make([]*amqp.Message, size)
 				for i := range msgs {
@@ -236,7 +237,7 @@ func benchPublish(b *testing.B, f flavor) {
 			topic := benchTopic(b, f, sess, "omnibus")
 			c := open(b, f, "")
 			ctx := context.Background()
-			cpu0, start := processCPU(), time.Now()
+			cpu0, start := integration.ProcessCPU(), time.Now()
 			shard(b, b.N, per, func(first, size int) error {
 				msgs := make([]*pubsub.Message, size)
 				for i := range msgs {
@@ -282,7 +283,7 @@ func benchConsume(b *testing.B, f flavor) {
 		fill(b, f, sess, topic, b.N)
 		b.StartTimer()
 		ctx := context.Background()
-		cpu0, start := processCPU(), time.Now()
+		cpu0, start := integration.ProcessCPU(), time.Now()
 		src, caps := f.groupQueue(topic, benchGroup)
 		r, err := sess.NewReceiver(ctx, src, &amqp.ReceiverOptions{Credit: benchCredit, SourceCapabilities: caps})
 		if err != nil {
@@ -307,7 +308,7 @@ func benchConsume(b *testing.B, f flavor) {
 		b.StartTimer()
 		c := open(b, f, "")
 		ctx := context.Background()
-		cpu0, start := processCPU(), time.Now()
+		cpu0, start := integration.ProcessCPU(), time.Now()
 		s, err := c.Subscribe(ctx, topic, pubsub.Group(benchGroup), pubsub.Prefetch(benchCredit))
 		if err != nil {
 			b.Fatal(err)

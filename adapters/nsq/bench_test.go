@@ -34,6 +34,7 @@ import (
 	gonsq "github.com/nsqio/go-nsq"
 
 	"github.com/omnibusmq/omnibus/adapters/nsq"
+	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
 
@@ -78,7 +79,7 @@ func rawProducer(b *testing.B, addr string) *gonsq.Producer {
 // measure runs fn (which does b.N messages) between the timer and CPU
 // readings and reports msg/s and cpu-µs/msg; it returns msg/s.
 func measure(b *testing.B, fn func()) float64 {
-	cpu0 := processCPU()
+	cpu0 := integration.ProcessCPU()
 	start := time.Now()
 	b.ResetTimer()
 	fn()
@@ -86,7 +87,7 @@ func measure(b *testing.B, fn func()) float64 {
 	el := time.Since(start)
 	rate := float64(b.N) / el.Seconds()
 	b.ReportMetric(rate, "msg/s")
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64((integration.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 	return rate
 }
 

@@ -65,7 +65,7 @@ func rawConfig(b *testing.B, u, group string) *rmq.Config {
 // measure runs fn (which does b.N messages) between the timer and CPU
 // readings and reports msg/s and cpu-µs/msg; it returns msg/s.
 func measure(b *testing.B, fn func()) float64 {
-	cpu0 := processCPU()
+	cpu0 := integration.ProcessCPU()
 	start := time.Now()
 	b.ResetTimer()
 	fn()
@@ -73,7 +73,7 @@ func measure(b *testing.B, fn func()) float64 {
 	el := time.Since(start)
 	rate := float64(b.N) / el.Seconds()
 	b.ReportMetric(rate, "msg/s")
-	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
+	b.ReportMetric(float64((integration.ProcessCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/msg")
 	return rate
 }
 

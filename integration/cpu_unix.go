@@ -1,14 +1,15 @@
 //go:build unix
 
-package nsq_test
+package integration
 
 import (
 	"syscall"
 	"time"
 )
 
-// processCPU returns the user+system CPU time this process has used.
-func processCPU() time.Duration {
+// ProcessCPU returns the user+system CPU time this process has used, for
+// benchmarks that report the client's CPU per message.
+func ProcessCPU() time.Duration {
 	var ru syscall.Rusage
 	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return 0
