@@ -229,6 +229,14 @@ func secrets(rawURL string, hide map[string]bool) []string {
 			}
 		}
 	}
+	// And the reading of a URL parser, whose user info ends at the first
+	// '@' before the first '/', '?' or '#' (a later '@' may sit in the
+	// fragment): the adapter saw that password.
+	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			raw = append(raw, pw)
+		}
+	}
 	seen := map[string]bool{}
 	var out []string
 	add := func(s string) {
