@@ -145,6 +145,12 @@ func FuzzRedact(f *testing.F) {
 				t.Skip()
 			}
 		}
+		// A password that completes a "://" (shape "A:PW@", password
+		// "//0000") turns the text into a URL with a scheme and a user name
+		// and no password at all.
+		if strings.Contains(raw, "://") && !strings.Contains(shape, "://") {
+			t.Skip()
+		}
 		// In a query, an unescaped '&' or ';' ends the value: what follows
 		// is another parameter, not the password.
 		if !passwordPlace(shape) || (strings.Contains(shape, "=PW") && strings.ContainsAny(pw, "&;")) {
