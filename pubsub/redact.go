@@ -231,10 +231,18 @@ func secrets(rawURL string, hide map[string]bool) []string {
 	}
 	// And the reading of a URL parser, whose user info ends at the first
 	// '@' before the first '/', '?' or '#' (a later '@' may sit in the
-	// fragment): the adapter saw that password.
-	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
-		if pw, ok := u.User.Password(); ok {
-			raw = append(raw, pw)
+	// fragment) and whose query ends at the first '#': the adapter saw
+	// that password and those values.
+	if u, err := url.Parse(rawURL); err == nil {
+		if u.User != nil {
+			if pw, ok := u.User.Password(); ok {
+				raw = append(raw, pw)
+			}
+		}
+		for name, values := range u.Query() {
+			if secretName(name) || hide[name] {
+				raw = append(raw, values...)
+			}
 		}
 	}
 	seen := map[string]bool{}
