@@ -144,6 +144,11 @@ func FuzzRedact(f *testing.F) {
 			if form == "" || strings.Contains(strings.ToLower(rest), strings.ToLower(form)) || strings.Contains(form, "xxxxx") {
 				t.Skip()
 			}
+			// Errors quote names with %q: the URL's own text next to a
+			// quote (`scheme "a00000"`) can spell a password like `00000"`.
+			if bare := strings.Trim(form, `"\`); bare != form && bare != "" && strings.Contains(strings.ToLower(rest), strings.ToLower(bare)) {
+				t.Skip()
+			}
 		}
 		// A password that completes a "://" (shape "A:PW@", password
 		// "//0000") turns the text into a URL with a scheme and a user name
