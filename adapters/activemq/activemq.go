@@ -148,7 +148,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -306,11 +305,8 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 // query parameters set. An unknown parameter or a bad value is an error
 // wrapping pubsub.ErrInvalid that names it.
 func ParseURL(rawURL string) (addr string, opts Options, err error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseURL("activemq", rawURL, pubsub.Redact(rawURL))
 	if err != nil {
-		return "", opts, fmt.Errorf("activemq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("activemq", rawURL, u); err != nil {
 		return "", opts, err
 	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {
@@ -318,13 +314,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	}
 	p := driver.NewParams(u.Scheme, u.Query())
 	opts.Flavor = p.Enum("flavor", FlavorArtemis, FlavorArtemis, FlavorClassic)
-	if g := p.String("groups", ""); g != "" {
-		for _, name := range strings.Split(g, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				opts.Groups = append(opts.Groups, name)
-			}
-		}
-	}
+	opts.Groups = p.List("groups")
 	opts.DropUnroutable = p.Enum("unroutable", "error", "error", "drop") == "drop"
 	opts.Prefetch = p.Int("prefetch", 0, 1, 65535)
 	opts.MaxAttempts = p.Int("max_attempts", 0, 1, 1<<20)
@@ -384,11 +374,8 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	red := pubsub.Redact(amqpURL)
-	u, err := url.Parse(amqpURL)
+	u, err := driver.ParseURL("activemq", amqpURL, red)
 	if err != nil {
-		return nil, fmt.Errorf("activemq: bad URL %s: %w", red, driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("activemq", amqpURL, u); err != nil {
 		return nil, err
 	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {

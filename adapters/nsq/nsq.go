@@ -127,7 +127,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -275,11 +274,8 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 // parameter or a bad value is an error wrapping pubsub.ErrInvalid that names
 // it; no error contains the auth secret.
 func ParseURL(rawURL string) (addr string, opts Options, err error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseURL("nsq", rawURL, pubsub.Redact(rawURL))
 	if err != nil {
-		return "", opts, fmt.Errorf("nsq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("nsq", rawURL, u); err != nil {
 		return "", opts, err
 	}
 	if u.Scheme != Scheme {

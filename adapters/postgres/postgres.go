@@ -183,11 +183,8 @@ var pgxParams = []string{
 }
 
 func openURL(ctx context.Context, raw string) (driver.Broker, error) {
-	u, err := url.Parse(raw)
+	u, err := driver.ParseURL("postgres", raw, pubsub.Redact(raw))
 	if err != nil {
-		return nil, fmt.Errorf("postgres: bad URL %s: %w", pubsub.Redact(raw), driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("postgres", raw, u); err != nil {
 		return nil, err
 	}
 	q := u.Query()

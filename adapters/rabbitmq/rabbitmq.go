@@ -133,7 +133,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,11 +287,8 @@ func openURL(ctx context.Context, rawURL string) (driver.Broker, error) {
 // query parameters set. An unknown parameter or a bad value is an error
 // wrapping pubsub.ErrInvalid that names it.
 func ParseURL(rawURL string) (addr string, opts Options, err error) {
-	u, err := url.Parse(rawURL)
+	u, err := driver.ParseURL("rabbitmq", rawURL, pubsub.Redact(rawURL))
 	if err != nil {
-		return "", opts, fmt.Errorf("rabbitmq: bad URL %s: %w", pubsub.Redact(rawURL), driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("rabbitmq", rawURL, u); err != nil {
 		return "", opts, err
 	}
 	if u.Scheme != Scheme && u.Scheme != SchemeTLS {
@@ -300,13 +296,7 @@ func ParseURL(rawURL string) (addr string, opts Options, err error) {
 	}
 	p := driver.NewParams(u.Scheme, u.Query())
 	opts.QueueType = p.Enum("queue_type", QueueQuorum, QueueQuorum, QueueClassic)
-	if g := p.String("groups", ""); g != "" {
-		for _, name := range strings.Split(g, ",") {
-			if name = strings.TrimSpace(name); name != "" {
-				opts.Groups = append(opts.Groups, name)
-			}
-		}
-	}
+	opts.Groups = p.List("groups")
 	opts.Partitions = p.Int("partitions", 0, 0, maxPartitions)
 	opts.DropUnroutable = p.Enum("unroutable", "error", "error", "drop") == "drop"
 	opts.PublishChannels = p.Int("publish_channels", 0, 1, 256)
@@ -369,11 +359,8 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	red := pubsub.Redact(amqpURL)
-	u, err := url.Parse(amqpURL)
+	u, err := driver.ParseURL("rabbitmq", amqpURL, red)
 	if err != nil {
-		return nil, fmt.Errorf("rabbitmq: bad URL %s: %w", red, driver.ErrInvalid)
-	}
-	if err := driver.CheckURL("rabbitmq", amqpURL, u); err != nil {
 		return nil, err
 	}
 	if u.RawQuery != "" {

@@ -100,3 +100,26 @@ func TestCheckURLRefusesAUserInfoCutShort(t *testing.T) {
 		})
 	}
 }
+
+func TestParamsListTrimsAndDropsEmptyItems(t *testing.T) {
+	tests := []struct {
+		query string
+		want  []string
+	}{
+		{"", nil},
+		{"groups=", nil},
+		{"groups=a", []string{"a"}},
+		{"groups=+a+,,b,+", []string{"a", "b"}},
+	}
+	for _, tt := range tests {
+		q, _ := url.ParseQuery(tt.query)
+		p := NewParams("test", q)
+		got := p.List("groups")
+		if strings.Join(got, "|") != strings.Join(tt.want, "|") || (got == nil) != (tt.want == nil) {
+			t.Errorf("List(%q) = %q, want %q", tt.query, got, tt.want)
+		}
+		if err := p.Err(); err != nil {
+			t.Errorf("%q: %v", tt.query, err)
+		}
+	}
+}

@@ -158,6 +158,33 @@ type ParamsError struct {
 func (e *ParamsError) Error() string { return e.msg + ": " + ErrInvalid.Error() }
 func (e *ParamsError) Unwrap() error { return ErrInvalid }
 
+// ParseURL parses an adapter's URL and applies CheckURL. shown is the URL as
+// errors may print it (redacted by the caller): a parse error names the
+// adapter and shown, never url.Parse's text, which quotes raw parts of the
+// URL.
+func ParseURL(adapter, raw, shown string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: bad URL %s: %w", adapter, shown, ErrInvalid)
+	}
+	if err := CheckURL(adapter, raw, u); err != nil {
+		return nil, err
+	}
+	return u, nil
+}
+
+// List reads a comma-separated parameter: its items trimmed of spaces,
+// empty items dropped; nil when the parameter is absent or empty.
+func (p *Params) List(name string) []string {
+	var out []string
+	for _, item := range strings.Split(p.String(name, ""), ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
 // CheckURL rejects a URL u (parsed from raw) whose user info was cut short
 // by an unescaped '/', '?' or '#' in the user name or password, which puts
 // the rest of the password into the host, path or query where an error
