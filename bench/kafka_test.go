@@ -1,9 +1,11 @@
 package bench_test
 
 // Kafka benchmarks on the real broker, comparing in one run raw franz-go
-// (kgo ProduceSync / PollFetches + commit), raw kafka-go (Writer/Reader),
-// omnibus (on franz-go) and watermill-kafka v3 (sarama), with 256-byte
-// messages, the same 64 keys and acks=all everywhere. b.N is the number of
+// (kgo ProduceSync / PollFetches + commit), raw franz-go writing omnibus's
+// records (+id: the same records with a message ID header), raw kafka-go
+// (Writer/Reader), omnibus (on franz-go) and watermill-kafka v3 (sarama),
+// with 256-byte messages, the same 64 keys and acks=all everywhere. Every
+// row producing gets a client of its own. b.N is the number of
 // messages; each benchmark reports msg/s and the client's CPU time per
 // message (user+system of this process, from getrusage; the broker runs in
 // another process). Run (see docs/benchmarks.md):
@@ -48,6 +50,17 @@ var kafkaPublishers = func() int {
 		return n
 	}
 	return 32
+}()
+
+// benchRounds is how many times each benchmark runs all its rows, one
+// row after the other (OMNIBUS_BENCH_ROUNDS, default 1). The broker's rate
+// drifts over minutes; rounds put every client through the same drift,
+// where -count runs each row's samples back to back.
+var benchRounds = func() int {
+	if n, err := strconv.Atoi(os.Getenv("OMNIBUS_BENCH_ROUNDS")); err == nil && n > 0 {
+		return n
+	}
+	return 1
 }()
 
 var kafkaPayload = []byte(strings.Repeat("x", kafkaPayloadSize))
@@ -188,6 +201,14 @@ func watermillPublisher(b *testing.B) message.Publisher {
 	return p
 }
 
+// franzRecordWithID is message i as omnibus writes it: the same key and
+// payload plus a new message ID in the omnibus-id header, so that raw
+// franz-go does the same work (the +id rows).
+func franzRecordWithID(topic string, i int) *kgo.Record {
+	return &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload,
+		Headers: []kgo.RecordHeader{{Key: kafka.HeaderID, Value: []byte(pubsub.NewID())}}}
+}
+
 func omnibusMessages(from, n, total int) []*pubsub.Message {
 	msgs := make([]*pubsub.Message, min(n, total-from))
 	for j := range msgs {
@@ -201,42 +222,54 @@ func omnibusMessages(from, n, total int) []*pubsub.Message {
 func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	b.Run("raw-franz-go", func(b *testing.B) {
-		topic := kafkaTopic(b, c)
-		cl := rawFranz(b)
-		measureKafka(b, b.N, func() error {
-			return spread(b.N, kafkaPublishers, func(i int) error {
-				return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload}).FirstErr()
+	for range benchRounds {
+		b.Run("raw-franz-go", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			cl := rawFranz(b)
+			measureKafka(b, b.N, func() error {
+				return spread(b.N, kafkaPublishers, func(i int) error {
+					return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload}).FirstErr()
+				})
 			})
 		})
-	})
-	b.Run("raw-kafka-go", func(b *testing.B) {
-		w := rawKafkaGoWriter(b, kafkaTopic(b, c))
-		measureKafka(b, b.N, func() error {
-			return spread(b.N, kafkaPublishers, func(i int) error {
-				return w.WriteMessages(ctx, kafkago.Message{Key: []byte(kafkaKey(i)), Value: kafkaPayload})
+		b.Run("raw-franz-go+id", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			cl := rawFranz(b)
+			measureKafka(b, b.N, func() error {
+				return spread(b.N, kafkaPublishers, func(i int) error {
+					return cl.ProduceSync(ctx, franzRecordWithID(topic, i)).FirstErr()
+				})
 			})
 		})
-	})
-	b.Run("omnibus", func(b *testing.B) {
-		topic := kafkaTopic(b, c)
-		measureKafka(b, b.N, func() error {
-			return spread(b.N, kafkaPublishers, func(i int) error {
-				return c.Publish(ctx, topic, &pubsub.Message{Key: kafkaKey(i), Payload: kafkaPayload})
+		b.Run("raw-kafka-go", func(b *testing.B) {
+			w := rawKafkaGoWriter(b, kafkaTopic(b, c))
+			measureKafka(b, b.N, func() error {
+				return spread(b.N, kafkaPublishers, func(i int) error {
+					return w.WriteMessages(ctx, kafkago.Message{Key: []byte(kafkaKey(i)), Value: kafkaPayload})
+				})
 			})
 		})
-	})
-	b.Run("watermill-kafka", func(b *testing.B) {
-		p := watermillPublisher(b)
-		topic := kafkaTopic(b, c)
-		measureKafka(b, b.N, func() error {
-			return spread(b.N, kafkaPublishers, func(i int) error {
-				m := message.NewMessage(watermill.NewUUID(), kafkaPayload)
-				m.Metadata.Set("key", kafkaKey(i))
-				return p.Publish(topic, m)
+		b.Run("omnibus", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			oc := kafkaClient(b) // fresh, as raw franz-go's client is
+			measureKafka(b, b.N, func() error {
+				return spread(b.N, kafkaPublishers, func(i int) error {
+					return oc.Publish(ctx, topic, &pubsub.Message{Key: kafkaKey(i), Payload: kafkaPayload})
+				})
 			})
 		})
-	})
+		b.Run("watermill-kafka", func(b *testing.B) {
+			p := watermillPublisher(b)
+			topic := kafkaTopic(b, c)
+			measureKafka(b, b.N, func() error {
+				return spread(b.N, kafkaPublishers, func(i int) error {
+					m := message.NewMessage(watermill.NewUUID(), kafkaPayload)
+					m.Metadata.Set("key", kafkaKey(i))
+					return p.Publish(topic, m)
+				})
+			})
+		})
+	}
 }
 
 // BenchmarkKafkaPublishBatch: one goroutine publishes kafkaBatch messages
@@ -244,45 +277,59 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 func BenchmarkKafkaPublishBatch(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	b.Run("raw-franz-go", func(b *testing.B) {
-		topic := kafkaTopic(b, c)
-		cl := rawFranz(b)
-		inBatches(b, func(i, k int) error {
-			recs := make([]*kgo.Record, k)
-			for j := range recs {
-				recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-			}
-			return cl.ProduceSync(ctx, recs...).FirstErr()
+	for range benchRounds {
+		b.Run("raw-franz-go", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			cl := rawFranz(b)
+			inBatches(b, func(i, k int) error {
+				recs := make([]*kgo.Record, k)
+				for j := range recs {
+					recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
+				}
+				return cl.ProduceSync(ctx, recs...).FirstErr()
+			})
 		})
-	})
-	b.Run("raw-kafka-go", func(b *testing.B) {
-		w := rawKafkaGoWriter(b, kafkaTopic(b, c))
-		inBatches(b, func(i, k int) error {
-			msgs := make([]kafkago.Message, k)
-			for j := range msgs {
-				msgs[j] = kafkago.Message{Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-			}
-			return w.WriteMessages(ctx, msgs...)
+		b.Run("raw-franz-go+id", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			cl := rawFranz(b)
+			inBatches(b, func(i, k int) error {
+				recs := make([]*kgo.Record, k)
+				for j := range recs {
+					recs[j] = franzRecordWithID(topic, i+j)
+				}
+				return cl.ProduceSync(ctx, recs...).FirstErr()
+			})
 		})
-	})
-	b.Run("omnibus", func(b *testing.B) {
-		topic := kafkaTopic(b, c)
-		inBatches(b, func(i, k int) error {
-			return c.Publish(ctx, topic, omnibusMessages(i, k, b.N)...)
+		b.Run("raw-kafka-go", func(b *testing.B) {
+			w := rawKafkaGoWriter(b, kafkaTopic(b, c))
+			inBatches(b, func(i, k int) error {
+				msgs := make([]kafkago.Message, k)
+				for j := range msgs {
+					msgs[j] = kafkago.Message{Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
+				}
+				return w.WriteMessages(ctx, msgs...)
+			})
 		})
-	})
-	b.Run("watermill-kafka", func(b *testing.B) {
-		p := watermillPublisher(b)
-		topic := kafkaTopic(b, c)
-		inBatches(b, func(i, k int) error {
-			msgs := make([]*message.Message, k)
-			for j := range msgs {
-				msgs[j] = message.NewMessage(watermill.NewUUID(), kafkaPayload)
-				msgs[j].Metadata.Set("key", kafkaKey(i+j))
-			}
-			return p.Publish(topic, msgs...)
+		b.Run("omnibus", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			oc := kafkaClient(b) // fresh, as raw franz-go's client is
+			inBatches(b, func(i, k int) error {
+				return oc.Publish(ctx, topic, omnibusMessages(i, k, b.N)...)
+			})
 		})
-	})
+		b.Run("watermill-kafka", func(b *testing.B) {
+			p := watermillPublisher(b)
+			topic := kafkaTopic(b, c)
+			inBatches(b, func(i, k int) error {
+				msgs := make([]*message.Message, k)
+				for j := range msgs {
+					msgs[j] = message.NewMessage(watermill.NewUUID(), kafkaPayload)
+					msgs[j].Metadata.Set("key", kafkaKey(i+j))
+				}
+				return p.Publish(topic, msgs...)
+			})
+		})
+	}
 }
 
 // inBatches times send(i, k) for the b.N messages in calls of k =
@@ -335,77 +382,79 @@ func consumeTimed(b *testing.B, receiveAndAck func() error) {
 func BenchmarkKafkaConsumeAck(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	b.Run("raw-franz-go", func(b *testing.B) {
-		topic := fillKafka(b, c, b.N)
-		cl := rawFranz(b, kgo.ConsumerGroup(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), kgo.ConsumeTopics(topic),
-			kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.AutoCommitMarks(), kgo.AutoCommitInterval(200*time.Millisecond))
-		var buf []*kgo.Record
-		consumeTimed(b, func() error {
-			for len(buf) == 0 {
-				fs := cl.PollRecords(ctx, 1000)
-				if err := fs.Err0(); err != nil {
+	for range benchRounds {
+		b.Run("raw-franz-go", func(b *testing.B) {
+			topic := fillKafka(b, c, b.N)
+			cl := rawFranz(b, kgo.ConsumerGroup(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), kgo.ConsumeTopics(topic),
+				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.AutoCommitMarks(), kgo.AutoCommitInterval(200*time.Millisecond))
+			var buf []*kgo.Record
+			consumeTimed(b, func() error {
+				for len(buf) == 0 {
+					fs := cl.PollRecords(ctx, 1000)
+					if err := fs.Err0(); err != nil {
+						return err
+					}
+					buf = fs.Records()
+				}
+				cl.MarkCommitRecords(buf[0])
+				buf = buf[1:]
+				return nil
+			})
+		})
+		b.Run("raw-kafka-go", func(b *testing.B) {
+			topic := fillKafka(b, c, b.N)
+			r := kafkago.NewReader(kafkago.ReaderConfig{
+				Brokers: strings.Split(integration.Kafka(b), ","), Topic: topic, GroupID: fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1)),
+				StartOffset: kafkago.FirstOffset, CommitInterval: 200 * time.Millisecond,
+				MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond, QueueCapacity: 1000,
+				HeartbeatInterval: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
+			})
+			b.Cleanup(func() { _ = r.Close() })
+			consumeTimed(b, func() error {
+				m, err := r.FetchMessage(ctx)
+				if err != nil {
 					return err
 				}
-				buf = fs.Records()
-			}
-			cl.MarkCommitRecords(buf[0])
-			buf = buf[1:]
-			return nil
+				return r.CommitMessages(ctx, m)
+			})
 		})
-	})
-	b.Run("raw-kafka-go", func(b *testing.B) {
-		topic := fillKafka(b, c, b.N)
-		r := kafkago.NewReader(kafkago.ReaderConfig{
-			Brokers: strings.Split(integration.Kafka(b), ","), Topic: topic, GroupID: fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1)),
-			StartOffset: kafkago.FirstOffset, CommitInterval: 200 * time.Millisecond,
-			MinBytes: 1, MaxBytes: 16 << 20, MaxWait: 250 * time.Millisecond, QueueCapacity: 1000,
-			HeartbeatInterval: 500 * time.Millisecond, SessionTimeout: 10 * time.Second,
-		})
-		b.Cleanup(func() { _ = r.Close() })
-		consumeTimed(b, func() error {
-			m, err := r.FetchMessage(ctx)
+		b.Run("omnibus", func(b *testing.B) {
+			topic := fillKafka(b, c, b.N)
+			sub, err := c.Subscribe(ctx, topic, pubsub.Group(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), pubsub.FromOldest(), pubsub.Prefetch(1000))
 			if err != nil {
-				return err
+				b.Fatal(err)
 			}
-			return r.CommitMessages(ctx, m)
+			b.Cleanup(func() { _ = sub.Close() })
+			consumeTimed(b, func() error {
+				d, err := sub.Receive(ctx)
+				if err != nil {
+					return err
+				}
+				return d.Ack()
+			})
 		})
-	})
-	b.Run("omnibus", func(b *testing.B) {
-		topic := fillKafka(b, c, b.N)
-		sub, err := c.Subscribe(ctx, topic, pubsub.Group(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), pubsub.FromOldest(), pubsub.Prefetch(1000))
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = sub.Close() })
-		consumeTimed(b, func() error {
-			d, err := sub.Receive(ctx)
+		b.Run("watermill-kafka", func(b *testing.B) {
+			topic := fillKafka(b, c, b.N)
+			cfg := wmkafka.DefaultSaramaSubscriberConfig()
+			cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
+			s, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
+				Brokers: strings.Split(integration.Kafka(b), ","), Unmarshaler: wmkafka.DefaultMarshaler{},
+				OverwriteSaramaConfig: cfg, ConsumerGroup: fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1)),
+			}, watermill.NopLogger{})
 			if err != nil {
-				return err
+				b.Fatal(err)
 			}
-			return d.Ack()
+			b.Cleanup(func() { _ = s.Close() })
+			sctx, cancel := context.WithCancel(ctx)
+			b.Cleanup(cancel)
+			ch, err := s.Subscribe(sctx, topic)
+			if err != nil {
+				b.Fatal(err)
+			}
+			consumeTimed(b, func() error {
+				(<-ch).Ack()
+				return nil
+			})
 		})
-	})
-	b.Run("watermill-kafka", func(b *testing.B) {
-		topic := fillKafka(b, c, b.N)
-		cfg := wmkafka.DefaultSaramaSubscriberConfig()
-		cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
-		s, err := wmkafka.NewSubscriber(wmkafka.SubscriberConfig{
-			Brokers: strings.Split(integration.Kafka(b), ","), Unmarshaler: wmkafka.DefaultMarshaler{},
-			OverwriteSaramaConfig: cfg, ConsumerGroup: fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1)),
-		}, watermill.NopLogger{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() { _ = s.Close() })
-		sctx, cancel := context.WithCancel(ctx)
-		b.Cleanup(cancel)
-		ch, err := s.Subscribe(sctx, topic)
-		if err != nil {
-			b.Fatal(err)
-		}
-		consumeTimed(b, func() error {
-			(<-ch).Ack()
-			return nil
-		})
-	})
+	}
 }

@@ -232,14 +232,25 @@ type nameCheck struct {
 	broker, field string
 	rule          driver.NameRule
 	re            *regexp.Regexp
-	err           error // the adapter's Pattern does not compile
+	err           error      // the adapter's Pattern does not compile
+	passed        *nameCache // names that passed, checked once
 }
+
+// nameCache remembers up to maxCachedNames names that passed a nameCheck,
+// so that a Publish to a known topic costs a map lookup, not a regular
+// expression.
+type nameCache struct {
+	names sync.Map
+	n     atomic.Int64
+}
+
+const maxCachedNames = 4096
 
 func newNameCheck(broker, field string, rule driver.NameRule) nameCheck {
 	if broker == "" {
 		broker = "the broker"
 	}
-	nc := nameCheck{broker: broker, field: field, rule: rule}
+	nc := nameCheck{broker: broker, field: field, rule: rule, passed: &nameCache{}}
 	if rule.Pattern != "" {
 		nc.re, nc.err = regexp.Compile(`^(?:` + rule.Pattern + `)$`)
 	}
@@ -249,6 +260,9 @@ func newNameCheck(broker, field string, rule driver.NameRule) nameCheck {
 // check returns nil if name is one the broker accepts, else an error
 // wrapping ErrInvalid that names the field, the broker and its rule.
 func (nc nameCheck) check(name string) error {
+	if _, ok := nc.passed.names.Load(name); ok {
+		return nil
+	}
 	if err := validName(nc.field, name); err != nil {
 		return err
 	}
@@ -259,6 +273,11 @@ func (nc nameCheck) check(name string) error {
 		return fmt.Errorf("%s %q is %d bytes: %s accepts %s names of %s: %w", nc.field, clip(name), len(name), nc.broker, nc.field, nc.rule, ErrInvalid)
 	case nc.re != nil && !nc.re.MatchString(name):
 		return fmt.Errorf("%s %q: %s accepts %s names of %s: %w", nc.field, clip(name), nc.broker, nc.field, nc.rule, ErrInvalid)
+	}
+	if nc.passed.n.Load() < maxCachedNames {
+		if _, loaded := nc.passed.names.LoadOrStore(name, struct{}{}); !loaded {
+			nc.passed.n.Add(1)
+		}
 	}
 	return nil
 }

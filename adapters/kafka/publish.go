@@ -55,22 +55,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		return err
 	}
 
-	recs := make([]kgo.Record, len(msgs))
-	ptrs := make([]*kgo.Record, len(msgs))
-	for i, m := range msgs {
-		r := &recs[i]
-		r.Topic = topic
-		if m.Key != "" {
-			r.Key = []byte(m.Key)
-		}
-		r.Value = m.Payload
-		r.Headers = make([]kgo.RecordHeader, 0, 1+len(m.Metadata))
-		r.Headers = append(r.Headers, kgo.RecordHeader{Key: HeaderID, Value: []byte(m.ID)})
-		for k, v := range m.Metadata {
-			r.Headers = append(r.Headers, kgo.RecordHeader{Key: k, Value: []byte(v)})
-		}
-		ptrs[i] = r
-	}
+	recs, ptrs := toRecords(topic, msgs)
 	// ProduceSync buffers every record while their partitions linger, then
 	// drains those partitions at once: one produce request per broker for
 	// the whole batch, where producing record by record without a linger
@@ -98,6 +83,45 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		where = fmt.Sprintf("topic %q partition %d", topic, failed.Partition)
 	}
 	return fmt.Errorf("kafka: publish to %s: message %d (id %q) of %d: %w", where, firstIdx, msgs[firstIdx].ID, len(msgs), classify(err))
+}
+
+// toRecords converts msgs into records of topic (Key, Payload, Message.ID
+// in the HeaderID header, Metadata as headers). The records' keys and
+// header values share one byte slice and their headers one header slice,
+// so a batch costs five allocations whatever its length.
+func toRecords(topic string, msgs []*driver.Message) ([]kgo.Record, []*kgo.Record) {
+	nbytes, nheaders := 0, 0
+	for _, m := range msgs {
+		nbytes += len(m.Key) + len(m.ID)
+		nheaders += 1 + len(m.Metadata)
+		for _, v := range m.Metadata {
+			nbytes += len(v)
+		}
+	}
+	slab := make([]byte, 0, nbytes)
+	bytesOf := func(s string) []byte {
+		slab = append(slab, s...)
+		return slab[len(slab)-len(s) : len(slab) : len(slab)]
+	}
+	headers := make([]kgo.RecordHeader, 0, nheaders)
+	recs := make([]kgo.Record, len(msgs))
+	ptrs := make([]*kgo.Record, len(msgs))
+	for i, m := range msgs {
+		r := &recs[i]
+		r.Topic = topic
+		if m.Key != "" {
+			r.Key = bytesOf(m.Key)
+		}
+		r.Value = m.Payload
+		first := len(headers)
+		headers = append(headers, kgo.RecordHeader{Key: HeaderID, Value: bytesOf(m.ID)})
+		for k, v := range m.Metadata {
+			headers = append(headers, kgo.RecordHeader{Key: k, Value: bytesOf(v)})
+		}
+		r.Headers = headers[first:len(headers):len(headers)]
+		ptrs[i] = r
+	}
+	return recs, ptrs
 }
 
 // recordIndex returns the index of r in recs (r points into it).
