@@ -905,8 +905,17 @@ func classify(err error) error {
 }
 
 // slogLogger hands franz-go's log lines to slog: warnings and errors as
-// they are, info at debug level (franz-go is chatty at info).
+// they are, info at debug level (franz-go is chatty at info), and the one
+// warning the adapter itself causes at debug level (expectedWarning).
 type slogLogger struct{ l *slog.Logger }
+
+// expectedWarning is what franz-go logs when a commit's answer arrives while
+// it tracks no offsets of its own for the group session. With autocommit
+// off that happens for the commit of the start offsets that the adapter
+// makes in OnPartitionsAssigned, before franz-go starts tracking: the
+// commit succeeded and its result was checked (commitSync), so it is no
+// warning. A commit that really fails is reported by the adapter.
+const expectedWarning = "received an OffsetCommitResponse after our group session has ended, unable to handle this (were we kicked from the group?)"
 
 func (s slogLogger) Level() kgo.LogLevel {
 	if s.l.Enabled(context.Background(), slog.LevelDebug) {
@@ -921,7 +930,9 @@ func (s slogLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 	case kgo.LogLevelError:
 		lv = slog.LevelError
 	case kgo.LogLevelWarn:
-		lv = slog.LevelWarn
+		if msg != expectedWarning {
+			lv = slog.LevelWarn
+		}
 	}
 	s.l.Log(context.Background(), lv, "omnibus: kafka: franz-go: "+msg, keyvals...)
 }
