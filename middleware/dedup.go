@@ -170,7 +170,7 @@ func Dedup(store DedupStore, opts DedupOptions) router.Ranked {
 				if herr != nil {
 					mem.release(held, key)
 				} else {
-					mem.complete(held, key)
+					mem.complete(key)
 				}
 				return herr
 			}
@@ -268,18 +268,19 @@ type MemoryDedupOptions struct {
 // protects one process only; use a shared store (Postgres, Redis) when
 // several processes consume the same group.
 //
-// One map holds every key, claimed or done; completed keys also queue in completion order (a ring), so forgetting the oldest is a
-// pop.
+// One map holds every key, claimed or done, with its state by value (no
+// pointer per key for the garbage collector to follow); completed keys also
+// queue in completion order (a ring), so forgetting the oldest is a pop.
 type MemoryDedupStore struct {
 	opts      MemoryDedupOptions
 	base      time.Time // times are kept as durations since base
 	realClock bool      // opts.Now is time.Now: durations come from the monotonic clock alone
 
 	mu      sync.Mutex
-	keys    map[string]*dedupEntry
+	keys    map[string]dedupEntry
 	claimed int       // entries in state claimed
 	done    int       // entries in state done
-	order   dedupRing // done entries, oldest completion first; may hold stale items
+	order   dedupRing // done keys, oldest completion first; may hold stale items
 	claims  uint64    // claims acquired, for claim tokens
 }
 
@@ -290,18 +291,16 @@ const (
 	stateDone
 )
 
-// dedupEntry is a key in the store. Its state is 0 once it left the map.
+// dedupEntry is the state of a key in the store.
 type dedupEntry struct {
-	key   string
 	state dedupState
 	at    time.Duration // claimed: lease expiry; done: completion time (since base)
 	token uint64        // claimed: which acquisition holds it
 	seq   uint64        // done: the ring item that represents it
 }
 
-// memClaim is a claim Dedup holds on a MemoryDedupStore entry.
+// memClaim is a claim Dedup holds on a MemoryDedupStore key.
 type memClaim struct {
-	e     *dedupEntry
 	token uint64
 }
 
@@ -323,7 +322,7 @@ func NewMemoryDedupStore(opts MemoryDedupOptions) *MemoryDedupStore {
 	if realClock {
 		opts.Now = time.Now
 	}
-	return &MemoryDedupStore{opts: opts, base: opts.Now(), realClock: realClock, keys: map[string]*dedupEntry{}}
+	return &MemoryDedupStore{opts: opts, base: opts.Now(), realClock: realClock, keys: map[string]dedupEntry{}}
 }
 
 func (s *MemoryDedupStore) now() time.Duration {
@@ -333,11 +332,11 @@ func (s *MemoryDedupStore) now() time.Duration {
 	return s.opts.Now().Sub(s.base)
 }
 
-// forget removes a done entry from the map. s.mu must be held.
-func (s *MemoryDedupStore) forget(e *dedupEntry) {
-	delete(s.keys, e.key)
-	e.state = 0
-	s.done--
+// live reports whether ring item it still represents its key: the key is
+// done and was not completed again since. s.mu must be held.
+func (s *MemoryDedupStore) live(it ringItem) bool {
+	e, ok := s.keys[it.key]
+	return ok && e.state == stateDone && e.seq == it.seq
 }
 
 // trim forgets completed keys older than the TTL, and the oldest beyond
@@ -348,14 +347,15 @@ func (s *MemoryDedupStore) trim(now time.Duration) {
 		if !ok {
 			return
 		}
-		e := it.e
-		live := e.state == stateDone && e.seq == it.seq
+		e, found := s.keys[it.key]
+		live := found && e.state == stateDone && e.seq == it.seq
 		if live && s.done <= s.opts.MaxKeys && now-e.at < s.opts.TTL {
 			return
 		}
 		s.order.pop()
 		if live {
-			s.forget(e)
+			delete(s.keys, it.key)
+			s.done--
 		}
 	}
 }
@@ -375,14 +375,12 @@ func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Dur
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.trim(now)
-	e := s.keys[key]
+	e, ok := s.keys[key]
 	switch {
-	case e == nil:
+	case !ok:
 		if s.claimed >= s.opts.MaxKeys {
 			s.sweepClaims(now)
 		}
-		e = &dedupEntry{key: key, state: stateClaimed}
-		s.keys[key] = e
 		s.claimed++
 	case e.state == stateDone:
 		return ClaimDone, memClaim{}, time.Time{}, nil
@@ -391,50 +389,44 @@ func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Dur
 	}
 	// A new key, or an expired claim taken over.
 	s.claims++
-	e.at, e.token = now+lease, s.claims
-	return ClaimAcquired, memClaim{e: e, token: e.token}, s.base.Add(e.at), nil
+	e = dedupEntry{state: stateClaimed, at: now + lease, token: s.claims}
+	s.keys[key] = e
+	return ClaimAcquired, memClaim{token: e.token}, s.base.Add(e.at), nil
 }
 
 // sweepClaims forgets expired claims (their holders never completed or
 // released them). s.mu must be held.
 func (s *MemoryDedupStore) sweepClaims(now time.Duration) {
-	for _, e := range s.keys {
+	for k, e := range s.keys {
 		if e.state == stateClaimed && now >= e.at {
-			s.drop(e)
+			delete(s.keys, k)
+			s.claimed--
 		}
 	}
 }
 
 // Complete implements DedupStore.
 func (s *MemoryDedupStore) Complete(ctx context.Context, key string) error {
-	s.complete(memClaim{}, key)
+	s.complete(key)
 	return nil
 }
 
-// complete marks key done; held, when it is still in the map, saves the
-// lookup.
-func (s *MemoryDedupStore) complete(held memClaim, key string) {
+// complete marks key done, whoever holds its claim.
+func (s *MemoryDedupStore) complete(key string) {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	e := held.e
-	if e == nil || e.state == 0 {
-		if e = s.keys[key]; e == nil {
-			e = &dedupEntry{key: key}
-			s.keys[key] = e
-		}
-	}
-	switch e.state {
-	case 0: // new
+	e, ok := s.keys[key]
+	switch {
+	case !ok: // new
 		s.done++
-	case stateClaimed:
+	case e.state == stateClaimed:
 		s.claimed--
 		s.done++
 	}
-	e.state, e.at = stateDone, now
-	e.seq = s.order.push(e)
+	s.keys[key] = dedupEntry{state: stateDone, at: now, seq: s.order.push(key)}
 	if s.order.len() > 2*s.done+64 {
-		s.order.compact()
+		s.order.compact(s.live)
 	}
 	s.trim(now)
 }
@@ -443,8 +435,9 @@ func (s *MemoryDedupStore) complete(held memClaim, key string) {
 func (s *MemoryDedupStore) Release(ctx context.Context, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.keys[key]; e != nil && e.state == stateClaimed {
-		s.drop(e)
+	if e, ok := s.keys[key]; ok && e.state == stateClaimed {
+		delete(s.keys, key)
+		s.claimed--
 	}
 	return nil
 }
@@ -454,16 +447,10 @@ func (s *MemoryDedupStore) Release(ctx context.Context, key string) error {
 func (s *MemoryDedupStore) release(held memClaim, key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := held.e; e.state == stateClaimed && e.token == held.token {
-		s.drop(e)
+	if e, ok := s.keys[key]; ok && e.state == stateClaimed && e.token == held.token {
+		delete(s.keys, key)
+		s.claimed--
 	}
-}
-
-// drop removes a claimed entry. s.mu must be held.
-func (s *MemoryDedupStore) drop(e *dedupEntry) {
-	delete(s.keys, e.key)
-	e.state = 0
-	s.claimed--
 }
 
 // Len returns how many completed keys the store remembers now.
@@ -475,7 +462,7 @@ func (s *MemoryDedupStore) Len() int {
 	return s.done
 }
 
-// dedupRing is a FIFO of done entries. An item is stale when its entry was
+// dedupRing is a FIFO of done keys. An item is stale when its key was
 // completed again (a later item represents it) or forgotten.
 type dedupRing struct {
 	items   []ringItem // circular; len is a power of two or 0
@@ -484,18 +471,18 @@ type dedupRing struct {
 }
 
 type ringItem struct {
-	e   *dedupEntry
+	key string
 	seq uint64
 }
 
 func (r *dedupRing) len() int { return r.n }
 
-func (r *dedupRing) push(e *dedupEntry) uint64 {
+func (r *dedupRing) push(key string) uint64 {
 	if r.n == len(r.items) {
 		r.grow(max(64, 2*len(r.items)))
 	}
 	r.seq++
-	r.items[(r.head+r.n)&(len(r.items)-1)] = ringItem{e: e, seq: r.seq}
+	r.items[(r.head+r.n)&(len(r.items)-1)] = ringItem{key: key, seq: r.seq}
 	r.n++
 	return r.seq
 }
@@ -522,20 +509,19 @@ func (r *dedupRing) grow(capacity int) {
 	r.items, r.head = items, 0
 }
 
-// compact drops stale items.
-func (r *dedupRing) compact() {
-	live := make([]ringItem, 0, r.n)
+// compact drops the items that live says are stale.
+func (r *dedupRing) compact(live func(ringItem) bool) {
+	kept := make([]ringItem, 0, r.n)
 	for i := range r.n {
-		it := r.items[(r.head+i)&(len(r.items)-1)]
-		if it.e.state == stateDone && it.e.seq == it.seq {
-			live = append(live, it)
+		if it := r.items[(r.head+i)&(len(r.items)-1)]; live(it) {
+			kept = append(kept, it)
 		}
 	}
 	size := 64
-	for size < len(live) {
+	for size < len(kept) {
 		size *= 2
 	}
 	r.items = make([]ringItem, size)
-	copy(r.items, live)
-	r.head, r.n = 0, len(live)
+	copy(r.items, kept)
+	r.head, r.n = 0, len(kept)
 }
