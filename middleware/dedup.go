@@ -344,16 +344,14 @@ func (s *MemoryDedupStore) live(it ringItem) bool {
 func (s *MemoryDedupStore) trim(now time.Duration) {
 	for {
 		it, ok := s.order.front()
-		if !ok {
-			return
-		}
-		e, found := s.keys[it.key]
-		live := found && e.state == stateDone && e.seq == it.seq
-		if live && s.done <= s.opts.MaxKeys && now-e.at < s.opts.TTL {
+		if !ok || s.done <= s.opts.MaxKeys && now-it.at < s.opts.TTL {
+			// Nothing is due: the front was completed within the TTL
+			// (if it is stale, a later completion of its key is younger
+			// still) and the store is within MaxKeys.
 			return
 		}
 		s.order.pop()
-		if live {
+		if s.live(it) { // due: too old, or the oldest beyond MaxKeys
 			delete(s.keys, it.key)
 			s.done--
 		}
@@ -424,7 +422,7 @@ func (s *MemoryDedupStore) complete(key string) {
 		s.claimed--
 		s.done++
 	}
-	s.keys[key] = dedupEntry{state: stateDone, at: now, seq: s.order.push(key)}
+	s.keys[key] = dedupEntry{state: stateDone, at: now, seq: s.order.push(key, now)}
 	if s.order.len() > 2*s.done+64 {
 		s.order.compact(s.live)
 	}
@@ -473,16 +471,17 @@ type dedupRing struct {
 type ringItem struct {
 	key string
 	seq uint64
+	at  time.Duration // when the key was completed (since base)
 }
 
 func (r *dedupRing) len() int { return r.n }
 
-func (r *dedupRing) push(key string) uint64 {
+func (r *dedupRing) push(key string, at time.Duration) uint64 {
 	if r.n == len(r.items) {
 		r.grow(max(64, 2*len(r.items)))
 	}
 	r.seq++
-	r.items[(r.head+r.n)&(len(r.items)-1)] = ringItem{key: key, seq: r.seq}
+	r.items[(r.head+r.n)&(len(r.items)-1)] = ringItem{key: key, seq: r.seq, at: at}
 	r.n++
 	return r.seq
 }
