@@ -241,6 +241,25 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				})
 			})
 		})
+		// The bound of this row for any client that sends one produce
+		// request per round trip: one goroutine producing the 32 callers'
+		// messages as one ProduceSync call each round.
+		b.Run("bound-franz-go-1-call-of-32", func(b *testing.B) {
+			topic := kafkaTopic(b, c)
+			cl := rawFranz(b)
+			measureKafka(b, b.N, func() error {
+				for i := 0; i < b.N; i += kafkaPublishers {
+					recs := make([]*kgo.Record, min(kafkaPublishers, b.N-i))
+					for j := range recs {
+						recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
+					}
+					if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
 		b.Run("raw-kafka-go", func(b *testing.B) {
 			w := rawKafkaGoWriter(b, kafkaTopic(b, c))
 			measureKafka(b, b.N, func() error {
