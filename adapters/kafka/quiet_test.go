@@ -1,35 +1,15 @@
 package kafka_test
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/omnibusmq/omnibus/adapters/kafka"
 	"github.com/omnibusmq/omnibus/integration"
 	"github.com/omnibusmq/omnibus/pubsub"
 )
-
-// syncBuffer is a bytes.Buffer safe for the adapter's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // A group that starts, consumes and closes with nothing going wrong must
 // not log warnings: users alert on them.
@@ -44,9 +24,9 @@ func TestAHealthyGroupLifecycleLogsNoWarning(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := wait()
 			defer cancel()
-			var logs syncBuffer
+			logs := &logSink{}
 			b, err := kafka.Dial(ctx, kafka.Options{Brokers: strings.Split(integration.Kafka(t), ","), AutoCreate: true,
-				Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+				Logger: slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 			if err != nil {
 				t.Fatal(err)
 			}
