@@ -82,8 +82,13 @@ func runBasicDemo(ctx context.Context, out io.Writer, d *DemoCmd) error {
 		}()
 	}
 
+	// The publisher is waited for too: consumers may have every message
+	// before the last Publish has its confirmation (a broker that syncs
+	// its journal before it confirms).
 	var published atomic.Int64
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
 		const batch = 100
 		for i := 0; i < d.Orders; i += batch {
 			n := min(batch, d.Orders-i)
