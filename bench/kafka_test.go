@@ -201,12 +201,27 @@ func watermillPublisher(b *testing.B) message.Publisher {
 	return p
 }
 
+// franzRecord is message i as a raw record: its key and the payload.
+func franzRecord(topic string, i int) *kgo.Record {
+	return &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload}
+}
+
 // franzRecordWithID is message i as omnibus writes it: the same key and
 // payload plus a new message ID in the omnibus-id header, so that raw
 // franz-go does the same work (the +id rows).
 func franzRecordWithID(topic string, i int) *kgo.Record {
-	return &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload,
-		Headers: []kgo.RecordHeader{{Key: kafka.HeaderID, Value: []byte(pubsub.NewID())}}}
+	r := franzRecord(topic, i)
+	r.Headers = []kgo.RecordHeader{{Key: kafka.HeaderID, Value: []byte(pubsub.NewID())}}
+	return r
+}
+
+// franzBatch is messages from..from+k-1 as records made by rec.
+func franzBatch(topic string, from, k int, rec func(string, int) *kgo.Record) []*kgo.Record {
+	recs := make([]*kgo.Record, k)
+	for j := range recs {
+		recs[j] = rec(topic, from+j)
+	}
+	return recs
 }
 
 func omnibusMessages(from, n, total int) []*pubsub.Message {
@@ -228,7 +243,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 			cl := rawFranz(b)
 			measureKafka(b, b.N, func() error {
 				return spread(b.N, kafkaPublishers, func(i int) error {
-					return cl.ProduceSync(ctx, &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i)), Value: kafkaPayload}).FirstErr()
+					return cl.ProduceSync(ctx, franzRecord(topic, i)).FirstErr()
 				})
 			})
 		})
@@ -249,11 +264,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 			cl := rawFranz(b)
 			measureKafka(b, b.N, func() error {
 				for i := 0; i < b.N; i += kafkaPublishers {
-					recs := make([]*kgo.Record, min(kafkaPublishers, b.N-i))
-					for j := range recs {
-						recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-					}
-					if err := cl.ProduceSync(ctx, recs...).FirstErr(); err != nil {
+					if err := cl.ProduceSync(ctx, franzBatch(topic, i, min(kafkaPublishers, b.N-i), franzRecord)...).FirstErr(); err != nil {
 						return err
 					}
 				}
@@ -301,22 +312,14 @@ func BenchmarkKafkaPublishBatch(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			inBatches(b, func(i, k int) error {
-				recs := make([]*kgo.Record, k)
-				for j := range recs {
-					recs[j] = &kgo.Record{Topic: topic, Key: []byte(kafkaKey(i + j)), Value: kafkaPayload}
-				}
-				return cl.ProduceSync(ctx, recs...).FirstErr()
+				return cl.ProduceSync(ctx, franzBatch(topic, i, k, franzRecord)...).FirstErr()
 			})
 		})
 		b.Run("raw-franz-go+id", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			inBatches(b, func(i, k int) error {
-				recs := make([]*kgo.Record, k)
-				for j := range recs {
-					recs[j] = franzRecordWithID(topic, i+j)
-				}
-				return cl.ProduceSync(ctx, recs...).FirstErr()
+				return cl.ProduceSync(ctx, franzBatch(topic, i, k, franzRecordWithID)...).FirstErr()
 			})
 		})
 		b.Run("raw-kafka-go", func(b *testing.B) {

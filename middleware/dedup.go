@@ -397,8 +397,7 @@ func (s *MemoryDedupStore) claim(ctx context.Context, key string, lease time.Dur
 func (s *MemoryDedupStore) sweepClaims(now time.Duration) {
 	for k, e := range s.keys {
 		if e.state == stateClaimed && now >= e.at {
-			delete(s.keys, k)
-			s.claimed--
+			s.drop(k)
 		}
 	}
 }
@@ -434,8 +433,7 @@ func (s *MemoryDedupStore) Release(ctx context.Context, key string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.keys[key]; ok && e.state == stateClaimed {
-		delete(s.keys, key)
-		s.claimed--
+		s.drop(key)
 	}
 	return nil
 }
@@ -446,9 +444,14 @@ func (s *MemoryDedupStore) release(held memClaim, key string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if e, ok := s.keys[key]; ok && e.state == stateClaimed && e.token == held.token {
-		delete(s.keys, key)
-		s.claimed--
+		s.drop(key)
 	}
+}
+
+// drop removes a claimed key. s.mu must be held.
+func (s *MemoryDedupStore) drop(key string) {
+	delete(s.keys, key)
+	s.claimed--
 }
 
 // Len returns how many completed keys the store remembers now.

@@ -233,12 +233,12 @@ type nameCheck struct {
 	rule          driver.NameRule
 	re            *regexp.Regexp
 	err           error      // the adapter's Pattern does not compile
-	passed        *nameCache // names that passed, checked once
+	passed        *nameCache // with a Pattern: names that passed, checked once
 }
 
-// nameCache remembers up to maxCachedNames names that passed a nameCheck,
-// so that a Publish to a known topic costs a map lookup, not a regular
-// expression.
+// nameCache remembers up to maxCachedNames names that passed a nameCheck
+// with a Pattern, so that a Publish to a known topic costs a map lookup,
+// not a regular expression.
 type nameCache struct {
 	names sync.Map
 	n     atomic.Int64
@@ -250,9 +250,10 @@ func newNameCheck(broker, field string, rule driver.NameRule) nameCheck {
 	if broker == "" {
 		broker = "the broker"
 	}
-	nc := nameCheck{broker: broker, field: field, rule: rule, passed: &nameCache{}}
+	nc := nameCheck{broker: broker, field: field, rule: rule}
 	if rule.Pattern != "" {
 		nc.re, nc.err = regexp.Compile(`^(?:` + rule.Pattern + `)$`)
+		nc.passed = &nameCache{}
 	}
 	return nc
 }
@@ -260,8 +261,10 @@ func newNameCheck(broker, field string, rule driver.NameRule) nameCheck {
 // check returns nil if name is one the broker accepts, else an error
 // wrapping ErrInvalid that names the field, the broker and its rule.
 func (nc nameCheck) check(name string) error {
-	if _, ok := nc.passed.names.Load(name); ok {
-		return nil
+	if nc.passed != nil {
+		if _, ok := nc.passed.names.Load(name); ok {
+			return nil
+		}
 	}
 	if err := validName(nc.field, name); err != nil {
 		return err
@@ -274,7 +277,7 @@ func (nc nameCheck) check(name string) error {
 	case nc.re != nil && !nc.re.MatchString(name):
 		return fmt.Errorf("%s %q: %s accepts %s names of %s: %w", nc.field, clip(name), nc.broker, nc.field, nc.rule, ErrInvalid)
 	}
-	if nc.passed.n.Load() < maxCachedNames {
+	if nc.passed != nil && nc.passed.n.Load() < maxCachedNames {
 		if _, loaded := nc.passed.names.LoadOrStore(name, struct{}{}); !loaded {
 			nc.passed.n.Add(1)
 		}

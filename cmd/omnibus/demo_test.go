@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/omnibusmq/omnibus/integration"
 )
 
 // The demo runs on every broker by URL alone, and its numbers add up also
@@ -15,19 +13,7 @@ import (
 // confirmation arrives (ActiveMQ Classic syncs its journal before it
 // confirms).
 func TestDemoRunsOnEveryBrokerByURL(t *testing.T) {
-	brokers := []struct {
-		name string
-		url  func(t *testing.T) string
-	}{
-		{"mem", func(*testing.T) string { return "mem://demo-test" }},
-		{"kafka", func(t *testing.T) string { return "kafka://" + integration.Kafka(t) + "?auto_create=true" }},
-		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }},
-		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }},
-		{"nsq", func(t *testing.T) string { return integration.NSQ(t) }},
-		{"activemq", func(t *testing.T) string { return integration.ActiveMQ(t) }},
-		{"activemq-classic", func(t *testing.T) string { return integration.ActiveMQClassic(t) }},
-	}
-	for _, b := range brokers {
+	for _, b := range everyBroker("mem://demo-test") {
 		t.Run(b.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()

@@ -6,25 +6,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/omnibusmq/omnibus/integration"
 )
 
 func TestDoctorPrintsCapabilitiesOnEveryBroker(t *testing.T) {
-	brokers := []struct {
-		name  string
-		url   func(t *testing.T) string
-		names string // the topic name rule doctor prints
-	}{
-		{"mem", func(*testing.T) string { return "mem://doctor-test" }, "any name"},
-		{"kafka", func(t *testing.T) string { return "kafka://" + integration.Kafka(t) + "?auto_create=true" }, "at most 249 bytes"},
-		{"rabbitmq", func(t *testing.T) string { return integration.AMQP(t) }, "at most 255 bytes"},
-		{"postgres", func(t *testing.T) string { return integration.Postgres(t) }, "at most 1024 bytes"},
-		{"nsq", func(t *testing.T) string { return integration.NSQ(t) }, "at most 64 bytes"},
-		{"activemq", func(t *testing.T) string { return integration.ActiveMQ(t) }, "group names"},
-		{"activemq-classic", func(t *testing.T) string { return integration.ActiveMQClassic(t) }, "group names"},
+	// The topic name rule doctor prints, per broker.
+	names := map[string]string{
+		"mem": "any name", "kafka": "at most 249 bytes", "rabbitmq": "at most 255 bytes", "postgres": "at most 1024 bytes",
+		"nsq": "at most 64 bytes", "activemq": "group names", "activemq-classic": "group names",
 	}
-	for _, b := range brokers {
+	for _, b := range everyBroker("mem://doctor-test") {
 		t.Run(b.name, func(t *testing.T) {
 			url := b.url(t)
 			var err error
@@ -32,7 +22,7 @@ func TestDoctorPrintsCapabilitiesOnEveryBroker(t *testing.T) {
 			if err != nil {
 				t.Fatalf("doctor %s: %v\n%s", b.name, err, out)
 			}
-			for _, want := range []string{"connect: ok", "ordering", "persistence", "nackdelay", "replay", "groups", "max message size", "topic names", "group names", b.names, "round trip", "no problems found"} {
+			for _, want := range []string{"connect: ok", "ordering", "persistence", "nackdelay", "replay", "groups", "max message size", "topic names", "group names", names[b.name], "round trip", "no problems found"} {
 				if !strings.Contains(out, want) {
 					t.Errorf("doctor output lacks %q:\n%s", want, out)
 				}
