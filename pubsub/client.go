@@ -26,6 +26,7 @@ type Client struct {
 
 	maxBatch, maxConc int
 	groupSends        bool
+	promptSends       bool
 	inlineAcks        bool
 	checkMessage      func(*driver.Message) error
 	observers         []Observer
@@ -72,6 +73,7 @@ func NewClient(drv driver.Broker, opts ...ClientOption) *Client {
 		c.maxConc = tr.MaxConcurrentSends
 	}
 	c.groupSends = tr.GroupSends
+	c.promptSends = tr.PromptSends
 	c.inlineAcks = tr.InlineAcks
 	c.checkMessage = tr.CheckMessage
 	c.topicNames = newNameCheck(c.caps.Broker, "topic", c.caps.TopicNames)
@@ -188,7 +190,7 @@ func (c *Client) batcher(topic string) (*batcher, error) {
 	c.pending.Add(1)
 	b := c.batchers[topic]
 	if b == nil {
-		b = &batcher{topic: topic, drv: c.drv, maxBatch: c.maxBatch, maxConc: c.maxConc, group: c.groupSends}
+		b = &batcher{topic: topic, drv: c.drv, maxBatch: c.maxBatch, maxConc: c.maxConc, group: c.groupSends, inline: c.promptSends}
 		c.batchers[topic] = b
 	}
 	return b, nil
@@ -411,14 +413,16 @@ func (c *Client) Driver() driver.Broker { return c.drv }
 // With group (driver.Traits.GroupSends) a call is sent at once only when no send
 // is in flight; otherwise it waits for the next send, and a further
 // concurrent send starts only once a full batch (maxBatch messages) waits.
-// A call's messages are never split across concurrent sends, so per-key order
-// within a call holds.
+// With inline (driver.Traits.PromptSends) a call that would be sent alone is
+// sent on its caller's goroutine. A call's messages are never split across
+// concurrent sends, so per-key order within a call holds.
 type batcher struct {
 	topic    string
 	drv      driver.Broker
 	maxBatch int
 	maxConc  int
 	group    bool
+	inline   bool
 
 	mu       sync.Mutex
 	active   int
@@ -470,9 +474,12 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
+	b.mu.Lock()
+	if b.inline && len(b.waiting) == 0 && b.active < b.maxConc && (b.active == 0 || !b.group) {
+		return b.sendInline(ctx, msgs) // unlocks b.mu
+	}
 	r := sendReqs.Get().(*sendReq)
 	r.ctx, r.msgs = ctx, msgs
-	b.mu.Lock()
 	b.waiting = append(b.waiting, r)
 	b.waitingN += len(msgs)
 	if b.arrived != nil {
@@ -508,6 +515,40 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 		r.giveUp()
 		return fmt.Errorf("%w (the messages may still be published if others in their batch wait)", ctx.Err())
 	}
+}
+
+// sendInline sends msgs on the caller's goroutine with the caller's
+// context, in a send slot of its own; calls that queued meanwhile are
+// handed to a sender goroutine in that slot. b.mu is held on entry and
+// released by sendInline.
+func (b *batcher) sendInline(ctx context.Context, msgs []*driver.Message) error {
+	b.active++
+	b.mu.Unlock()
+	defer func() { // also when SendBatch panics: the slot is not lost
+		b.mu.Lock()
+		if batch := b.next(); batch != nil {
+			go b.run(batch)
+		}
+		b.mu.Unlock()
+	}()
+	return b.drv.SendBatch(ctx, b.topic, msgs)
+}
+
+// next is called by a sender whose send ended, with b.mu held: it returns
+// the sender's next batch, or nil once nothing waits (the sender's slot is
+// then free). Further full batches still waiting get sends of their own.
+func (b *batcher) next() []*sendReq {
+	if len(b.waiting) == 0 {
+		b.active--
+		return nil
+	}
+	batch := b.take()
+	// With grouping, a full batch still waiting gets a send of its own.
+	for b.startable() {
+		b.active++
+		go b.run(b.take())
+	}
+	return batch
 }
 
 // take removes whole requests from the queue up to maxBatch messages (at
@@ -598,18 +639,11 @@ func (b *batcher) run(batch []*sendReq) {
 		if b.group {
 			b.gather(released+b.waitingN, took)
 		}
-		if len(b.waiting) == 0 {
-			b.active--
-			b.mu.Unlock()
+		batch = b.next()
+		b.mu.Unlock()
+		if batch == nil {
 			return
 		}
-		batch = b.take()
-		// With grouping, a full batch still waiting gets a send of its own.
-		for b.startable() {
-			b.active++
-			go b.run(b.take())
-		}
-		b.mu.Unlock()
 	}
 }
 

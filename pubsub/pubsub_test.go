@@ -110,11 +110,13 @@ type gatedBroker struct {
 	gate    chan struct{}
 	once    sync.Once
 	calls   chan int
+	prompt  bool // Traits.PromptSends
 }
 
 func (b *gatedBroker) Traits() driver.Traits {
 	tr := b.Broker.Traits()
 	tr.MaxConcurrentSends = 1
+	tr.PromptSends = b.prompt
 	return tr
 }
 
@@ -130,9 +132,18 @@ func (b *gatedBroker) SendBatch(ctx context.Context, topic string, msgs []*drive
 }
 
 func TestPublishesQueuedDuringASendShareTheNextBatch(t *testing.T) {
+	for _, prompt := range []bool{false, true} {
+		t.Run(fmt.Sprintf("PromptSends=%v", prompt), func(t *testing.T) { testQueuedShareTheNextBatch(t, prompt) })
+	}
+}
+
+// With PromptSends the first call is sent on its caller's goroutine; the
+// calls that queue meanwhile still go out together once it returns.
+func testQueuedShareTheNextBatch(t *testing.T, prompt bool) {
 	gb := &gatedBroker{
 		Broker:  memory.New(memory.Options{Buffer: 1000}),
 		entered: make(chan struct{}), gate: make(chan struct{}), calls: make(chan int, 100),
+		prompt: prompt,
 	}
 	c := pubsub.NewClient(gb)
 	defer c.Close()
@@ -165,6 +176,80 @@ func TestPublishesQueuedDuringASendShareTheNextBatch(t *testing.T) {
 	}
 	if want := []int{1, writers}; !slices.Equal(sizes, want) {
 		t.Fatalf("SendBatch sizes %v, want %v: the calls queued during a send go out together in the next one", sizes, want)
+	}
+}
+
+// ctxKey marks the caller's context in the tests of PromptSends.
+type ctxKey struct{}
+
+// probeBroker wraps a memory broker with the given traits; it reports
+// whether each SendBatch got the caller's context, and panics on the
+// first call if panicOnce.
+type probeBroker struct {
+	driver.Broker
+	traits    driver.Traits
+	panicOnce sync.Once
+	panics    bool
+	callers   chan bool
+}
+
+func (b *probeBroker) Traits() driver.Traits { return b.traits }
+
+func (b *probeBroker) SendBatch(ctx context.Context, topic string, msgs []*driver.Message) error {
+	b.callers <- ctx.Value(ctxKey{}) != nil
+	if b.panics {
+		b.panicOnce.Do(func() { panic("adapter bug") })
+	}
+	return b.Broker.SendBatch(ctx, topic, msgs)
+}
+
+func TestPromptSendsRunALoneCallOnItsCallersGoroutine(t *testing.T) {
+	cases := []struct {
+		name       string
+		traits     driver.Traits
+		wantCaller bool
+	}{
+		{"prompt", driver.Traits{MaxConcurrentSends: 1, PromptSends: true}, true},
+		{"prompt with group commit", driver.Traits{MaxConcurrentSends: 4, GroupSends: true, PromptSends: true}, true},
+		{"not prompt", driver.Traits{MaxConcurrentSends: 1}, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			pb := &probeBroker{Broker: memory.New(memory.Options{}), traits: tc.traits, callers: make(chan bool, 10)}
+			c := pubsub.NewClient(pb)
+			defer c.Close()
+			ctx := context.WithValue(context.Background(), ctxKey{}, true)
+			for range 3 {
+				if err := c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("x")}); err != nil {
+					t.Fatal(err)
+				}
+				if got := <-pb.callers; got != tc.wantCaller {
+					t.Fatalf("SendBatch got the caller's context: %v, want %v", got, tc.wantCaller)
+				}
+			}
+		})
+	}
+}
+
+func TestASendPanickingOnTheCallersGoroutineFreesItsSlot(t *testing.T) {
+	pb := &probeBroker{
+		Broker: memory.New(memory.Options{}), traits: driver.Traits{MaxConcurrentSends: 1, PromptSends: true},
+		panics: true, callers: make(chan bool, 10),
+	}
+	c := pubsub.NewClient(pb)
+	defer c.Close()
+	func() {
+		defer func() {
+			if r := recover(); r == nil {
+				t.Fatal("the adapter's panic did not reach the caller")
+			}
+		}()
+		_ = c.Publish(context.Background(), "t", &pubsub.Message{Payload: []byte("boom")})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Publish(ctx, "t", &pubsub.Message{Payload: []byte("next")}); err != nil {
+		t.Fatalf("publish after the panic: %v (the only send slot was lost)", err)
 	}
 }
 

@@ -56,7 +56,12 @@
 // for every message. A Rejected message fails the call (ErrPermanent, naming
 // the message); a lost connection is redialed and the messages without an
 // answer are sent again (at-least-once: one may be stored twice, with the
-// same ID) until publish_timeout.
+// same ID) until publish_timeout. A call whose context ends returns at once;
+// if it ended while go-amqp was handing a message to the connection, that
+// connection is replaced (go-amqp v1.7.0 leaves its delivery ids out of step
+// with the broker's), and the other calls' messages on it are sent again on
+// the new one. A call that would be sent alone runs on the caller's
+// goroutine (driver.Traits.PromptSends).
 //
 // # Subscribing
 //
@@ -352,8 +357,8 @@ type Broker struct {
 	caps     driver.Capabilities
 
 	pub    *publisher
-	routed sync.Map // topic → struct{}: has a durable group queue
-	topoMu sync.Mutex
+	routed sync.Map        // topic → struct{}: has a durable group queue
+	topoMu chan struct{}   // one slot, taken with a context: held across network calls
 	topo   map[string]bool // topics whose Groups queues exist
 
 	instance   string // random, makes container ids unique across Brokers (Classic refuses duplicates)
@@ -387,7 +392,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.Host == "" || u.Port() == "" {
 		return nil, fmt.Errorf("activemq: URL %s: want host:port: %w", red, driver.ErrInvalid)
 	}
-	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, done: make(chan struct{}), instance: instanceID()}
+	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, topoMu: make(chan struct{}, 1), done: make(chan struct{}), instance: instanceID()}
 	scheme := "amqp"
 	if u.Scheme == SchemeTLS {
 		scheme = "amqps"
@@ -487,9 +492,10 @@ func connectError(addr, role string, ctx context.Context, err error) error {
 func (b *Broker) Capabilities() driver.Capabilities { return b.caps }
 
 // Traits implements driver.Broker: batches of up to 1000 messages, 8
-// concurrent SendBatch calls per topic (they share one link).
+// concurrent SendBatch calls per topic (they share one link), each
+// returning as soon as its context ends (PromptSends).
 func (b *Broker) Traits() driver.Traits {
-	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 8}
+	return driver.Traits{MaxSendBatch: 1000, MaxConcurrentSends: 8, PromptSends: true}
 }
 
 // Reconnects returns how many times a lost connection (publish or a

@@ -442,3 +442,49 @@ func TestClassicWithoutTheStatisticsPluginFailsPublishAfterConnectionTimeout(t *
 		t.Errorf("Publish failed after %v: it kept asking until publish_timeout instead of failing after connection_timeout (2s)", took.Round(time.Millisecond))
 	}
 }
+
+// Publish calls whose contexts end at any point of their send fail alone:
+// the other callers' publishes on the shared connection succeed, during and
+// after (a send cancelled while go-amqp hands its frame over leaves the
+// connection unusable; the adapter must then replace it).
+func TestPublishesCancelledMidSendFailOnlyThemselves(t *testing.T) {
+	eachFlavor(t, func(t *testing.T, f flavor) {
+		c := open(t, f, "groups=g")
+		topic := newTopic(t)
+		var cancelled atomic.Int64
+		var wg sync.WaitGroup
+		for g := range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range 100 {
+					if g == 0 { // one caller that never gives up
+						if err := c.Publish(context.Background(), topic, &pubsub.Message{Payload: []byte("steady")}); err != nil {
+							t.Errorf("steady publish %d: %v", i, err)
+						}
+						continue
+					}
+					// Deadlines from 50 µs to 2 ms: some end before the
+					// send, some while it is handed over, some while it
+					// waits for the disposition.
+					ctx, cancel := context.WithTimeout(context.Background(), time.Duration(50+(i*37%40)*50)*time.Microsecond)
+					err := c.Publish(ctx, topic, &pubsub.Message{Payload: []byte("impatient")})
+					cancel()
+					if errors.Is(err, context.DeadlineExceeded) {
+						cancelled.Add(1)
+					} else if err != nil {
+						t.Errorf("impatient publish: %v", err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		if cancelled.Load() == 0 {
+			t.Fatal("no publish was cancelled: the test exercised nothing")
+		}
+		if err := c.Publish(context.Background(), topic, &pubsub.Message{Payload: []byte("after")}); err != nil {
+			t.Errorf("publish after the cancelled ones: %v", err)
+		}
+		t.Logf("%d of 700 impatient publishes cancelled", cancelled.Load())
+	})
+}

@@ -14,8 +14,12 @@ import (
 
 // publisher owns the publish connection, its session and one sender link per
 // topic. A lost connection is dropped and redialed by the next publish.
+// mu guards the fields and is held only briefly; what talks to the broker
+// (dial, begin, attach) runs under setup, which a caller waits for only as
+// long as its context lets it.
 type publisher struct {
 	b       *Broker
+	setup   chan struct{} // one slot: held while dialing or attaching
 	mu      sync.Mutex
 	conn    *amqp.Conn
 	sess    *amqp.Session
@@ -24,48 +28,85 @@ type publisher struct {
 }
 
 func newPublisher(b *Broker, conn *amqp.Conn) *publisher {
-	return &publisher{b: b, conn: conn, senders: map[string]*amqp.Sender{}}
+	return &publisher{b: b, setup: make(chan struct{}, 1), conn: conn, senders: map[string]*amqp.Sender{}}
 }
 
-// link returns the publish connection, its session and the sender link of
-// topic, dialing and attaching what is missing.
-func (p *publisher) link(ctx context.Context, topic string) (*amqp.Conn, *amqp.Session, *amqp.Sender, error) {
+// current returns the connection, session and topic's sender as they are
+// (any of them nil while missing).
+func (p *publisher) current(topic string) (*amqp.Conn, *amqp.Session, *amqp.Sender, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return nil, nil, nil, fmt.Errorf("activemq: %w", driver.ErrClosed)
 	}
-	if p.conn == nil {
-		conn, err := p.b.dial(ctx, "publish")
-		if err != nil {
+	return p.conn, p.sess, p.senders[topic], nil
+}
+
+// link returns the publish connection, its session and the sender link of
+// topic, dialing and attaching what is missing. It returns when ctx ends,
+// also while another publish is dialing.
+func (p *publisher) link(ctx context.Context, topic string) (*amqp.Conn, *amqp.Session, *amqp.Sender, error) {
+	if conn, sess, s, err := p.current(topic); s != nil || err != nil {
+		return conn, sess, s, err // every publish but the first to a topic
+	}
+	select {
+	case p.setup <- struct{}{}:
+		defer func() { <-p.setup }()
+	case <-ctx.Done():
+		return nil, nil, nil, fmt.Errorf("activemq: wait for the publish link of topic %q: %w", topic, ctx.Err())
+	}
+	conn, sess, s, err := p.current(topic)
+	if s != nil || err != nil {
+		return conn, sess, s, err // attached by the publish we waited for
+	}
+	if conn == nil {
+		if conn, err = p.b.dial(ctx, "publish"); err != nil {
 			return nil, nil, nil, err
 		}
-		p.conn = conn
+		if err := p.adopt(nil, func() { p.conn = conn }); err != nil {
+			_ = conn.Close()
+			return nil, nil, nil, err
+		}
 		p.b.reconnects.Add(1)
 		p.b.opts.Logger.Info("activemq: publish connection re-established", "broker", p.b.addr)
 	}
 	actx, cancel := context.WithTimeout(ctx, p.b.opts.ConnectionTimeout)
 	defer cancel()
-	if p.sess == nil {
-		sess, err := p.conn.NewSession(actx, nil)
-		if err != nil {
-			return p.conn, nil, nil, fmt.Errorf("activemq: begin a session on %s: %w", p.b.addr, err)
+	if sess == nil {
+		if sess, err = conn.NewSession(actx, nil); err != nil {
+			return conn, nil, nil, fmt.Errorf("activemq: begin a session on %s: %w", p.b.addr, err)
 		}
-		p.sess = sess
+		if err := p.adopt(conn, func() { p.sess = sess }); err != nil {
+			return conn, nil, nil, err
+		}
 	}
-	if s := p.senders[topic]; s != nil {
-		return p.conn, p.sess, s, nil
-	}
-	if err := p.b.ensureGroups(actx, p.sess, topic); err != nil {
-		return p.conn, p.sess, nil, err
+	if err := p.b.ensureGroups(actx, sess, topic); err != nil {
+		return conn, sess, nil, err
 	}
 	target, caps := p.b.publishTarget(topic)
-	s, err := p.sess.NewSender(actx, target, &amqp.SenderOptions{TargetCapabilities: caps})
-	if err != nil {
-		return p.conn, p.sess, nil, fmt.Errorf("activemq: attach a sender to topic %q: %w", topic, err)
+	if s, err = sess.NewSender(actx, target, &amqp.SenderOptions{TargetCapabilities: caps}); err != nil {
+		return conn, sess, nil, fmt.Errorf("activemq: attach a sender to topic %q: %w", topic, err)
 	}
-	p.senders[topic] = s
-	return p.conn, p.sess, s, nil
+	if err := p.adopt(conn, func() { p.senders[topic] = s }); err != nil {
+		return conn, sess, nil, err
+	}
+	return conn, sess, s, nil
+}
+
+// adopt runs set under mu if want is still the publish connection (nil:
+// none, for a new one); otherwise the connection was dropped or the broker
+// closed meanwhile.
+func (p *publisher) adopt(want *amqp.Conn, set func()) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.closed:
+		return fmt.Errorf("activemq: %w", driver.ErrClosed)
+	case p.conn != want:
+		return fmt.Errorf("activemq: the publish connection to %s was lost meanwhile", p.b.addr)
+	}
+	set()
+	return nil
 }
 
 // drop forgets conn (if it is still the current connection) after a failure
@@ -142,6 +183,7 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 			}
 		}
 	}
+	caller := ctx // publish_timeout bounds the attempts, the caller's ctx the call
 	ctx, cancel := context.WithTimeout(ctx, b.opts.PublishTimeout)
 	defer cancel()
 	now := time.Now()
@@ -151,12 +193,13 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 	}
 	var lastErr error
 	for attempt := 0; ; attempt++ {
+		broken := true // a failed link or topology check: dial anew
 		conn, sess, snd, err := b.pub.link(ctx, topic)
 		if err == nil {
 			err = b.checkRoutable(ctx, sess, topic)
 		}
 		if err == nil {
-			pending, err = sendAll(ctx, snd, topic, pending)
+			pending, broken, err = sendAll(ctx, snd, topic, pending)
 			if err == nil && len(pending) == 0 {
 				return nil
 			}
@@ -166,7 +209,12 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 		}
 		if err != nil {
 			lastErr = err
-			b.pub.drop(conn, err)
+			if broken {
+				b.pub.drop(conn, err)
+			}
+		}
+		if caller.Err() != nil {
+			return fmt.Errorf("activemq: publish to %q: message %v not confirmed: %w", topic, pending[0].Properties.MessageID, caller.Err())
 		}
 		if ctx.Err() != nil || b.closed.Load() {
 			if lastErr == nil {
@@ -183,29 +231,40 @@ func (b *Broker) SendBatch(ctx context.Context, topic string, msgs []*driver.Mes
 
 // sendAll writes every message to snd, then waits for each disposition. It
 // returns the messages to send again (no answer, or Released/Modified) and
-// the error that cut the link, or a permanent error for a Rejected message.
-func sendAll(ctx context.Context, snd *amqp.Sender, topic string, msgs []*amqp.Message) ([]*amqp.Message, error) {
+// the error that stopped it, or a permanent error for a Rejected message.
+// broken says that the connection must be dropped: a send failed, or a
+// wait ended for another reason than ctx. A send that fails because ctx
+// ended while go-amqp handed its frame to the connection leaves the
+// session's delivery ids out of step with the broker's (go-amqp v1.7.0:
+// the broker then refuses every later transfer on the connection), so
+// only a wait may be abandoned without losing the connection.
+func sendAll(ctx context.Context, snd *amqp.Sender, topic string, msgs []*amqp.Message) (again []*amqp.Message, broken bool, linkErr error) {
 	receipts := make([]amqp.SendReceipt, 0, len(msgs))
-	var linkErr error
 	for _, m := range msgs {
 		r, err := snd.SendWithReceipt(ctx, m, nil)
 		if err != nil {
+			// Only a send that gave up waiting for link credit handed
+			// nothing over.
+			var ae *amqp.Error
+			broken = !errors.As(err, &ae) || ae.Condition != amqp.ErrCondTransferLimitExceeded
 			linkErr = fmt.Errorf("activemq: publish %v to %q: %w", m.Properties.MessageID, topic, err)
 			break
 		}
 		receipts = append(receipts, r)
 	}
-	var again []*amqp.Message
 	for i := range receipts {
 		st, err := receipts[i].Wait(ctx)
 		switch s := st.(type) {
 		case *amqp.StateAccepted:
 			continue
 		case *amqp.StateRejected:
-			return nil, fmt.Errorf("activemq: publish %v to %q: the broker rejected it: %v: %w", msgs[i].Properties.MessageID, topic, s.Error, driver.ErrPermanent)
+			return nil, false, fmt.Errorf("activemq: publish %v to %q: the broker rejected it: %v: %w", msgs[i].Properties.MessageID, topic, s.Error, driver.ErrPermanent)
 		}
 		if err != nil && linkErr == nil {
 			linkErr = fmt.Errorf("activemq: publish %v to %q: %w", msgs[i].Properties.MessageID, topic, err)
+		}
+		if err != nil && ctx.Err() == nil {
+			broken = true // the link or connection failed
 		}
 		again = append(again, msgs[i])
 	}
@@ -213,5 +272,5 @@ func sendAll(ctx context.Context, snd *amqp.Sender, topic string, msgs []*amqp.M
 	if len(again) > 0 && linkErr == nil {
 		linkErr = fmt.Errorf("activemq: publish %v to %q: the broker did not accept it", again[0].Properties.MessageID, topic)
 	}
-	return again, linkErr
+	return again, broken, linkErr
 }

@@ -92,8 +92,12 @@ func (b *Broker) ensureGroups(ctx context.Context, sess *amqp.Session, topic str
 	if len(b.opts.Groups) == 0 {
 		return nil
 	}
-	b.topoMu.Lock()
-	defer b.topoMu.Unlock()
+	select {
+	case b.topoMu <- struct{}{}:
+		defer func() { <-b.topoMu }()
+	case <-ctx.Done():
+		return fmt.Errorf("activemq: wait to create the queues of groups= for topic %q: %w", topic, ctx.Err())
+	}
 	if b.topo[topic] {
 		return nil
 	}

@@ -2,7 +2,10 @@ package faults_test
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -172,5 +175,60 @@ func TestKafkaBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
 	}
 	if longest > kafkaPublishTimeout+2*time.Second {
 		t.Errorf("a Publish took %v, past its timeout %v", longest, kafkaPublishTimeout)
+	}
+}
+
+// A Publish whose context ends while the broker is silent (a black hole on
+// every connection of the client) returns by then with the context's error:
+// on the connection it has, and after a cut, when it must dial again while
+// another call is dialing. Once traffic flows again, publishing works.
+func TestPublishReturnsWhenItsContextEndsInABlackHole(t *testing.T) {
+	const wait, slack = 300 * time.Millisecond, 2 * time.Second
+	for _, name := range []string{"activemq", "kafka", "nsq", "postgres"} {
+		t.Run(name, func(t *testing.T) {
+			p, c := proxied(t, name)
+			t.Cleanup(func() { _ = c.Close() })
+			topic := "prompt-" + name + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+			publish := func(d time.Duration) (time.Duration, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), d)
+				defer cancel()
+				start := time.Now()
+				err := c.Publish(ctx, topic, &pubsub.Message{Key: "k", Payload: []byte("x")})
+				return time.Since(start), err
+			}
+			if _, err := publish(time.Minute); err != nil {
+				t.Fatalf("publish before the fault: %v", err)
+			}
+			heal := p.BlackHole()
+			defer heal()
+			took, err := publish(wait)
+			if !errors.Is(err, context.DeadlineExceeded) || took > wait+slack {
+				t.Errorf("publish into the black hole: %v after %v, want the context's error after %v", err, took.Round(time.Millisecond), wait)
+			}
+			p.Cut()
+			var wg sync.WaitGroup
+			for range 2 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					took, err := publish(wait)
+					if !errors.Is(err, context.DeadlineExceeded) || took > wait+slack {
+						t.Errorf("publish after a cut, into the black hole: %v after %v, want the context's error after %v", err, took.Round(time.Millisecond), wait)
+					}
+				}()
+			}
+			wg.Wait()
+			heal()
+			deadline := time.Now().Add(time.Minute)
+			for {
+				_, err := publish(15 * time.Second)
+				if err == nil {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("publishing did not recover within a minute after the black hole: %v", err)
+				}
+			}
+		})
 	}
 }

@@ -269,6 +269,17 @@ type Traits struct {
 	// round trip the broker answers per request), where fewer, larger
 	// batches beat more concurrent ones.
 	GroupSends bool
+	// PromptSends says that SendBatch returns soon after its context ends
+	// (at most one local round of cleanup later, never after a network or
+	// broker timeout), whatever the broker does meanwhile. The portable
+	// layer then runs a Publish call that would start a send of its own
+	// messages alone (no other call queued, a send slot free; with
+	// GroupSends, no send in flight) on the caller's goroutine with the
+	// caller's context, instead of handing it to a sender goroutine and
+	// waiting for the answer: two goroutine switches and a context fewer
+	// per call. Without it a Publish call whose context ends returns at
+	// once while its send goes on in the background.
+	PromptSends bool
 	// InlineAcks says that SendAcks is cheap local bookkeeping (marking an
 	// offset that a background loop commits, recording a tag that a
 	// flusher sends): the portable layer then calls SendAcks from
