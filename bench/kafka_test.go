@@ -54,7 +54,8 @@ var kafkaPublishers = func() int {
 
 // benchRounds is how many times each benchmark runs all its rows, one
 // row after the other (OMNIBUS_BENCH_ROUNDS, default 1). The broker's rate
-// drifts over minutes; rounds put every client through the same drift,
+// drifts over minutes; rounds put every client through the same drift (odd
+// rounds run the rows in reverse order, see inTurn),
 // where -count runs each row's samples back to back.
 var benchRounds = func() int {
 	if n, err := strconv.Atoi(os.Getenv("OMNIBUS_BENCH_ROUNDS")); err == nil && n > 0 {
@@ -62,6 +63,27 @@ var benchRounds = func() int {
 	}
 	return 1
 }()
+
+// inTurn collects the rows of one round and runs them: in the order given
+// in even rounds, reversed in odd ones, so that a broker whose rate drifts
+// within a round favours no row.
+type inTurn struct {
+	names []string
+	fns   []func(*testing.B)
+}
+
+func (r *inTurn) Run(name string, fn func(*testing.B)) {
+	r.names, r.fns = append(r.names, name), append(r.fns, fn)
+}
+
+func (r *inTurn) run(b *testing.B, round int) {
+	for i := range r.names {
+		if round%2 == 1 {
+			i = len(r.names) - 1 - i
+		}
+		b.Run(r.names[i], r.fns[i])
+	}
+}
 
 var kafkaPayload = []byte(strings.Repeat("x", kafkaPayloadSize))
 
@@ -237,8 +259,9 @@ func omnibusMessages(from, n, total int) []*pubsub.Message {
 func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	for range benchRounds {
-		b.Run("raw-franz-go", func(b *testing.B) {
+	for round := range benchRounds {
+		rows := &inTurn{}
+		rows.Run("raw-franz-go", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			measureKafka(b, b.N, func() error {
@@ -247,7 +270,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				})
 			})
 		})
-		b.Run("raw-franz-go+id", func(b *testing.B) {
+		rows.Run("raw-franz-go+id", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			measureKafka(b, b.N, func() error {
@@ -259,7 +282,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 		// The bound of this row for any client that sends one produce
 		// request per round trip: one goroutine producing the 32 callers'
 		// messages as one ProduceSync call each round.
-		b.Run("bound-franz-go-1-call-of-32", func(b *testing.B) {
+		rows.Run("bound-franz-go-1-call-of-32", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			measureKafka(b, b.N, func() error {
@@ -271,7 +294,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				return nil
 			})
 		})
-		b.Run("raw-kafka-go", func(b *testing.B) {
+		rows.Run("raw-kafka-go", func(b *testing.B) {
 			w := rawKafkaGoWriter(b, kafkaTopic(b, c))
 			measureKafka(b, b.N, func() error {
 				return spread(b.N, kafkaPublishers, func(i int) error {
@@ -279,7 +302,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				})
 			})
 		})
-		b.Run("omnibus", func(b *testing.B) {
+		rows.Run("omnibus", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			oc := kafkaClient(b) // fresh, as raw franz-go's client is
 			measureKafka(b, b.N, func() error {
@@ -288,7 +311,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				})
 			})
 		})
-		b.Run("watermill-kafka", func(b *testing.B) {
+		rows.Run("watermill-kafka", func(b *testing.B) {
 			p := watermillPublisher(b)
 			topic := kafkaTopic(b, c)
 			measureKafka(b, b.N, func() error {
@@ -299,6 +322,7 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 				})
 			})
 		})
+		rows.run(b, round)
 	}
 }
 
@@ -307,22 +331,23 @@ func BenchmarkKafkaPublishConcurrent(b *testing.B) {
 func BenchmarkKafkaPublishBatch(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	for range benchRounds {
-		b.Run("raw-franz-go", func(b *testing.B) {
+	for round := range benchRounds {
+		rows := &inTurn{}
+		rows.Run("raw-franz-go", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			inBatches(b, func(i, k int) error {
 				return cl.ProduceSync(ctx, franzBatch(topic, i, k, franzRecord)...).FirstErr()
 			})
 		})
-		b.Run("raw-franz-go+id", func(b *testing.B) {
+		rows.Run("raw-franz-go+id", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			cl := rawFranz(b)
 			inBatches(b, func(i, k int) error {
 				return cl.ProduceSync(ctx, franzBatch(topic, i, k, franzRecordWithID)...).FirstErr()
 			})
 		})
-		b.Run("raw-kafka-go", func(b *testing.B) {
+		rows.Run("raw-kafka-go", func(b *testing.B) {
 			w := rawKafkaGoWriter(b, kafkaTopic(b, c))
 			inBatches(b, func(i, k int) error {
 				msgs := make([]kafkago.Message, k)
@@ -332,14 +357,14 @@ func BenchmarkKafkaPublishBatch(b *testing.B) {
 				return w.WriteMessages(ctx, msgs...)
 			})
 		})
-		b.Run("omnibus", func(b *testing.B) {
+		rows.Run("omnibus", func(b *testing.B) {
 			topic := kafkaTopic(b, c)
 			oc := kafkaClient(b) // fresh, as raw franz-go's client is
 			inBatches(b, func(i, k int) error {
 				return oc.Publish(ctx, topic, omnibusMessages(i, k, b.N)...)
 			})
 		})
-		b.Run("watermill-kafka", func(b *testing.B) {
+		rows.Run("watermill-kafka", func(b *testing.B) {
 			p := watermillPublisher(b)
 			topic := kafkaTopic(b, c)
 			inBatches(b, func(i, k int) error {
@@ -351,6 +376,7 @@ func BenchmarkKafkaPublishBatch(b *testing.B) {
 				return p.Publish(topic, msgs...)
 			})
 		})
+		rows.run(b, round)
 	}
 }
 
@@ -404,8 +430,9 @@ func consumeTimed(b *testing.B, receiveAndAck func() error) {
 func BenchmarkKafkaConsumeAck(b *testing.B) {
 	c := kafkaClient(b)
 	ctx := context.Background()
-	for range benchRounds {
-		b.Run("raw-franz-go", func(b *testing.B) {
+	for round := range benchRounds {
+		rows := &inTurn{}
+		rows.Run("raw-franz-go", func(b *testing.B) {
 			topic := fillKafka(b, c, b.N)
 			cl := rawFranz(b, kgo.ConsumerGroup(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), kgo.ConsumeTopics(topic),
 				kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.AutoCommitMarks(), kgo.AutoCommitInterval(200*time.Millisecond))
@@ -423,7 +450,7 @@ func BenchmarkKafkaConsumeAck(b *testing.B) {
 				return nil
 			})
 		})
-		b.Run("raw-kafka-go", func(b *testing.B) {
+		rows.Run("raw-kafka-go", func(b *testing.B) {
 			topic := fillKafka(b, c, b.N)
 			r := kafkago.NewReader(kafkago.ReaderConfig{
 				Brokers: strings.Split(integration.Kafka(b), ","), Topic: topic, GroupID: fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1)),
@@ -440,7 +467,7 @@ func BenchmarkKafkaConsumeAck(b *testing.B) {
 				return r.CommitMessages(ctx, m)
 			})
 		})
-		b.Run("omnibus", func(b *testing.B) {
+		rows.Run("omnibus", func(b *testing.B) {
 			topic := fillKafka(b, c, b.N)
 			sub, err := c.Subscribe(ctx, topic, pubsub.Group(fmt.Sprintf("bench-g-%d", kafkaSeq.Add(1))), pubsub.FromOldest(), pubsub.Prefetch(1000))
 			if err != nil {
@@ -455,7 +482,7 @@ func BenchmarkKafkaConsumeAck(b *testing.B) {
 				return d.Ack()
 			})
 		})
-		b.Run("watermill-kafka", func(b *testing.B) {
+		rows.Run("watermill-kafka", func(b *testing.B) {
 			topic := fillKafka(b, c, b.N)
 			cfg := wmkafka.DefaultSaramaSubscriberConfig()
 			cfg.Consumer.Offsets.Initial = sarama.OffsetOldest
@@ -478,5 +505,6 @@ func BenchmarkKafkaConsumeAck(b *testing.B) {
 				return nil
 			})
 		})
+		rows.run(b, round)
 	}
 }

@@ -428,7 +428,8 @@ type batcher struct {
 	active   int
 	waiting  []*sendReq
 	waitingN int           // messages in waiting
-	arrived  chan struct{} // non-nil while a gather waits: closed by the next call that queues
+	arrived  chan struct{} // non-nil while a gather waits: closed by the call that queues its want-th message
+	want     int
 }
 
 // startable reports whether another concurrent send should start now. b.mu
@@ -482,7 +483,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 	r.ctx, r.msgs = ctx, msgs
 	b.waiting = append(b.waiting, r)
 	b.waitingN += len(msgs)
-	if b.arrived != nil {
+	if b.arrived != nil && b.waitingN >= b.want {
 		close(b.arrived)
 		b.arrived = nil
 	}
@@ -656,26 +657,26 @@ const gatherMax = 200 * time.Microsecond
 // during the send — or a full batch is, for at most half the send's
 // duration (capped at gatherMax). Without it a steady set of concurrent
 // callers splits into alternating half batches, each waiting for the
-// other's send. It blocks on a channel that the next queuing call closes;
-// it never spins. b.mu is held on entry and on return.
+// other's send. It blocks on a channel that the call queuing the awaited
+// message closes (one wake-up, not one per call); it never spins. b.mu is
+// held on entry and on return.
 func (b *batcher) gather(expect int, took time.Duration) {
+	want := min(expect, b.maxBatch)
 	limit := min(took/2, gatherMax)
-	if limit <= 0 || b.waitingN >= min(expect, b.maxBatch) {
+	if limit <= 0 || b.waitingN >= want {
 		return
 	}
 	t := time.NewTimer(limit)
 	defer t.Stop()
-	for b.waitingN < min(expect, b.maxBatch) {
-		b.arrived = make(chan struct{})
-		ch := b.arrived
-		b.mu.Unlock()
-		select {
-		case <-ch:
-			b.mu.Lock()
-		case <-t.C:
-			b.mu.Lock()
-			b.arrived = nil
-			return
-		}
+	ch := make(chan struct{})
+	b.arrived, b.want = ch, want
+	b.mu.Unlock()
+	select {
+	case <-ch:
+	case <-t.C:
+	}
+	b.mu.Lock()
+	if b.arrived == ch { // the timer ended it
+		b.arrived = nil
 	}
 }

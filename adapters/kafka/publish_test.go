@@ -2,7 +2,9 @@ package kafka
 
 import (
 	"bytes"
+	"fmt"
 	"maps"
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -73,6 +75,43 @@ func TestToRecordsKeepsEachMessagesKeyIDAndMetadataApart(t *testing.T) {
 			for i, m := range tc.msgs {
 				if string(recs[i].Key) != m.Key || string(recs[i].Headers[0].Value) != m.ID {
 					t.Errorf("record %d changed by an append to another record: key %q, id %q", i, recs[i].Key, recs[i].Headers[0].Value)
+				}
+			}
+		})
+	}
+}
+
+// Records read back (take) as the messages
+// toRecords made them from, also when the partition skips some of the
+// fetched records (already delivered or committed) and for a record without
+// an ID header (its position is its ID).
+func TestFetchedRecordsReadBackAsTheMessagesTheyWereMadeFrom(t *testing.T) {
+	msgs := []*driver.Message{
+		{ID: "id-1", Key: "k", Payload: []byte("p"), Metadata: map[string]string{"a": "1", "b": "22"}},
+		{ID: "id-2", Payload: []byte("no key")},
+		{ID: "id-3", Key: "key-3", Metadata: map[string]string{"e": ""}},
+		{ID: "id-4", Key: "k4"},
+	}
+	want := append(slices.Clone(msgs), &driver.Message{ID: "t/0/4", Key: "fk", Payload: []byte("v"), Metadata: map[string]string{"h": "hv"}})
+	for _, from := range []int64{0, 1, 2, 4} {
+		t.Run(fmt.Sprintf("partition committed up to %d", from), func(t *testing.T) {
+			_, recs := toRecords("t", msgs)
+			recs = append(recs, &kgo.Record{Topic: "t", Key: []byte("fk"), Value: []byte("v"),
+				Headers: []kgo.RecordHeader{{Key: "h", Value: []byte("hv")}}})
+			for i, r := range recs {
+				r.Offset = int64(i)
+			}
+			s := &subscription{topic: "t", parts: map[int32]*partition{0: {tracker: newOffsetTracker(from)}}}
+			fs := kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "t", Partitions: []kgo.FetchPartition{{Partition: 0, Records: recs}}}}}}
+			got := s.take(fs, nil)
+			if len(got) != len(want)-int(from) {
+				t.Fatalf("%d deliveries, want %d", len(got), len(want)-int(from))
+			}
+			for i, dm := range got {
+				w := want[int(from)+i]
+				if dm.ID != w.ID || dm.Key != w.Key || string(dm.Payload) != string(w.Payload) || !maps.Equal(dm.Metadata, w.Metadata) {
+					t.Errorf("delivery %d: id %q key %q payload %q metadata %v, want %q %q %q %v",
+						i, dm.ID, dm.Key, dm.Payload, dm.Metadata, w.ID, w.Key, w.Payload, w.Metadata)
 				}
 			}
 		})
