@@ -31,11 +31,12 @@ type fault interface {
 const kafkaPublishTimeout = 10 * time.Second
 
 // proxied opens a client of adapter name whose every connection goes
-// through a fault proxy. Postgres, NSQ (without lookupd) and ActiveMQ reach
-// their broker through the host of their URL alone, so one proxy there
-// carries all their traffic. Kafka clients connect to the addresses the
-// cluster advertises: their dial function sends each address through a
-// proxy of its own. RabbitMQ has its own tests (rabbitmq_test.go).
+// through a fault proxy. Postgres, NSQ (without lookupd), ActiveMQ and
+// RabbitMQ reach their broker through the host of their URL alone, so one
+// proxy there carries all their traffic. Kafka clients connect to the
+// addresses the cluster advertises: their dial function sends each address
+// through a proxy of its own. RabbitMQ's other fault tests are in
+// rabbitmq_test.go.
 func proxied(t *testing.T, name string) (fault, *pubsub.Client) {
 	t.Helper()
 	var raw, params string
@@ -62,6 +63,8 @@ func proxied(t *testing.T, name string) (fault, *pubsub.Client) {
 		}
 	case "activemq":
 		raw, params = integration.ActiveMQ(t), "groups=g"
+	case "rabbitmq":
+		raw, params = integration.AMQP(t), "groups=g"
 	default:
 		t.Fatalf("unknown adapter %q", name)
 	}
@@ -184,7 +187,7 @@ func TestKafkaBlackHoleOfTwoSecondsHangsNothingAndLosesNothing(t *testing.T) {
 // another call is dialing. Once traffic flows again, publishing works.
 func TestPublishReturnsWhenItsContextEndsInABlackHole(t *testing.T) {
 	const wait, slack = 300 * time.Millisecond, 2 * time.Second
-	for _, name := range []string{"activemq", "kafka", "nsq", "postgres"} {
+	for _, name := range []string{"activemq", "kafka", "nsq", "postgres", "rabbitmq"} {
 		t.Run(name, func(t *testing.T) {
 			p, c := proxied(t, name)
 			t.Cleanup(func() { _ = c.Close() })
