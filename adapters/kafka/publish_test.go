@@ -2,6 +2,7 @@ package kafka
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"maps"
 	"slices"
@@ -115,5 +116,37 @@ func TestFetchedRecordsReadBackAsTheMessagesTheyWereMadeFrom(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// take reuses its messages from one fetch to the next (the portable layer
+// copies what it keeps); a delivery nacked after later fetches still comes
+// back as itself, with the next attempt.
+func TestANackedDeliveryComesBackAsItselfAfterLaterFetches(t *testing.T) {
+	fetch := func(from int64, ids ...string) kgo.Fetches {
+		msgs := make([]*driver.Message, len(ids))
+		for i, id := range ids {
+			msgs[i] = &driver.Message{ID: id, Key: "k-" + id, Payload: []byte("p-" + id)}
+		}
+		_, recs := toRecords("t", msgs)
+		for i, r := range recs {
+			r.Offset = from + int64(i)
+		}
+		return kgo.Fetches{{Topics: []kgo.FetchTopic{{Topic: "t", Partitions: []kgo.FetchPartition{{Partition: 0, Records: recs}}}}}}
+	}
+	s := &subscription{topic: "t", parts: map[int32]*partition{0: {tracker: newOffsetTracker(0)}}}
+	first := s.take(fetch(0, "a", "b"), nil)
+	nacked := first[1].AckID
+	if second := s.take(fetch(2, "c", "d"), nil); len(second) != 2 || second[1].ID != "d" {
+		t.Fatalf("second fetch: %d deliveries", len(second))
+	}
+	if err := s.SendNacks(context.Background(), []driver.AckID{nacked}, 0); err != nil {
+		t.Fatal(err)
+	}
+	if len(s.redo) != 1 {
+		t.Fatalf("%d redeliveries queued, want 1", len(s.redo))
+	}
+	if m := s.redo[0]; m.ID != "b" || m.Key != "k-b" || string(m.Payload) != "p-b" || m.Attempt != 2 {
+		t.Errorf("redelivered id %q key %q payload %q attempt %d, want b, k-b, p-b, 2", m.ID, m.Key, m.Payload, m.Attempt)
 	}
 }

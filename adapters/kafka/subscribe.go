@@ -33,6 +33,7 @@ type subscription struct {
 	wake   context.CancelFunc   // ends a PollRecords in progress
 	closed bool
 	batch  []*driver.Message // reused by ReceiveBatch
+	msgs   []driver.Message  // reused by take: the portable layer copies what it keeps
 
 	ready     chan struct{} // closed after the first assignment
 	readyOnce sync.Once
@@ -55,11 +56,12 @@ type partition struct {
 	committed int64 // last offset committed to the group (-1: unknown)
 }
 
-// ackToken is the AckID of one delivery.
+// ackToken is the AckID of one delivery: the fetched record (to deliver it
+// again after a nack) and where it is.
 type ackToken struct {
 	p       *partition
 	offset  int64
-	msg     *driver.Message
+	rec     *kgo.Record
 	attempt int
 }
 
@@ -401,12 +403,6 @@ func (b *Broker) resolveOffsets(ctx context.Context, topic string, oldest bool) 
 	}
 }
 
-// record is a fetched message and its first delivery's ack token.
-type record struct {
-	msg driver.Message
-	tok ackToken
-}
-
 func fillDriver(dm *driver.Message, r *kgo.Record) {
 	*dm = driver.Message{Payload: r.Value, Topic: r.Topic, PublishedAt: r.Timestamp, Attempt: 1}
 	if len(r.Key) > 0 {
@@ -489,6 +485,13 @@ func (s *subscription) ReceiveBatch(ctx context.Context, max int) ([]*driver.Mes
 
 // take converts the fetched records of partitions this member still owns.
 func (s *subscription) take(fs kgo.Fetches, batch []*driver.Message) []*driver.Message {
+	// The messages of the last batch are free again (see
+	// driver.Subscription.ReceiveBatch); with room for every fetched record
+	// the appends below never move them.
+	if n := fs.NumRecords(); cap(s.msgs) < n {
+		s.msgs = make([]driver.Message, 0, n)
+	}
+	msgs := s.msgs[:0]
 	fs.EachPartition(func(ftp kgo.FetchTopicPartition) {
 		if len(ftp.Records) == 0 {
 			return
@@ -499,7 +502,7 @@ func (s *subscription) take(fs kgo.Fetches, batch []*driver.Message) []*driver.M
 		if p == nil {
 			return // revoked since the fetch: the next owner delivers it
 		}
-		recs := make([]record, len(ftp.Records))
+		toks := make([]ackToken, len(ftp.Records))
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		if p.lease.Revoked() {
@@ -509,13 +512,12 @@ func (s *subscription) take(fs kgo.Fetches, batch []*driver.Message) []*driver.M
 			if !p.tracker.delivered(r.Offset) {
 				continue
 			}
-			rec := &recs[i]
-			rec.tok = ackToken{p: p, offset: r.Offset, attempt: 1}
-			dm := &rec.msg
+			t := &toks[i]
+			*t = ackToken{p: p, offset: r.Offset, rec: r, attempt: 1}
+			msgs = append(msgs, driver.Message{})
+			dm := &msgs[len(msgs)-1]
 			fillDriver(dm, r)
-			dm.Lease = p.lease
-			rec.tok.msg = dm
-			dm.AckID = &rec.tok
+			dm.Lease, dm.AckID = p.lease, t
 			batch = append(batch, dm)
 		}
 	})
@@ -576,10 +578,10 @@ func (s *subscription) redeliver(t *ackToken) {
 	if t.p.lease.Revoked() {
 		return
 	}
-	nt := &ackToken{p: t.p, offset: t.offset, msg: t.msg, attempt: t.attempt + 1}
-	cp := *t.msg
-	cp.Attempt = nt.attempt
-	cp.AckID = nt
+	nt := &ackToken{p: t.p, offset: t.offset, rec: t.rec, attempt: t.attempt + 1}
+	var cp driver.Message
+	fillDriver(&cp, t.rec)
+	cp.Lease, cp.AckID, cp.Attempt = t.p.lease, nt, nt.attempt
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
