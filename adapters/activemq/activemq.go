@@ -59,8 +59,8 @@
 // same ID) until publish_timeout. A call whose context ends returns at once;
 // if it ended while go-amqp was handing a message to the connection, that
 // connection is replaced (go-amqp v1.7.0 leaves its delivery ids out of step
-// with the broker's), and the other calls' messages on it are sent again on
-// the new one. A call that would be sent alone runs on the caller's
+// with the broker's; its open work on cancellation is Azure/go-amqp#277),
+// and the other calls' messages on it are sent again on the new one. A call that would be sent alone runs on the caller's
 // goroutine (driver.Traits.PromptSends).
 //
 // # Subscribing
