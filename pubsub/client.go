@@ -432,13 +432,17 @@ type batcher struct {
 	want     int
 }
 
-// startable reports whether another concurrent send should start now. b.mu
-// must be held.
+// startable reports whether another concurrent send should start now for
+// what waits. b.mu must be held.
 func (b *batcher) startable() bool {
-	if len(b.waiting) == 0 || b.active >= b.maxConc {
-		return false
-	}
-	return b.active == 0 || !b.group || b.waitingN >= b.maxBatch
+	return len(b.waiting) > 0 && b.canStart(b.waitingN)
+}
+
+// canStart reports whether a send of n messages may start now: a slot is
+// free and, with grouping, nothing is in flight or n fills a batch. b.mu
+// must be held.
+func (b *batcher) canStart(n int) bool {
+	return b.active < b.maxConc && (b.active == 0 || !b.group || n >= b.maxBatch)
 }
 
 type sendReq struct {
@@ -476,7 +480,7 @@ func (b *batcher) send(ctx context.Context, msgs []*driver.Message) error {
 		return err
 	}
 	b.mu.Lock()
-	if b.inline && len(b.waiting) == 0 && b.active < b.maxConc && (b.active == 0 || !b.group) {
+	if b.inline && len(b.waiting) == 0 && b.canStart(len(msgs)) {
 		return b.sendInline(ctx, msgs) // unlocks b.mu
 	}
 	r := sendReqs.Get().(*sendReq)
@@ -544,7 +548,6 @@ func (b *batcher) next() []*sendReq {
 		return nil
 	}
 	batch := b.take()
-	// With grouping, a full batch still waiting gets a send of its own.
 	for b.startable() {
 		b.active++
 		go b.run(b.take())

@@ -60,8 +60,9 @@
 // if it ended while go-amqp was handing a message to the connection, that
 // connection is replaced (go-amqp v1.7.0 leaves its delivery ids out of step
 // with the broker's; its open work on cancellation is Azure/go-amqp#277),
-// and the other calls' messages on it are sent again on the new one. A call that would be sent alone runs on the caller's
-// goroutine (driver.Traits.PromptSends).
+// and the other calls' messages on it are sent again on the new one. A call
+// that would be sent alone runs on the caller's goroutine
+// (driver.Traits.PromptSends).
 //
 // # Subscribing
 //
@@ -358,7 +359,7 @@ type Broker struct {
 
 	pub    *publisher
 	routed sync.Map        // topic → struct{}: has a durable group queue
-	topoMu chan struct{}   // one slot, taken with a context: held across network calls
+	topoMu ctxLock         // held across network calls
 	topo   map[string]bool // topics whose Groups queues exist
 
 	instance   string // random, makes container ids unique across Brokers (Classic refuses duplicates)
@@ -392,7 +393,7 @@ func Dial(ctx context.Context, amqpURL string, opts Options) (*Broker, error) {
 	if u.Host == "" || u.Port() == "" {
 		return nil, fmt.Errorf("activemq: URL %s: want host:port: %w", red, driver.ErrInvalid)
 	}
-	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, topoMu: make(chan struct{}, 1), done: make(chan struct{}), instance: instanceID()}
+	b := &Broker{opts: opts, addr: red, host: u.Hostname(), topo: map[string]bool{}, topoMu: newCtxLock(), done: make(chan struct{}), instance: instanceID()}
 	scheme := "amqp"
 	if u.Scheme == SchemeTLS {
 		scheme = "amqps"

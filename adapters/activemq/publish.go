@@ -19,7 +19,7 @@ import (
 // long as its context lets it.
 type publisher struct {
 	b       *Broker
-	setup   chan struct{} // one slot: held while dialing or attaching
+	setup   ctxLock // held while dialing or attaching
 	mu      sync.Mutex
 	conn    *amqp.Conn
 	sess    *amqp.Session
@@ -28,7 +28,7 @@ type publisher struct {
 }
 
 func newPublisher(b *Broker, conn *amqp.Conn) *publisher {
-	return &publisher{b: b, setup: make(chan struct{}, 1), conn: conn, senders: map[string]*amqp.Sender{}}
+	return &publisher{b: b, setup: newCtxLock(), conn: conn, senders: map[string]*amqp.Sender{}}
 }
 
 // current returns the connection, session and topic's sender as they are
@@ -49,12 +49,10 @@ func (p *publisher) link(ctx context.Context, topic string) (*amqp.Conn, *amqp.S
 	if conn, sess, s, err := p.current(topic); s != nil || err != nil {
 		return conn, sess, s, err // every publish but the first to a topic
 	}
-	select {
-	case p.setup <- struct{}{}:
-		defer func() { <-p.setup }()
-	case <-ctx.Done():
-		return nil, nil, nil, fmt.Errorf("activemq: wait for the publish link of topic %q: %w", topic, ctx.Err())
+	if err := p.setup.lock(ctx); err != nil {
+		return nil, nil, nil, fmt.Errorf("activemq: wait for the publish link of topic %q: %w", topic, err)
 	}
+	defer p.setup.unlock()
 	conn, sess, s, err := p.current(topic)
 	if s != nil || err != nil {
 		return conn, sess, s, err // attached by the publish we waited for
@@ -108,6 +106,25 @@ func (p *publisher) adopt(want *amqp.Conn, set func()) error {
 	set()
 	return nil
 }
+
+// ctxLock is a mutex whose lock gives up when the caller's context ends:
+// it guards work that waits on the network while every caller must still
+// honour its own context.
+type ctxLock chan struct{}
+
+func newCtxLock() ctxLock { return make(ctxLock, 1) }
+
+// lock takes l, or returns ctx's error if ctx ends first.
+func (l ctxLock) lock(ctx context.Context) error {
+	select {
+	case l <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (l ctxLock) unlock() { <-l }
 
 // drop forgets conn (if it is still the current connection) after a failure
 // on it, so that the next publish dials anew.

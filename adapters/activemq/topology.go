@@ -92,12 +92,10 @@ func (b *Broker) ensureGroups(ctx context.Context, sess *amqp.Session, topic str
 	if len(b.opts.Groups) == 0 {
 		return nil
 	}
-	select {
-	case b.topoMu <- struct{}{}:
-		defer func() { <-b.topoMu }()
-	case <-ctx.Done():
-		return fmt.Errorf("activemq: wait to create the queues of groups= for topic %q: %w", topic, ctx.Err())
+	if err := b.topoMu.lock(ctx); err != nil {
+		return fmt.Errorf("activemq: wait to create the queues of groups= for topic %q: %w", topic, err)
 	}
+	defer b.topoMu.unlock()
 	if b.topo[topic] {
 		return nil
 	}
