@@ -3,6 +3,7 @@ package activemq
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -117,10 +118,33 @@ func internalAddress(name string) bool {
 	return strings.HasPrefix(name, "activemq.") || strings.HasPrefix(name, "$")
 }
 
+// isTopic reports whether a listed address is a topic: not one of the
+// broker's own, and not a temporary address (another client's reply
+// address, say). An address deleted since it was listed is not a topic.
+func (m *mgmt) isTopic(ctx context.Context, name string) (bool, error) {
+	if internalAddress(name) || name == m.addr {
+		return false, nil
+	}
+	v, err := m.call(ctx, "address."+name, "isTemporary")
+	if errors.Is(err, driver.ErrNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	var temp bool
+	if err := json.Unmarshal(v, &temp); err != nil {
+		return false, fmt.Errorf("activemq: management address.%s isTemporary: unexpected answer %s", name, v)
+	}
+	return !temp, nil
+}
+
 // Topics implements driver.Inspector through the management address:
 // every address but the broker's internal ones (dead-letter and expiry
 // addresses included), Messages the messages in its queues (a message
 // counts once per group), Groups its group queues ("<topic>.<group>").
+// Temporary addresses are left out, and so is an address deleted while the
+// listing runs.
 func (b *Broker) Topics(ctx context.Context) ([]driver.TopicInfo, error) {
 	m, err := b.openMgmt(ctx)
 	if err != nil {
@@ -134,14 +158,22 @@ func (b *Broker) Topics(ctx context.Context) ([]driver.TopicInfo, error) {
 	sort.Strings(names)
 	out := []driver.TopicInfo{}
 	for _, name := range names {
-		if internalAddress(name) || name == m.addr {
+		ok, err := m.isTopic(ctx, name)
+		if err != nil {
+			return nil, fmt.Errorf("activemq: list topics: %w", err)
+		}
+		if !ok {
 			continue
 		}
 		ti := driver.TopicInfo{Name: name}
-		if ti.Messages, err = m.count(ctx, "address."+name, "getMessageCount"); err != nil {
-			return nil, fmt.Errorf("activemq: list topics: %w", err)
+		ti.Messages, err = m.count(ctx, "address."+name, "getMessageCount")
+		var queues []string
+		if err == nil {
+			queues, err = m.strings(ctx, "address."+name, "getQueueNames")
 		}
-		queues, err := m.strings(ctx, "address."+name, "getQueueNames")
+		if errors.Is(err, driver.ErrNotFound) {
+			continue // deleted since it was listed
+		}
 		if err != nil {
 			return nil, fmt.Errorf("activemq: list topics: %w", err)
 		}
@@ -160,7 +192,8 @@ func (b *Broker) Topics(ctx context.Context) ([]driver.TopicInfo, error) {
 // (anonymous subscriptions' private queues are not listed); Lag is the
 // queue's message count (waiting, scheduled by a nack delay, or being
 // delivered), InFlight those being delivered, Members its consumers. With
-// no topic, every topic's groups.
+// no topic, every topic's groups, leaving out temporary addresses and
+// topics or groups deleted while the listing runs.
 func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]driver.GroupInfo, error) {
 	m, err := b.openMgmt(ctx)
 	if err != nil {
@@ -177,12 +210,22 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 	for _, g := range groups {
 		want[g] = true
 	}
+	all := topic == ""
 	var out []driver.GroupInfo
 	for _, t := range topics {
-		if internalAddress(t) || t == m.addr {
-			continue
+		if all {
+			ok, err := m.isTopic(ctx, t)
+			if err != nil {
+				return nil, fmt.Errorf("activemq: list groups: %w", err)
+			}
+			if !ok {
+				continue
+			}
 		}
 		queues, err := m.strings(ctx, "address."+t, "getQueueNames")
+		if all && errors.Is(err, driver.ErrNotFound) {
+			continue
+		}
 		if err != nil {
 			return nil, fmt.Errorf("activemq: list groups of %q: %w", t, err)
 		}
@@ -198,6 +241,9 @@ func (b *Broker) Groups(ctx context.Context, topic string, groups []string) ([]d
 					n, err = m.count(ctx, "queue."+q, "getConsumerCount")
 					gi.Members = int(n)
 				}
+			}
+			if errors.Is(err, driver.ErrNotFound) {
+				continue // deleted since it was listed
 			}
 			if err != nil {
 				return nil, fmt.Errorf("activemq: group %q of %q: %w", g, t, err)
