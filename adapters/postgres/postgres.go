@@ -35,6 +35,9 @@
 // deadlock each other; an ack or nack cancelled by a deadlock or
 // serialization failure anyway is sent again (5 attempts), and an ack is
 // sent again while the database is unreachable, up to visibility_timeout.
+// After a claim failed (its answer may have been lost after the database
+// ran it), the next claim first gives back every row the subscription
+// holds but does not know.
 //
 // Order per key (key_ordering=true, the default): a keyed row is claimed
 // only when every earlier row of its key still in the group is held by the
@@ -247,7 +250,7 @@ type Broker struct {
 	channel       string // NOTIFY channel (raw name)
 	lockClass     int32  // first key of the per-topic advisory locks
 
-	sqlPublish, sqlPublishNamed, sqlHasNamed, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim string
+	sqlPublish, sqlPublishNamed, sqlHasNamed, sqlClaim, sqlAck, sqlNack, sqlExtend, sqlRelease, sqlUnclaim, sqlRecover string
 
 	lis *listener
 	ntf *notifier
@@ -440,6 +443,16 @@ RETURNING t.seq, t.attempt, t.msg_id, t.key, t.payload, t.metadata, t.published_
 	// Unclaim gives back parked claims, never delivered: their claim did
 	// not count as an attempt.
 	b.sqlUnclaim = held + `UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL, attempt = t.attempt - 1 FROM l WHERE t.seq = l.seq`
+	// Recover gives back every row of (topic $1, group $2) that holder $3
+	// holds but does not know ($4: the seqs it knows), locked in seq order
+	// like the statements above: the rows of a claim whose answer was
+	// lost. Their claim counts as an attempt, as a crashed member's does.
+	b.sqlRecover = `WITH l AS MATERIALIZED (
+	SELECT r.seq FROM ` + q + ` r
+	WHERE r.topic = $1 AND r.grp = $2 AND r.holder = $3 AND r.seq <> ALL($4::bigint[])
+	ORDER BY r.seq
+	FOR UPDATE OF r
+) UPDATE ` + q + ` AS t SET visible_at = now(), holder = NULL FROM l WHERE t.seq = l.seq`
 }
 
 // Capabilities implements driver.Broker.

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -57,6 +58,10 @@ type subscription struct {
 	// gives back every row its key has parked, including those a claim
 	// running meanwhile would have added.
 	claimMu sync.Mutex
+	// unsure is set when a claim failed: the database may have claimed
+	// rows whose answer never arrived. The next claim first gives them
+	// back (recoverLost), so that it cannot claim past them.
+	unsure atomic.Bool
 
 	mu       sync.Mutex
 	inflight map[int64]held // claims not yet acked or nacked (parked ones too)
@@ -73,6 +78,7 @@ type subscription struct {
 	pendSeqs  []int64
 	pendAtts  []int32
 	pendKeyed bool
+	flushing  []int64       // the acks the flusher is deleting now
 	ackWake   chan struct{} // cap 1
 	ackStop   chan struct{}
 	ackDone   chan struct{}
@@ -297,12 +303,17 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 	defer s.claimMu.Unlock()
 	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
+	if s.unsure.Load() {
+		if err := s.recoverLost(qctx); err != nil {
+			return nil, err
+		}
+	}
 	rows, err := s.b.pool.Query(qctx, s.b.sqlClaim, s.topic, s.group, max, micros(s.b.opts.VisibilityTimeout), s.id)
 	if err != nil {
+		s.unsure.Store(true)
 		return nil, err
 	}
 	var out []*driver.Message
-	var seqs []int64
 	for rows.Next() {
 		var (
 			seq     int64
@@ -317,20 +328,12 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 		m.Attempt = int(attempt)
 		m.AckID = ackID{seq: seq, attempt: attempt}
 		out = append(out, &m)
-		seqs = append(seqs, seq)
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		if len(seqs) > 0 {
-			// Give back what was claimed before the error; if that fails
-			// too, the rows come back after the visibility timeout (nobody
-			// heartbeats them).
-			atts := make([]int32, len(out))
-			for i, m := range out {
-				atts[i] = m.AckID.(ackID).attempt
-			}
-			_, _ = s.b.pool.Exec(qctx, s.b.sqlRelease, seqs, atts)
-		}
+		// The rows read so far, and any the answer did not bring, are
+		// given back before the next claim.
+		s.unsure.Store(true)
 		return nil, err
 	}
 	slices.SortFunc(out, func(a, b *driver.Message) int {
@@ -378,6 +381,26 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 	}
 	s.mu.Unlock()
 	return give, nil
+}
+
+// recoverLost gives back the rows the subscription holds in the database
+// but does not know: those of a claim that failed after the database ran
+// it. It knows its claims in flight (parked ones too) and the acks not yet
+// deleted. claimMu must be held, so no claim or nack runs meanwhile.
+func (s *subscription) recoverLost(ctx context.Context) error {
+	s.mu.Lock()
+	known := make([]int64, 0, len(s.inflight)+len(s.pendSeqs)+len(s.flushing))
+	for seq := range s.inflight {
+		known = append(known, seq)
+	}
+	known = append(known, s.pendSeqs...)
+	known = append(known, s.flushing...)
+	s.mu.Unlock()
+	if _, err := s.b.pool.Exec(ctx, s.b.sqlRecover, s.topic, s.group, s.id, known); err != nil {
+		return fmt.Errorf("give back the claims of a failed claim: %w", err)
+	}
+	s.unsure.Store(false)
+	return nil
 }
 
 // replaceParked puts m in the place of the parked (or ready) message with
@@ -513,7 +536,13 @@ func (s *subscription) flushAcks() {
 	s.mu.Lock()
 	seqs, atts, keyed := s.pendSeqs, s.pendAtts, s.pendKeyed
 	s.pendSeqs, s.pendAtts, s.pendKeyed = nil, nil, false
+	s.flushing = seqs
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.flushing = nil
+		s.mu.Unlock()
+	}()
 	if len(seqs) == 0 {
 		return
 	}
@@ -678,12 +707,15 @@ func (s *subscription) Close() error {
 	if s.anon {
 		batch.Queue(`DELETE FROM `+s.b.groups+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
 		batch.Queue(`DELETE FROM `+s.b.queue+` WHERE topic = $1 AND grp = $2`, s.topic, s.group)
-	} else if len(seqs)+len(pseqs) > 0 {
+	} else {
 		if len(seqs) > 0 {
 			batch.Queue(s.b.sqlRelease, seqs, atts)
 		}
 		if len(pseqs) > 0 {
 			batch.Queue(s.b.sqlUnclaim, pseqs, patts)
+		}
+		if s.unsure.Load() { // the rows of a failed claim, too
+			batch.Queue(s.b.sqlRecover, s.topic, s.group, s.id, append(append([]int64{}, seqs...), pseqs...)) // never nil: NULL would match no row
 		}
 	}
 	if batch.Len() == 0 {

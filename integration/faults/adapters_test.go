@@ -91,12 +91,15 @@ func TestConnectionsCutEveryTwoSecondsLoseNothing(t *testing.T) {
 		maxDups      int           // -1: counted, not bounded
 		publishBound time.Duration // 0: not bounded
 	}{
-		// Kafka takes 50 000 messages in under 2 s: paced to 2 500 a
-		// second, the run spans about ten cuts.
+		// Each run is paced so that it lasts long enough for its cuts
+		// however fast the broker takes the messages: Kafka takes 50 000
+		// in under 2 s, Postgres 20 000 in about 1 s. Kafka at most 2 500
+		// a second: at least 20 s, about ten cuts; the others at most
+		// 4 000 a second: at least 5 s, two cuts.
 		{"kafka", 50000, 10, 4 * time.Millisecond, 5, 500, kafkaPublishTimeout},
-		{"postgres", 20000, 100, 0, 1, -1, 0},
-		{"nsq", 20000, 100, 0, 1, -1, 0},
-		{"activemq", 20000, 100, 0, 1, -1, 0},
+		{"postgres", 20000, 100, 25 * time.Millisecond, 2, -1, 0},
+		{"nsq", 20000, 100, 25 * time.Millisecond, 2, -1, 0},
+		{"activemq", 20000, 100, 25 * time.Millisecond, 2, -1, 0},
 	} {
 		name, total := tc.name, tc.total
 		t.Run(name, func(t *testing.T) {
