@@ -63,6 +63,7 @@ func TestPostgresClaimWhoseAnswerIsLostKeepsKeyOrderAndDelaysNothing(t *testing.
 	}
 	p.Cut()
 	heal()
+	cut := time.Now()
 
 	// Well within the visibility timeout (60 s).
 	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
@@ -82,6 +83,7 @@ func TestPostgresClaimWhoseAnswerIsLostKeepsKeyOrderAndDelaysNothing(t *testing.
 			t.Fatalf("ack %s: %v", d.Message.ID, err)
 		}
 	}
+	t.Logf("first deliveries %v, all %v after the cut", got, time.Since(cut).Round(time.Millisecond))
 	for i, id := range got {
 		if want := fmt.Sprintf("m%d", i); id != want {
 			t.Fatalf("first deliveries %v: want m0..m%d in order", got, n-1)
