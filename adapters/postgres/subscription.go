@@ -322,6 +322,7 @@ func (s *subscription) claim(ctx context.Context, max int) ([]*driver.Message, e
 		)
 		if err := rows.Scan(&seq, &attempt, &m.ID, &m.Key, &m.Payload, &m.Metadata, &m.PublishedAt); err != nil {
 			rows.Close()
+			s.unsure.Store(true) // the claim's rows go back before the next claim
 			return nil, err
 		}
 		m.Topic = s.topic
