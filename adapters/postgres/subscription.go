@@ -715,8 +715,11 @@ func (s *subscription) Close() error {
 		if len(pseqs) > 0 {
 			batch.Queue(s.b.sqlUnclaim, pseqs, patts)
 		}
-		if s.unsure.Load() { // the rows of a failed claim, too
-			batch.Queue(s.b.sqlRecover, s.topic, s.group, s.id, append(append([]int64{}, seqs...), pseqs...)) // never nil: NULL would match no row
+		if s.unsure.Load() {
+			// The rows of a failed claim, too: after the statements above
+			// every row it still holds is one (an empty list, not nil:
+			// NULL would match no row).
+			batch.Queue(s.b.sqlRecover, s.topic, s.group, s.id, []int64{})
 		}
 	}
 	if batch.Len() == 0 {
